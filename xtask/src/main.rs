@@ -1,0 +1,174 @@
+//! `cargo xtask`: the project's own commands, so that a fresh machine needs
+//! nothing but rustup and two README lines.
+//!
+//! Every command that builds first runs [`bootstrap`], which installs, once and
+//! idempotently, what no `Cargo.toml` can: the dated nightly that builds the
+//! BPF programs, its `rust-src`, and `bpf-linker` linked against that
+//! nightly's own libLLVM.
+
+mod bootstrap;
+
+use std::{
+    env,
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "xypriss's build, test and bootstrap tasks"
+)]
+struct Flags {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the pinned nightly, its rust-src and bpf-linker (idempotent).
+    Bootstrap,
+    /// Build the BPF object into target/bpfel-unknown-none/release/xypriss.
+    BuildEbpf,
+    /// Build xypriss (release) and run a pool of the bundled demo worker.
+    Demo {
+        /// Extra arguments for `xypriss run`, before the app (e.g. --workers 2).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Check formatting and lints, then run every test (unit and real-kernel integration).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Flags::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(flags: Flags) -> Result<()> {
+    let root = workspace_root();
+    match flags.command {
+        Task::Bootstrap => bootstrap::ensure(&root).map(drop),
+        Task::BuildEbpf => build_ebpf(&root),
+        Task::Demo { args } => demo(&root, args),
+        Task::Test { args } => test(&root, args),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// The cargo that runs this xtask: the host toolchain pinned in rust-toolchain.toml.
+fn cargo_command(root: &Path) -> Command {
+    let mut cmd = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root);
+    cmd
+}
+
+fn cargo<I, S>(root: &Path, args: I) -> Result<()>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut cmd = cargo_command(root);
+    cmd.args(args);
+    status(&mut cmd)
+}
+
+fn status(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn build_ebpf(root: &Path) -> Result<()> {
+    let tools = bootstrap::ensure(root)?;
+    let mut cmd = Command::new("rustup");
+    cmd.current_dir(root.join("xypriss-ebpf"))
+        .args(["run", &tools.nightly, "cargo", "build"])
+        .args([
+            "--package",
+            "xypriss-ebpf",
+            "--bins",
+            "--features",
+            "programs",
+        ])
+        .args([
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ])
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            "-Cdebuginfo=2\x1f-Clink-arg=--btf",
+        )
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER");
+    status(&mut cmd)?;
+    println!(
+        "{}",
+        root.join("target/bpfel-unknown-none/release/xypriss")
+            .display()
+    );
+    Ok(())
+}
+
+fn demo(root: &Path, args: Vec<OsString>) -> Result<()> {
+    bootstrap::ensure(root)?;
+    cargo(
+        root,
+        ["build", "--release", "--package", "xypriss", "--bins"],
+    )?;
+    let bin = root.join("target/release");
+    let mut cmd = Command::new(bin.join("xypriss"));
+    cmd.arg("run");
+    if args.is_empty() {
+        cmd.args(["--workers", "auto"]);
+    }
+    cmd.args(args).arg(bin.join("xypriss-demo"));
+    status(&mut cmd)
+}
+
+fn test(root: &Path, args: Vec<OsString>) -> Result<()> {
+    bootstrap::ensure(root)?;
+    cargo(root, ["fmt", "--all", "--", "--check"])
+        .context("formatting differs from rustfmt's: run `cargo fmt --all`")?;
+    cargo(
+        root,
+        [
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    let mut cmd = cargo_command(root);
+    cmd.args(["test", "--workspace", "--no-fail-fast"])
+        .args(args);
+    status(&mut cmd)
+}

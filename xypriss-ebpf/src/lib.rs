@@ -1,0 +1,240 @@
+//! The ABI between xypriss's BPF programs and its userspace controller.
+//!
+//! Everything here is `#[repr(C)]`, laid out by hand so that no field is
+//! preceded by hidden padding, and checked by a size assertion: the kernel
+//! side and the host side compile this one file for two targets, and a
+//! silent layout difference would corrupt every record.
+//!
+//! Names follow the kernel objects they belong to: [`rss_stat`] for the
+//! `kmem/rss_stat` accounting, [`ring_buf`] for the records userspace reads,
+//! and [`trace_point`] for the load-time field offsets.
+#![no_std]
+
+/// The largest number of concurrently watched workers (slots in the per-worker arrays).
+pub const MAX_WORKERS: u32 = 4096;
+
+/// The largest number of watched tasks (workers, their descendants, and their threads).
+pub const MAX_TASKS: u32 = 65536;
+
+/// Map names, shared so that neither side can misspell them.
+pub mod map_name {
+    /// `HashMap<u32 tgid, TaskEntry>`: the watched tasks. Userspace inserts workers;
+    /// `sched_process_fork` inserts their descendants; `sched_process_exit` removes them.
+    pub const TASKS: &str = "TASKS";
+    /// `HashMap<u32 mm_id, u32 tgid>`: who owns an `mm_id`, learned from `curr == 1` events.
+    pub const MM_OWNERS: &str = "MM_OWNERS";
+    /// `Array<WorkerState>` indexed by worker slot: kernel-maintained totals.
+    pub const WORKERS: &str = "WORKERS";
+    /// `Array<Thresholds>` indexed by worker slot: written by userspace.
+    pub const THRESHOLDS: &str = "THRESHOLDS";
+    /// `PerCpuArray<u64>` indexed by worker slot: user page faults.
+    pub const FAULTS: &str = "FAULTS";
+    /// `PerCpuArray<u64>` with one entry: records that did not fit in the ring buffer.
+    pub const LOST: &str = "LOST";
+    /// The ring buffer of [`crate::ring_buf::Record`]s.
+    pub const EVENTS: &str = "EVENTS";
+}
+
+/// Program names, as the `#[tracepoint]` functions are called in the object.
+pub mod program_name {
+    pub const RSS_STAT: &str = "rss_stat";
+    pub const PAGE_FAULT_USER: &str = "page_fault_user";
+    pub const MARK_VICTIM: &str = "mark_victim";
+    pub const SCHED_PROCESS_FORK: &str = "sched_process_fork";
+    pub const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
+}
+
+/// `kmem/rss_stat` accounting state.
+pub mod rss_stat {
+    /// `MM_FILEPAGES`: file-backed resident pages.
+    pub const MM_FILEPAGES: usize = 0;
+    /// `MM_ANONPAGES`: anonymous resident pages.
+    pub const MM_ANONPAGES: usize = 1;
+    /// `MM_SWAPENTS`: swapped-out anonymous pages.
+    pub const MM_SWAPENTS: usize = 2;
+    /// `MM_SHMEMPAGES`: resident shared memory pages.
+    pub const MM_SHMEMPAGES: usize = 3;
+    /// `NR_MM_COUNTERS`.
+    pub const NR_MM_COUNTERS: usize = 4;
+
+    /// One watched task (a worker process, one of its descendants, or a thread of either).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct TaskEntry {
+        /// The worker slot the task's memory counts toward.
+        pub worker: u32,
+        /// The `mm_id` last seen for this task from its own context; 0 before any.
+        pub mm_id: u32,
+        /// The last value, in bytes, of each of the mm's counters.
+        pub counters: [i64; NR_MM_COUNTERS],
+    }
+    const _: () = assert!(size_of::<TaskEntry>() == 40);
+
+    /// Per-worker totals, maintained by the kernel programs only.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct WorkerState {
+        /// The sum over the worker's processes of each counter, in bytes.
+        pub counters: [i64; NR_MM_COUNTERS],
+        /// The resident size last sent to userspace.
+        pub reported_rss: i64,
+        /// How many thresholds the resident size was at or above when last reported.
+        pub level: u32,
+        pub _pad: u32,
+    }
+    const _: () = assert!(size_of::<WorkerState>() == 48);
+
+    /// Per-worker thresholds in bytes, written by userspace. 0 means unset.
+    ///
+    /// A change of the count of thresholds at or below the resident size sends a
+    /// record at once, with a wake-up, whatever the granularity.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Thresholds {
+        pub bytes: [u64; 3],
+    }
+    const _: () = assert!(size_of::<Thresholds>() == 24);
+
+    /// The resident set size: file + anon + shmem, as `/proc/<pid>/status` VmRSS.
+    #[inline(always)]
+    pub fn resident(counters: &[i64; NR_MM_COUNTERS]) -> i64 {
+        counters[MM_FILEPAGES] + counters[MM_ANONPAGES] + counters[MM_SHMEMPAGES]
+    }
+
+    /// How many of the set thresholds `rss` is at or above.
+    #[inline(always)]
+    pub fn level(thresholds: &Thresholds, rss: i64) -> u32 {
+        let mut level = 0;
+        let mut i = 0;
+        while i < thresholds.bytes.len() {
+            let t = thresholds.bytes[i];
+            if t != 0 && rss >= 0 && rss as u64 >= t {
+                level += 1;
+            }
+            i += 1;
+        }
+        level
+    }
+}
+
+/// Records sent through the `EVENTS` ring buffer.
+pub mod ring_buf {
+    use crate::rss_stat::NR_MM_COUNTERS;
+
+    /// A worker's resident size moved by the granularity since the last record.
+    pub const KIND_SAMPLE: u32 = 1;
+    /// A worker's resident size crossed one of its thresholds (either way).
+    pub const KIND_THRESHOLD: u32 = 2;
+    /// A watched task cloned a task (a process or a thread); `pid` is the new task.
+    pub const KIND_FORK: u32 = 3;
+    /// A watched process exited; its memory no longer counts toward the worker.
+    pub const KIND_EXIT: u32 = 4;
+    /// The OOM killer chose a watched process as its victim.
+    pub const KIND_OOM_VICTIM: u32 = 5;
+
+    /// One ring-buffer record. 56 bytes, 8-byte aligned, no padding.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Record {
+        /// One of the `KIND_*` constants.
+        pub kind: u32,
+        /// The worker slot.
+        pub worker: u32,
+        /// The process (tgid) concerned; for forks, the new task's pid.
+        pub pid: u32,
+        /// For thresholds and samples: the threshold level; for forks: the parent's tgid.
+        pub aux: u32,
+        /// `bpf_ktime_get_ns()` when the record was made (CLOCK_MONOTONIC).
+        pub ktime_ns: u64,
+        /// The worker's totals, in bytes, after the change.
+        pub counters: [i64; NR_MM_COUNTERS],
+    }
+    const _: () = assert!(size_of::<Record>() == 56);
+
+    /// The ring buffer's size in bytes: 4096 records.
+    pub const BYTE_SIZE: u32 = 256 * 1024;
+}
+
+/// Global variables the loader sets before the programs are verified.
+///
+/// Field offsets come from `/sys/kernel/tracing/events/<cat>/<name>/format` at
+/// load time, never from constants compiled in here.
+pub mod trace_point {
+    /// The number of leading bytes of a tracepoint record the programs copy in
+    /// one helper call; every field they read must lie within it.
+    pub const HEADER_BYTES: usize = 40;
+
+    /// Offsets of the fields read from each tracepoint, in record bytes.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Offsets {
+        pub rss_mm_id: u32,
+        pub rss_curr: u32,
+        pub rss_member: u32,
+        pub rss_size: u32,
+        pub victim_pid: u32,
+        pub fork_child_pid: u32,
+        pub exit_pid: u32,
+        pub exit_group_dead: u32,
+    }
+    const _: () = assert!(size_of::<Offsets>() == 32);
+    const _: () = assert!(HEADER_BYTES.is_multiple_of(8));
+
+    /// Tunables, fixed at load.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Settings {
+        /// A sample is sent when the resident size moved by at least this many bytes.
+        pub granularity: u64,
+        /// Samples wake userspace at most once per this many nanoseconds; the
+        /// others are written without a wake-up and read at the next one.
+        pub wakeup_interval_ns: u64,
+        /// Non-zero: the programs log through aya-log.
+        pub log: u32,
+        pub _pad: u32,
+    }
+    const _: () = assert!(size_of::<Settings>() == 24);
+
+    /// The name of the [`Offsets`] global.
+    pub const OFFSETS: &str = "OFFSETS";
+    /// The name of the [`Settings`] global.
+    pub const SETTINGS: &str = "SETTINGS";
+}
+
+/// Userspace reads and writes these through aya's typed maps.
+#[cfg(feature = "user")]
+mod pod {
+    use crate::{
+        rss_stat::{TaskEntry, Thresholds, WorkerState},
+        trace_point::{Offsets, Settings},
+    };
+
+    // SAFETY: each is #[repr(C)], made of integers only, with no padding (see the size assertions).
+    unsafe impl aya::Pod for TaskEntry {}
+    unsafe impl aya::Pod for WorkerState {}
+    unsafe impl aya::Pod for Thresholds {}
+    unsafe impl aya::Pod for Offsets {}
+    unsafe impl aya::Pod for Settings {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rss_stat::{Thresholds, level, resident};
+
+    #[test]
+    fn level_counts_only_set_thresholds_at_or_below() {
+        let t = Thresholds {
+            bytes: [100, 0, 300],
+        };
+        assert_eq!(level(&t, 99), 0);
+        assert_eq!(level(&t, 100), 1);
+        assert_eq!(level(&t, 299), 1);
+        assert_eq!(level(&t, 300), 2);
+        assert_eq!(level(&t, -5), 0);
+    }
+
+    #[test]
+    fn resident_excludes_swap() {
+        assert_eq!(resident(&[1, 2, 1000, 4]), 7);
+    }
+}

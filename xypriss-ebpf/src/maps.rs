@@ -1,0 +1,69 @@
+//! The maps and load-time globals every program shares. Names and value types
+//! come from the ABI in the lib, so userspace opens exactly these.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
+};
+use xypriss_ebpf::{
+    MAX_TASKS, MAX_WORKERS, ring_buf,
+    rss_stat::{TaskEntry, Thresholds, WorkerState},
+    trace_point::{Offsets, Settings},
+};
+
+#[map]
+pub static TASKS: HashMap<u32, TaskEntry> = HashMap::with_max_entries(MAX_TASKS, 0);
+
+#[map]
+pub static MM_OWNERS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TASKS, 0);
+
+#[map]
+pub static WORKERS: Array<WorkerState> = Array::with_max_entries(MAX_WORKERS, 0);
+
+#[map]
+pub static THRESHOLDS: Array<Thresholds> = Array::with_max_entries(MAX_WORKERS, 0);
+
+#[map]
+pub static FAULTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_WORKERS, 0);
+
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(ring_buf::BYTE_SIZE, 0);
+
+/// When a sample last woke userspace (`bpf_ktime_get_ns`).
+#[map]
+pub static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
+
+#[unsafe(no_mangle)]
+static OFFSETS: Offsets = Offsets {
+    rss_mm_id: 0,
+    rss_curr: 0,
+    rss_member: 0,
+    rss_size: 0,
+    victim_pid: 0,
+    fork_child_pid: 0,
+    exit_pid: 0,
+    exit_group_dead: 0,
+};
+
+#[unsafe(no_mangle)]
+static SETTINGS: Settings = Settings {
+    granularity: 1 << 20,
+    wakeup_interval_ns: 10_000_000,
+    log: 0,
+    _pad: 0,
+};
+
+/// The field offsets the loader wrote. A volatile read keeps the compiler from
+/// folding the compiled-in zeros; the verifier sees the frozen values.
+#[inline(always)]
+pub fn offsets() -> Offsets {
+    unsafe { core::ptr::read_volatile(&OFFSETS) }
+}
+
+#[inline(always)]
+pub fn settings() -> Settings {
+    unsafe { core::ptr::read_volatile(&SETTINGS) }
+}

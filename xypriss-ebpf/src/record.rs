@@ -1,0 +1,111 @@
+//! Reading tracepoint records and writing ring-buffer records.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
+    programs::TracePointContext,
+};
+use xypriss_ebpf::{ring_buf::Record, rss_stat::WorkerState, trace_point::HEADER_BYTES};
+
+use crate::maps::{EVENTS, LAST_WAKEUP, LOST, settings};
+
+/// The first [`HEADER_BYTES`] of a tracepoint record, copied in one helper call.
+pub struct Header([u64; HEADER_BYTES / 8]);
+
+impl Header {
+    #[inline(always)]
+    pub fn read(ctx: &TracePointContext) -> Option<Self> {
+        unsafe { bpf_probe_read_kernel(ctx.as_ptr() as *const [u64; HEADER_BYTES / 8]) }
+            .ok()
+            .map(Header)
+    }
+
+    /// The naturally aligned `T` at byte `offset`; `None` when it is out of the header.
+    /// The loader checked the offsets, so the verifier prunes the `None` branch.
+    #[inline(always)]
+    fn at<T: Copy>(&self, offset: u32) -> Option<T> {
+        let offset = offset as usize;
+        if offset % size_of::<T>() != 0 || offset + size_of::<T>() > HEADER_BYTES {
+            return None;
+        }
+        Some(unsafe { *(self.0.as_ptr().cast::<u8>().add(offset).cast::<T>()) })
+    }
+
+    #[inline(always)]
+    pub fn u32_at(&self, offset: u32) -> Option<u32> {
+        self.at(offset)
+    }
+
+    #[inline(always)]
+    pub fn i64_at(&self, offset: u32) -> Option<i64> {
+        self.at(offset)
+    }
+
+    #[inline(always)]
+    pub fn u8_at(&self, offset: u32) -> Option<u8> {
+        self.at(offset)
+    }
+}
+
+/// The current task's thread-group id (its process id).
+#[inline(always)]
+pub fn current_tgid() -> u32 {
+    (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+/// How a record wakes userspace.
+#[derive(Clone, Copy)]
+pub enum Wakeup {
+    /// At once: threshold crossings, exits, OOM victims.
+    Now,
+    /// At most once per `wakeup_interval_ns` across all samples; the rest wait
+    /// in the ring for the next wake-up or userspace's own flush tick.
+    Batched,
+    /// Never by itself.
+    Never,
+}
+
+/// Sends `record`. When the ring is full, counts the loss and returns `false`.
+#[inline(always)]
+pub fn send(mut record: Record, wakeup: Wakeup) -> bool {
+    let now = unsafe { bpf_ktime_get_ns() };
+    record.ktime_ns = now;
+    let flags = match wakeup {
+        Wakeup::Now => BPF_RB_FORCE_WAKEUP,
+        Wakeup::Never => BPF_RB_NO_WAKEUP,
+        Wakeup::Batched => match LAST_WAKEUP.get_ptr_mut(0) {
+            Some(last) if now.wrapping_sub(unsafe { *last }) >= settings().wakeup_interval_ns => {
+                unsafe { *last = now };
+                BPF_RB_FORCE_WAKEUP
+            }
+            _ => BPF_RB_NO_WAKEUP,
+        },
+    };
+    match EVENTS.reserve::<Record>(0) {
+        Some(mut entry) => {
+            entry.write(record);
+            entry.submit(u64::from(flags));
+            true
+        }
+        None => {
+            if let Some(lost) = LOST.get_ptr_mut(0) {
+                unsafe { *lost += 1 };
+            }
+            false
+        }
+    }
+}
+
+/// A consistent-enough copy of a worker's totals (each field is read once).
+#[inline(always)]
+pub fn totals(state: *const WorkerState) -> [i64; 4] {
+    unsafe {
+        [
+            core::ptr::read_volatile(&(*state).counters[0]),
+            core::ptr::read_volatile(&(*state).counters[1]),
+            core::ptr::read_volatile(&(*state).counters[2]),
+            core::ptr::read_volatile(&(*state).counters[3]),
+        ]
+    }
+}

@@ -1,0 +1,222 @@
+//! xypriss-demo: a worker whose memory does something visible, for the README's
+//! first command, the tests and the benchmarks.
+//!
+//! Modes (the first argument):
+//! - `leak` (the default): a 32 MiB baseline, a request-like sawtooth, and a
+//!   slow leak of `--leak` KiB/s (default 1024).
+//! - `steps MIB…`: touches memory up (or unmaps it down) to each size in turn,
+//!   printing `at N MiB` when there and waiting for SIGUSR1 to go on.
+//! - `fork MIB`: forks a child that holds MIB, printing `child PID at N MiB`.
+//! - `grow MIB_PER_S`: allocates at that rate until stopped or killed.
+//!
+//! Memory is mapped in 1 MiB chunks and every page is written, so it is
+//! resident at once; SIGTERM or SIGINT ends the process with status 0.
+
+use std::{
+    num::NonZeroUsize,
+    process::ExitCode,
+    ptr::NonNull,
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    libc,
+    sys::{
+        mman::{MapFlags, ProtFlags, mmap_anonymous, munmap},
+        signal::{SigSet, SigmaskHow, Signal, sigprocmask},
+    },
+    unistd::{ForkResult, fork},
+};
+
+const MIB: usize = 1 << 20;
+const PAGE: usize = 4096;
+
+/// Resident memory in 1 MiB mappings.
+#[derive(Default)]
+struct Heap(Vec<NonNull<libc::c_void>>);
+
+impl Heap {
+    fn mib(&self) -> usize {
+        self.0.len()
+    }
+
+    fn grow(&mut self) {
+        let len = NonZeroUsize::new(MIB).expect("non-zero");
+        // SAFETY: a fresh anonymous private mapping aliases nothing.
+        let ptr = unsafe {
+            mmap_anonymous(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_PRIVATE,
+            )
+        }
+        .expect("mmap of 1 MiB");
+        let bytes = ptr.cast::<u8>().as_ptr();
+        for page in (0..MIB).step_by(PAGE) {
+            // SAFETY: within the mapping just made.
+            unsafe { bytes.add(page).write_volatile(1) };
+        }
+        self.0.push(ptr);
+    }
+
+    fn shrink(&mut self) {
+        if let Some(ptr) = self.0.pop() {
+            // SAFETY: a mapping this heap made, unmapped once.
+            unsafe { munmap(ptr, MIB) }.expect("munmap");
+        }
+    }
+
+    fn resize(&mut self, mib: usize) {
+        while self.mib() < mib {
+            self.grow();
+        }
+        while self.mib() > mib {
+            self.shrink();
+        }
+    }
+}
+
+/// Signals the demo handles itself, blocked so that they queue.
+fn blocked_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGUSR1] {
+        set.add(s);
+    }
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).expect("sigprocmask");
+    set
+}
+
+/// The next queued signal within `timeout`, if any.
+fn next_signal(set: &SigSet, timeout: Duration) -> Option<Signal> {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: valid set and timespec; no siginfo wanted.
+    let signo = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &ts) };
+    Signal::try_from(signo).ok()
+}
+
+fn parse<T: std::str::FromStr>(arg: Option<&String>, what: &str) -> Result<T, String> {
+    let arg = arg.ok_or_else(|| format!("missing {what}"))?;
+    arg.parse()
+        .map_err(|_| format!("{what}: `{arg}` is not a number"))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let signals = blocked_signals();
+    let result = match args.first().map(String::as_str) {
+        None | Some("leak") => leak(&args, &signals),
+        Some("steps") => steps(&args[1..], &signals),
+        Some("fork") => parse(args.get(1), "MIB").map(|mib| fork_child(mib, &signals)),
+        Some("grow") => parse(args.get(1), "MIB_PER_S").map(|rate| grow(rate, &signals)),
+        Some(other) => Err(format!("unknown mode `{other}`: leak, steps, fork or grow")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xypriss-demo: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn stopping(signal: Option<Signal>) -> bool {
+    matches!(signal, Some(Signal::SIGTERM | Signal::SIGINT))
+}
+
+fn leak(args: &[String], signals: &SigSet) -> Result<(), String> {
+    let leak_kib: usize = match args.iter().position(|a| a == "--leak") {
+        Some(i) => parse(args.get(i + 1), "--leak")?,
+        None => 1024,
+    };
+    let worker = std::env::var("XYPRISS_WORKER_ID").unwrap_or_else(|_| "-".into());
+    println!("demo worker {worker}: 32 MiB baseline, request sawtooth, leaking {leak_kib} KiB/s");
+    let mut baseline = Heap::default();
+    baseline.resize(32);
+    let mut leaked: Vec<Vec<u8>> = Vec::new();
+    let mut requests = Heap::default();
+    let start = Instant::now();
+    let mut tick: u64 = 0;
+    loop {
+        if stopping(next_signal(signals, Duration::from_millis(100))) {
+            println!("demo worker {worker}: stopping");
+            return Ok(());
+        }
+        tick += 1;
+        // Requests: buffers pile up for a second, then are freed (a GC-like sawtooth).
+        if tick.is_multiple_of(10) {
+            requests.resize(0);
+        } else {
+            requests.grow();
+        }
+        // The leak: a tenth of the rate every 100 ms, written so it is resident.
+        leaked.push(vec![1u8; leak_kib * 1024 / 10]);
+        if tick.is_multiple_of(50) {
+            let kib: usize = leaked.iter().map(Vec::len).sum::<usize>() / 1024;
+            println!(
+                "demo worker {worker}: {}s up, {kib} KiB leaked",
+                start.elapsed().as_secs()
+            );
+        }
+    }
+}
+
+fn steps(targets: &[String], signals: &SigSet) -> Result<(), String> {
+    let targets: Vec<usize> = targets
+        .iter()
+        .map(|t| parse(Some(t), "MIB"))
+        .collect::<Result<_, _>>()?;
+    let mut heap = Heap::default();
+    for target in targets {
+        heap.resize(target);
+        println!("at {target} MiB");
+        loop {
+            match next_signal(signals, Duration::from_secs(3600)) {
+                Some(Signal::SIGUSR1) => break,
+                s if stopping(s) => return Ok(()),
+                _ => {}
+            }
+        }
+    }
+    println!("done");
+    while !stopping(next_signal(signals, Duration::from_secs(3600))) {}
+    Ok(())
+}
+
+fn fork_child(mib: usize, signals: &SigSet) {
+    // SAFETY: single-threaded here; the child only allocates and waits.
+    match unsafe { fork() }.expect("fork") {
+        ForkResult::Child => {
+            let mut heap = Heap::default();
+            heap.resize(mib);
+            println!("child {} at {mib} MiB", std::process::id());
+            while !stopping(next_signal(signals, Duration::from_secs(3600))) {}
+        }
+        ForkResult::Parent { child } => {
+            while !stopping(next_signal(signals, Duration::from_secs(3600))) {}
+            let _ = nix::sys::signal::kill(child, Signal::SIGTERM);
+            let _ = nix::sys::wait::waitpid(child, None);
+        }
+    }
+}
+
+fn grow(mib_per_s: u64, signals: &SigSet) {
+    let mut heap = Heap::default();
+    let start = Instant::now();
+    loop {
+        let due = (start.elapsed().as_secs_f64() * mib_per_s as f64) as usize;
+        while heap.mib() < due {
+            heap.grow();
+        }
+        if stopping(next_signal(signals, Duration::from_millis(1))) {
+            return;
+        }
+        if mib_per_s == 0 {
+            sleep(Duration::from_millis(100));
+        }
+    }
+}

@@ -1,0 +1,326 @@
+//! Command-line flags, in two steps as ripgrep does: clap parses the words
+//! into [`Flags`], then [`resolve`] checks what clap cannot (the app exists and
+//! is executable, thresholds are ordered, the pool fits the kernel maps) and
+//! turns them into a [`RunConfig`] the rest of xypriss trusts.
+
+use std::{
+    ffi::OsString,
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use clap::{Args, Parser, Subcommand};
+use xypriss_ebpf::MAX_WORKERS;
+
+use crate::{size::Size, supervise::workers};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "xypriss",
+    version,
+    about = "Supervises a pool of worker processes and watches their memory from inside the kernel",
+    long_about = None,
+)]
+pub struct Flags {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Spawn a pool of workers and stream their memory as NDJSON on stdout.
+    #[command(after_help = "\
+Examples:
+  sudo xypriss run --workers auto node server.js
+  sudo xypriss run --workers 4 --granularity 4MiB -- ./app --port 8080
+  xypriss run --workers 2 ./app   # without root: /proc polling, said in an `observer` event")]
+    Run(RunFlags),
+}
+
+#[derive(Args, Debug)]
+pub struct RunFlags {
+    /// How many workers: a number, or `auto` (from the CPUs and memory this process may use).
+    #[arg(long, default_value = "auto", value_name = "N|auto")]
+    pub workers: WorkerCount,
+
+    /// Report a worker's memory when it moved by at least this much (e.g. 1MiB, 512KB).
+    #[arg(long, default_value = "1MiB", value_name = "SIZE")]
+    pub granularity: Size,
+
+    /// Each worker's memory limit (e.g. 512MB). Warning and critical thresholds are percentages of it.
+    #[arg(long, value_name = "SIZE")]
+    pub max_memory_per_worker: Option<Size>,
+
+    /// Warning threshold, in percent of --max-memory-per-worker.
+    #[arg(long, default_value_t = 80.0, value_name = "PERCENT")]
+    pub memory_warning_threshold: f64,
+
+    /// Critical threshold, in percent of --max-memory-per-worker.
+    #[arg(long, default_value_t = 95.0, value_name = "PERCENT")]
+    pub memory_critical_threshold: f64,
+
+    /// Samples wake xypriss at most this often; threshold crossings always wake it at once.
+    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub wakeup_interval: Duration,
+
+    /// How often idle workers' fault counts and rates are refreshed.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub sample_interval: Duration,
+
+    /// How often /proc is read when eBPF is unavailable.
+    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub poll_interval: Duration,
+
+    /// How long workers get to exit after their stop signal, before SIGKILL.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub kill_timeout: Duration,
+
+    /// Fail instead of falling back to /proc polling when eBPF cannot be used.
+    #[arg(long, conflicts_with = "no_ebpf")]
+    pub require_ebpf: bool,
+
+    /// Do not load eBPF: observe by polling /proc.
+    #[arg(long)]
+    pub no_ebpf: bool,
+
+    /// Log from the BPF programs (forks, exits, OOM victims) to stderr; costs per event.
+    #[arg(long)]
+    pub bpf_log: bool,
+
+    /// The app to run, and its arguments (everything after the app is passed through untouched).
+    #[arg(required = true, trailing_var_arg = true, value_name = "APP")]
+    pub command: Vec<OsString>,
+}
+
+/// `--workers`: a count or `auto`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerCount {
+    Auto,
+    Fixed(u32),
+}
+
+impl FromStr for WorkerCount {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(Self::Auto);
+        }
+        let n: u32 = s
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is neither a whole number nor `auto`"))?;
+        match n {
+            0 => Err("a pool needs at least 1 worker".into()),
+            n if n > MAX_WORKERS => Err(format!("at most {MAX_WORKERS} workers are supported")),
+            n => Ok(Self::Fixed(n)),
+        }
+    }
+}
+
+/// How the pool is observed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObserverChoice {
+    /// eBPF, or /proc polling when eBPF cannot be used.
+    Prefer,
+    /// eBPF or nothing.
+    Require,
+    /// /proc polling only.
+    Procfs,
+}
+
+/// A checked `run` configuration.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub workers: u32,
+    pub app: PathBuf,
+    pub args: Vec<OsString>,
+    pub granularity: u64,
+    /// Warning, critical and limit thresholds in bytes, ascending; 0 = unset.
+    pub thresholds: [u64; 3],
+    pub wakeup_interval: Duration,
+    pub sample_interval: Duration,
+    pub poll_interval: Duration,
+    pub kill_timeout: Duration,
+    pub observer: ObserverChoice,
+    pub bpf_log: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FlagError {
+    #[error("APP `{app}`: not found in PATH")]
+    AppNotFound { app: String },
+    #[error("APP `{}`: {reason}", app.display())]
+    AppUnusable { app: PathBuf, reason: String },
+    #[error("--{flag} {value}: must be a percentage above 0 and at most 100")]
+    Percent { flag: &'static str, value: f64 },
+    #[error(
+        "--memory-critical-threshold {critical} must be above --memory-warning-threshold {warning}"
+    )]
+    ThresholdOrder { warning: f64, critical: f64 },
+    #[error("--granularity {value}: must be at least 4KiB (one page)")]
+    Granularity { value: Size },
+    #[error("--{flag}: must be more than 0")]
+    ZeroDuration { flag: &'static str },
+    #[error("--max-memory-per-worker {value}: must be at least 1MiB")]
+    Limit { value: Size },
+}
+
+/// Checks `flags` and fills in what they leave to the machine.
+pub fn resolve(flags: RunFlags) -> Result<RunConfig, FlagError> {
+    let mut command = flags.command.into_iter();
+    let app = command.next().unwrap_or_default();
+    let app = find_app(&app)?;
+    let args = command.collect();
+
+    for (flag, value) in [
+        ("memory-warning-threshold", flags.memory_warning_threshold),
+        ("memory-critical-threshold", flags.memory_critical_threshold),
+    ] {
+        if !(value > 0.0 && value <= 100.0) {
+            return Err(FlagError::Percent { flag, value });
+        }
+    }
+    if flags.memory_critical_threshold <= flags.memory_warning_threshold {
+        return Err(FlagError::ThresholdOrder {
+            warning: flags.memory_warning_threshold,
+            critical: flags.memory_critical_threshold,
+        });
+    }
+    if flags.granularity.0 < 4096 {
+        return Err(FlagError::Granularity {
+            value: flags.granularity,
+        });
+    }
+    for (flag, value) in [
+        ("wakeup-interval", flags.wakeup_interval),
+        ("sample-interval", flags.sample_interval),
+        ("poll-interval", flags.poll_interval),
+    ] {
+        if value.is_zero() {
+            return Err(FlagError::ZeroDuration { flag });
+        }
+    }
+    let thresholds = match flags.max_memory_per_worker {
+        None => [0; 3],
+        Some(limit) if limit.0 < 1 << 20 => return Err(FlagError::Limit { value: limit }),
+        Some(limit) => {
+            let pct = |p: f64| (limit.0 as f64 * p / 100.0) as u64;
+            [
+                pct(flags.memory_warning_threshold),
+                pct(flags.memory_critical_threshold),
+                limit.0,
+            ]
+        }
+    };
+    let workers = match flags.workers {
+        WorkerCount::Fixed(n) => n,
+        WorkerCount::Auto => workers::auto(flags.max_memory_per_worker.map(|s| s.0)),
+    };
+    let observer = match (flags.require_ebpf, flags.no_ebpf) {
+        (true, _) => ObserverChoice::Require,
+        (false, true) => ObserverChoice::Procfs,
+        (false, false) => ObserverChoice::Prefer,
+    };
+    Ok(RunConfig {
+        workers,
+        app,
+        args,
+        granularity: flags.granularity.0,
+        thresholds,
+        wakeup_interval: flags.wakeup_interval,
+        sample_interval: flags.sample_interval,
+        poll_interval: flags.poll_interval,
+        kill_timeout: flags.kill_timeout,
+        observer,
+        bpf_log: flags.bpf_log,
+    })
+}
+
+/// Resolves the app like a shell would: a path if it has a slash, else through PATH.
+fn find_app(app: &std::ffi::OsStr) -> Result<PathBuf, FlagError> {
+    let display = app.to_string_lossy().into_owned();
+    if app.is_empty() {
+        return Err(FlagError::AppNotFound { app: display });
+    }
+    let path = if display.contains('/') {
+        PathBuf::from(app)
+    } else {
+        which::which(app).map_err(|_| FlagError::AppNotFound { app: display })?
+    };
+    check_executable(&path)?;
+    Ok(path)
+}
+
+fn check_executable(path: &Path) -> Result<(), FlagError> {
+    let unusable = |reason: String| FlagError::AppUnusable {
+        app: path.to_path_buf(),
+        reason,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| unusable(e.to_string()))?;
+    if meta.is_dir() {
+        return Err(unusable("is a directory".into()));
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err(unusable("is not executable (no x permission bit)".into()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_count_parses_auto_and_bounds() {
+        assert_eq!("auto".parse(), Ok(WorkerCount::Auto));
+        assert_eq!("AUTO".parse(), Ok(WorkerCount::Auto));
+        assert_eq!("4".parse(), Ok(WorkerCount::Fixed(4)));
+        assert!(
+            "0".parse::<WorkerCount>()
+                .unwrap_err()
+                .contains("at least 1")
+        );
+        assert!(
+            "100000"
+                .parse::<WorkerCount>()
+                .unwrap_err()
+                .contains("at most")
+        );
+        assert!("-2".parse::<WorkerCount>().is_err());
+        assert!("".parse::<WorkerCount>().is_err());
+    }
+
+    #[test]
+    fn trailing_app_arguments_pass_through_untouched() {
+        let flags = Flags::try_parse_from([
+            "xypriss",
+            "run",
+            "--workers",
+            "2",
+            "node",
+            "app.js",
+            "--workers",
+            "9",
+            "--",
+            "-x",
+        ])
+        .unwrap();
+        let Command::Run(run) = flags.command;
+        assert_eq!(run.workers, WorkerCount::Fixed(2));
+        assert_eq!(
+            run.command,
+            ["node", "app.js", "--workers", "9", "--", "-x"]
+        );
+    }
+
+    #[test]
+    fn double_dash_form_works_too() {
+        let flags =
+            Flags::try_parse_from(["xypriss", "run", "--", "./app", "--port", "1"]).unwrap();
+        let Command::Run(run) = flags.command;
+        assert_eq!(run.command, ["./app", "--port", "1"]);
+    }
+}

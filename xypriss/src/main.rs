@@ -1,0 +1,39 @@
+//! The `xypriss` command: parse, resolve, run, and turn the outcome into an
+//! exit code. Errors are printed once, on stderr, with their causes.
+
+use std::{io::IsTerminal as _, process::ExitCode};
+
+use clap::Parser as _;
+use tracing_subscriber::EnvFilter;
+use xypriss::cli::{self, Command, Flags};
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("xypriss: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> anyhow::Result<ExitCode> {
+    let flags = Flags::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            EnvFilter::try_from_env("XYPRISS_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    match flags.command {
+        Command::Run(run_flags) => {
+            let config = cli::resolve(run_flags)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(xypriss::controller::run(config))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,265 @@
+//! Loads the BPF programs, attaches them to their tracepoints, and owns the
+//! maps userspace talks through.
+//!
+//! Nothing here outlives the process: programs, links and maps are not pinned,
+//! so the kernel frees them when xypriss exits, however it exits; tracefs, if
+//! we had to mount it, is unmounted as soon as the programs are attached.
+//!
+//! # Minimum kernel version
+//!
+//! 6.16: `rss_stat` with `mm_id`/`curr` (6.2), ring buffers (5.8), BPF atomic
+//! exchange (5.12), and `sched_process_exit` with `group_dead` (6.16).
+
+use std::{io, time::Duration};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{ProgramError, TracePoint},
+};
+use xypriss_ebpf::{
+    map_name, program_name,
+    rss_stat::{TaskEntry, Thresholds, WorkerState},
+    trace_point::{self, Settings},
+};
+
+use super::{
+    Counters, Observation, procfs,
+    ring_buf::Reader,
+    trace_point::{TraceFs, TraceFsError},
+};
+use crate::cli::RunConfig;
+
+/// The BPF object built by build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xypriss"));
+
+/// The programs and the tracepoints they attach to.
+const PROGRAMS: [(&str, &str, &str); 5] = [
+    (program_name::RSS_STAT, "kmem", "rss_stat"),
+    (
+        program_name::PAGE_FAULT_USER,
+        "exceptions",
+        "page_fault_user",
+    ),
+    (program_name::MARK_VICTIM, "oom", "mark_victim"),
+    (
+        program_name::SCHED_PROCESS_FORK,
+        "sched",
+        "sched_process_fork",
+    ),
+    (
+        program_name::SCHED_PROCESS_EXIT,
+        "sched",
+        "sched_process_exit",
+    ),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum EbpfError {
+    #[error(
+        "not running as root (euid {euid}): loading BPF programs needs root or CAP_BPF and CAP_PERFMON"
+    )]
+    NotRoot { euid: u32 },
+    #[error(transparent)]
+    TraceFs(#[from] TraceFsError),
+    #[error("loading the BPF object failed: {0}")]
+    Load(Box<aya::EbpfError>),
+    #[error("BPF program `{program}` is missing from the object")]
+    MissingProgram { program: &'static str },
+    #[error("BPF map `{map}` is missing from the object")]
+    MissingMap { map: &'static str },
+    #[error("BPF map `{map}`: {source}")]
+    Map { map: &'static str, source: MapError },
+    #[error("BPF program `{program}` on {category}/{name}: {source}")]
+    Program {
+        program: &'static str,
+        category: &'static str,
+        name: &'static str,
+        source: Box<ProgramError>,
+    },
+    #[error("the ring buffer cannot be polled: {0}")]
+    Poll(io::Error),
+    #[error("aya-log: {0}")]
+    Log(#[from] aya_log::Error),
+}
+
+pub struct EbpfObserver {
+    tasks: HashMap<MapData, u32, TaskEntry>,
+    workers: Array<MapData, WorkerState>,
+    thresholds: Array<MapData, Thresholds>,
+    faults: PerCpuArray<MapData, u64>,
+    lost: PerCpuArray<MapData, u64>,
+    reader: Reader,
+    /// Holds the programs and their links: dropping it detaches them.
+    _ebpf: Ebpf,
+}
+
+fn take<T>(ebpf: &mut Ebpf, map: &'static str) -> Result<T, EbpfError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let raw = ebpf.take_map(map).ok_or(EbpfError::MissingMap { map })?;
+    T::try_from(raw).map_err(|source| EbpfError::Map { map, source })
+}
+
+impl EbpfObserver {
+    pub fn load(config: &RunConfig) -> Result<Self, EbpfError> {
+        let euid = nix::unistd::geteuid();
+        if !euid.is_root() {
+            return Err(EbpfError::NotRoot {
+                euid: euid.as_raw(),
+            });
+        }
+        let tracefs = TraceFs::open()?;
+        let offsets = tracefs.offsets()?;
+        let settings = Settings {
+            granularity: config.granularity,
+            wakeup_interval_ns: u64::try_from(config.wakeup_interval.as_nanos())
+                .unwrap_or(u64::MAX),
+            log: u32::from(config.bpf_log),
+            _pad: 0,
+        };
+        let mut ebpf = EbpfLoader::new()
+            .override_global(trace_point::OFFSETS, &offsets, true)
+            .override_global(trace_point::SETTINGS, &settings, true)
+            .load(OBJECT)
+            .map_err(|e| EbpfError::Load(Box::new(e)))?;
+        if config.bpf_log {
+            spawn_logger(&mut ebpf)?;
+        }
+        for (program, category, name) in PROGRAMS {
+            let attach = |ebpf: &mut Ebpf| -> Result<(), ProgramError> {
+                let tp: &mut TracePoint = ebpf
+                    .program_mut(program)
+                    .ok_or(ProgramError::UnexpectedProgramType)?
+                    .try_into()?;
+                tp.load()?;
+                tp.attach(category, name)?;
+                Ok(())
+            };
+            if ebpf.program(program).is_none() {
+                return Err(EbpfError::MissingProgram { program });
+            }
+            attach(&mut ebpf).map_err(|source| EbpfError::Program {
+                program,
+                category,
+                name,
+                source: Box::new(source),
+            })?;
+        }
+        drop(tracefs);
+        let ring: RingBuf<MapData> = take(&mut ebpf, map_name::EVENTS)?;
+        Ok(Self {
+            tasks: take(&mut ebpf, map_name::TASKS)?,
+            workers: take(&mut ebpf, map_name::WORKERS)?,
+            thresholds: take(&mut ebpf, map_name::THRESHOLDS)?,
+            faults: take(&mut ebpf, map_name::FAULTS)?,
+            lost: take(&mut ebpf, map_name::LOST)?,
+            reader: Reader::new(ring, flush_delay(config.wakeup_interval))
+                .map_err(EbpfError::Poll)?,
+            _ebpf: ebpf,
+        })
+    }
+
+    pub fn watch(&mut self, slot: u32, pid: u32, thresholds: [u64; 3]) -> io::Result<Counters> {
+        // Seed from /proc: counters the process does not update again would
+        // otherwise count as zero. The slot is not in use, so no program races
+        // these writes; the task entry goes last, and turns the accounting on.
+        let seed = procfs::counters(pid)?;
+        let kernel = [
+            seed.file as i64,
+            seed.anon as i64,
+            seed.swap as i64,
+            seed.shmem as i64,
+        ];
+        let state = WorkerState {
+            counters: kernel,
+            reported_rss: seed.rss() as i64,
+            level: xypriss_ebpf::rss_stat::level(
+                &Thresholds { bytes: thresholds },
+                seed.rss() as i64,
+            ),
+            _pad: 0,
+        };
+        self.workers
+            .set(slot, &state, 0)
+            .map_err(io::Error::other)?;
+        self.thresholds
+            .set(slot, &Thresholds { bytes: thresholds }, 0)
+            .map_err(io::Error::other)?;
+        let zero = aya::maps::PerCpuValues::try_from(vec![
+            0u64;
+            aya::util::nr_cpus().map_err(|(_, e)| e)?.get()
+                as usize
+        ])
+        .map_err(io::Error::other)?;
+        self.faults.set(slot, zero, 0).map_err(io::Error::other)?;
+        let entry = TaskEntry {
+            worker: slot,
+            mm_id: 0,
+            counters: kernel,
+        };
+        self.tasks
+            .insert(&pid, &entry, 0)
+            .map_err(io::Error::other)?;
+        Ok(seed)
+    }
+
+    pub fn unwatch(&mut self, slot: u32) {
+        let stale: Vec<u32> = self
+            .tasks
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, entry)| entry.worker == slot)
+            .map(|(pid, _)| pid)
+            .collect();
+        for pid in stale {
+            let _ = self.tasks.remove(&pid);
+        }
+        let _ = self.thresholds.set(slot, &Thresholds::default(), 0);
+    }
+
+    pub async fn next_batch(&mut self, out: &mut Vec<Observation>) {
+        self.reader.next_batch(out).await
+    }
+
+    pub fn drain_now(&mut self, out: &mut Vec<Observation>) {
+        self.reader.drain(out);
+    }
+
+    pub fn faults(&self, slot: u32) -> u64 {
+        self.faults
+            .get(&slot, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+
+    pub fn lost(&self) -> u64 {
+        self.lost
+            .get(&0, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+}
+
+/// How long after a wake-up to look again for samples written without one.
+fn flush_delay(wakeup_interval: Duration) -> Duration {
+    wakeup_interval + Duration::from_millis(1)
+}
+
+/// Forwards aya-log records from the programs to `tracing`, on stderr.
+fn spawn_logger(ebpf: &mut Ebpf) -> Result<(), EbpfError> {
+    let logger = aya_log::EbpfLogger::init(ebpf)?;
+    // SAFETY: the logger owns its map fd, and flushing neither closes nor replaces it.
+    let mut logger = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| EbpfError::Poll(e.into()))?;
+    tokio::spawn(async move {
+        while let Ok(mut guard) = logger.readable_mut().await {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
+    Ok(())
+}

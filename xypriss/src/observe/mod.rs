@@ -1,0 +1,180 @@
+//! Where memory observations come from: the kernel, through eBPF programs and
+//! a ring buffer ([`ebpf`]), or, when eBPF cannot be used, polling `/proc`
+//! ([`procfs`]). Both produce the same [`Observation`]s, so everything
+//! downstream is the same whichever source is active.
+
+pub mod ebpf;
+pub mod procfs;
+mod ring_buf;
+pub mod trace_point;
+
+use crate::cli::{ObserverChoice, RunConfig};
+
+/// A process's (or a worker's) memory counters, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub file: u64,
+    pub anon: u64,
+    pub swap: u64,
+    pub shmem: u64,
+}
+
+impl Counters {
+    /// From the kernel's `[file, anon, swapents, shmem]`. A total can be briefly
+    /// negative while two CPUs race on it; it reads as 0.
+    pub fn from_kernel(c: [i64; 4]) -> Self {
+        let b = |v: i64| u64::try_from(v).unwrap_or(0);
+        Self {
+            file: b(c[0]),
+            anon: b(c[1]),
+            swap: b(c[2]),
+            shmem: b(c[3]),
+        }
+    }
+
+    /// The resident set size, as VmRSS: file + anon + shmem.
+    pub fn rss(&self) -> u64 {
+        self.file + self.anon + self.shmem
+    }
+}
+
+/// Why a memory sample was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// The first sample of a worker.
+    Initial,
+    /// The resident size moved by the granularity.
+    Granularity,
+    /// The resident size crossed a threshold, either way.
+    Threshold,
+    /// The periodic refresh of fault counts and rates.
+    Interval,
+}
+
+/// One thing the source saw.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Observation {
+    /// A worker's memory totals.
+    Memory {
+        slot: u32,
+        pid: u32,
+        /// CLOCK_MONOTONIC nanoseconds when the source saw it.
+        at_ns: u64,
+        counters: Counters,
+        trigger: Trigger,
+        /// How many thresholds the resident size is at or above.
+        level: u32,
+    },
+    /// A watched task cloned a task (a process, or a thread).
+    Fork { slot: u32, pid: u32, parent: u32 },
+    /// A watched process exited; `counters` are its worker's totals without it.
+    Exit {
+        slot: u32,
+        pid: u32,
+        at_ns: u64,
+        counters: Counters,
+    },
+    /// The OOM killer chose a watched process.
+    OomVictim {
+        slot: u32,
+        pid: u32,
+        counters: Counters,
+    },
+}
+
+/// Which source is active.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Ebpf,
+    Procfs,
+}
+
+pub enum Observer {
+    Ebpf(Box<ebpf::EbpfObserver>),
+    Procfs(procfs::ProcfsObserver),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("eBPF is required (--require-ebpf) but unavailable: {0}")]
+pub struct Required(pub ebpf::EbpfError);
+
+impl Observer {
+    /// Starts the configured source. With [`ObserverChoice::Prefer`], an eBPF
+    /// failure falls back to /proc and the reason is returned with it.
+    pub fn start(config: &RunConfig) -> Result<(Self, Option<String>), Required> {
+        let procfs = || Self::Procfs(procfs::ProcfsObserver::new(config));
+        match config.observer {
+            ObserverChoice::Procfs => Ok((procfs(), Some("disabled by --no-ebpf".into()))),
+            ObserverChoice::Require => ebpf::EbpfObserver::load(config)
+                .map(|o| (Self::Ebpf(Box::new(o)), None))
+                .map_err(Required),
+            ObserverChoice::Prefer => match ebpf::EbpfObserver::load(config) {
+                Ok(o) => Ok((Self::Ebpf(Box::new(o)), None)),
+                Err(err) => Ok((procfs(), Some(err.to_string()))),
+            },
+        }
+    }
+
+    pub fn source(&self) -> Source {
+        match self {
+            Self::Ebpf(_) => Source::Ebpf,
+            Self::Procfs(_) => Source::Procfs,
+        }
+    }
+
+    /// Starts watching process `pid` as worker `slot`, with `thresholds` in bytes.
+    /// Returns its current counters.
+    pub fn watch(
+        &mut self,
+        slot: u32,
+        pid: u32,
+        thresholds: [u64; 3],
+    ) -> std::io::Result<Counters> {
+        match self {
+            Self::Ebpf(o) => o.watch(slot, pid, thresholds),
+            Self::Procfs(o) => o.watch(slot, pid, thresholds),
+        }
+    }
+
+    /// Stops watching worker `slot` and every task still counted under it.
+    pub fn unwatch(&mut self, slot: u32) {
+        match self {
+            Self::Ebpf(o) => o.unwatch(slot),
+            Self::Procfs(o) => o.unwatch(slot),
+        }
+    }
+
+    /// Waits for observations, then appends every one available to `out`.
+    /// Cancel-safe: nothing is read until the wait is over.
+    pub async fn next_batch(&mut self, out: &mut Vec<Observation>) {
+        match self {
+            Self::Ebpf(o) => o.next_batch(out).await,
+            Self::Procfs(o) => o.next_batch(out).await,
+        }
+    }
+
+    /// Appends what is already waiting, without waiting.
+    pub fn drain_now(&mut self, out: &mut Vec<Observation>) {
+        if let Self::Ebpf(o) = self {
+            o.drain_now(out);
+        }
+    }
+
+    /// The worker's user page faults so far.
+    pub fn faults(&self, slot: u32) -> u64 {
+        match self {
+            Self::Ebpf(o) => o.faults(slot),
+            Self::Procfs(o) => o.faults(slot),
+        }
+    }
+
+    /// Records the kernel could not send so far (the ring buffer was full).
+    pub fn lost(&self) -> u64 {
+        match self {
+            Self::Ebpf(o) => o.lost(),
+            Self::Procfs(_) => 0,
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! The fallback source: polling `/proc/<pid>/status` and `/proc/<pid>/stat`
+//! for each worker and its descendants, at `--poll-interval`.
+//!
+//! It sees what eBPF sees, late by up to one interval, and it reports the
+//! same observations: a sample when the resident size moved by the
+//! granularity or crossed a threshold, fork and exit of descendants.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io,
+    time::Duration,
+};
+
+use procfs::process::Process;
+use tokio::time::{Interval, MissedTickBehavior, interval};
+
+use super::{Counters, Observation, Trigger};
+use crate::cli::RunConfig;
+
+/// A process's counters from `/proc/<pid>/status` (RssFile, RssAnon, RssShmem, VmSwap).
+pub fn counters(pid: u32) -> io::Result<Counters> {
+    let status = Process::new(pid as i32)
+        .and_then(|p| p.status())
+        .map_err(io::Error::other)?;
+    if status.vmrss.is_none() {
+        // A zombie, or a process mid-exit: it holds no memory any more.
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("process {pid} has no memory"),
+        ));
+    }
+    let kib = |v: Option<u64>| v.unwrap_or(0) * 1024;
+    Ok(Counters {
+        file: kib(status.rssfile),
+        anon: kib(status.rssanon),
+        swap: kib(status.vmswap),
+        shmem: kib(status.rssshmem),
+    })
+}
+
+/// A process's page faults (minor and major) from `/proc/<pid>/stat`.
+fn faults(pid: u32) -> Option<u64> {
+    let stat = Process::new(pid as i32).ok()?.stat().ok()?;
+    Some(stat.minflt + stat.majflt)
+}
+
+/// The pids of a process's children, over all its threads.
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = Process::new(pid as i32).and_then(|p| p.tasks()) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| task.children().ok())
+        .flatten()
+        .collect()
+}
+
+struct Watched {
+    root: u32,
+    thresholds: [u64; 3],
+    /// The descendants seen at the last poll, and their latest fault counts.
+    processes: BTreeMap<u32, u64>,
+    /// Faults of processes that have exited, so the worker's count never goes back.
+    exited_faults: u64,
+    reported_rss: u64,
+    level: u32,
+}
+
+pub struct ProcfsObserver {
+    watched: BTreeMap<u32, Watched>,
+    granularity: u64,
+    tick: Interval,
+}
+
+impl ProcfsObserver {
+    pub fn new(config: &RunConfig) -> Self {
+        let mut tick = interval(config.poll_interval.max(Duration::from_millis(1)));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Self {
+            watched: BTreeMap::new(),
+            granularity: config.granularity,
+            tick,
+        }
+    }
+
+    pub fn watch(&mut self, slot: u32, pid: u32, thresholds: [u64; 3]) -> io::Result<Counters> {
+        let seed = counters(pid)?;
+        self.watched.insert(
+            slot,
+            Watched {
+                root: pid,
+                thresholds,
+                processes: BTreeMap::from([(pid, faults(pid).unwrap_or(0))]),
+                exited_faults: 0,
+                reported_rss: seed.rss(),
+                level: level(&thresholds, seed.rss()),
+            },
+        );
+        Ok(seed)
+    }
+
+    pub fn unwatch(&mut self, slot: u32) {
+        self.watched.remove(&slot);
+    }
+
+    pub fn faults(&self, slot: u32) -> u64 {
+        self.watched
+            .get(&slot)
+            .map(|w| w.exited_faults + w.processes.values().sum::<u64>())
+            .unwrap_or(0)
+    }
+
+    pub async fn next_batch(&mut self, out: &mut Vec<Observation>) {
+        self.tick.tick().await;
+        let at_ns = monotonic_ns();
+        for (&slot, w) in &mut self.watched {
+            poll_worker(slot, w, self.granularity, at_ns, out);
+        }
+    }
+}
+
+fn poll_worker(
+    slot: u32,
+    w: &mut Watched,
+    granularity: u64,
+    at_ns: u64,
+    out: &mut Vec<Observation>,
+) {
+    // Walk the process tree from the root.
+    let mut seen = BTreeSet::new();
+    let mut queue = vec![w.root];
+    let mut total = Counters::default();
+    while let Some(pid) = queue.pop() {
+        let Ok(c) = counters(pid) else { continue };
+        if !seen.insert(pid) {
+            continue;
+        }
+        total.file += c.file;
+        total.anon += c.anon;
+        total.swap += c.swap;
+        total.shmem += c.shmem;
+        queue.extend(children(pid));
+    }
+    for &pid in &seen {
+        let count = faults(pid).unwrap_or(0);
+        if w.processes.insert(pid, count).is_none() && pid != w.root {
+            out.push(Observation::Fork {
+                slot,
+                pid,
+                parent: w.root,
+            });
+        }
+    }
+    let gone: Vec<u32> = w
+        .processes
+        .keys()
+        .copied()
+        .filter(|p| !seen.contains(p))
+        .collect();
+    for pid in gone {
+        w.exited_faults += w.processes.remove(&pid).unwrap_or(0);
+        out.push(Observation::Exit {
+            slot,
+            pid,
+            at_ns,
+            counters: total,
+        });
+    }
+    if seen.is_empty() {
+        return;
+    }
+    let rss = total.rss();
+    let new_level = level(&w.thresholds, rss);
+    let trigger = if new_level != w.level {
+        Trigger::Threshold
+    } else if rss.abs_diff(w.reported_rss) >= granularity {
+        Trigger::Granularity
+    } else {
+        return;
+    };
+    w.level = new_level;
+    w.reported_rss = rss;
+    out.push(Observation::Memory {
+        slot,
+        pid: w.root,
+        at_ns,
+        counters: total,
+        trigger,
+        level: new_level,
+    });
+}
+
+fn level(thresholds: &[u64; 3], rss: u64) -> u32 {
+    xypriss_ebpf::rss_stat::level(
+        &xypriss_ebpf::rss_stat::Thresholds { bytes: *thresholds },
+        i64::try_from(rss).unwrap_or(i64::MAX),
+    )
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let ts = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always available on Linux");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}

@@ -1,0 +1,253 @@
+//! tracefs: mounting it when needed, and reading tracepoint formats.
+//!
+//! Classic tracepoints are attached by the id tracefs gives them, and our
+//! programs read their fields at the offsets the format files give, not at
+//! offsets compiled in. A fresh machine may have tracefs unmounted: as root we
+//! mount it, and unmount it again once the programs are attached, so the
+//! machine is left as we found it on every exit path.
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use xypriss_ebpf::trace_point::{HEADER_BYTES, Offsets};
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TraceFsError {
+    #[error(
+        "tracefs is not mounted at {TRACEFS} and mounting it failed ({source}); as root: mount -t tracefs nodev {TRACEFS}"
+    )]
+    Mount { source: nix::Error },
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("{event}: the format has no field `{field}`")]
+    MissingField { event: String, field: &'static str },
+    #[error(
+        "{event}: field `{field}` at offset {offset} with size {size} is not what the programs read (size {expected}, within the first {HEADER_BYTES} bytes, aligned)"
+    )]
+    UnsupportedField {
+        event: String,
+        field: &'static str,
+        offset: u32,
+        size: u32,
+        expected: u32,
+    },
+}
+
+/// A usable tracefs, unmounted on drop if we mounted it.
+pub struct TraceFs {
+    path: PathBuf,
+    mounted_here: bool,
+}
+
+impl TraceFs {
+    /// Finds a mounted tracefs, or mounts one at /sys/kernel/tracing.
+    pub fn open() -> Result<Self, TraceFsError> {
+        for path in [TRACEFS, DEBUGFS_TRACING] {
+            if Path::new(path).join("events").is_dir() {
+                return Ok(Self {
+                    path: path.into(),
+                    mounted_here: false,
+                });
+            }
+        }
+        mount(
+            Some("nodev"),
+            TRACEFS,
+            Some("tracefs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        )
+        .map_err(|source| TraceFsError::Mount { source })?;
+        tracing::info!(
+            "mounted tracefs at {TRACEFS}; it is unmounted once the programs are attached"
+        );
+        Ok(Self {
+            path: TRACEFS.into(),
+            mounted_here: true,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn format(&self, category: &str, name: &str) -> Result<Vec<Field>, TraceFsError> {
+        let path = self
+            .path
+            .join("events")
+            .join(category)
+            .join(name)
+            .join("format");
+        let text =
+            fs::read_to_string(&path).map_err(|source| TraceFsError::Read { path, source })?;
+        Ok(parse_format(&text))
+    }
+
+    /// Reads every field offset the programs need.
+    pub fn offsets(&self) -> Result<Offsets, TraceFsError> {
+        let rss = Event::new(self, "kmem", "rss_stat")?;
+        let victim = Event::new(self, "oom", "mark_victim")?;
+        let fork = Event::new(self, "sched", "sched_process_fork")?;
+        let exit = Event::new(self, "sched", "sched_process_exit")?;
+        Ok(Offsets {
+            rss_mm_id: rss.offset("mm_id", 4)?,
+            rss_curr: rss.offset("curr", 4)?,
+            rss_member: rss.offset("member", 4)?,
+            rss_size: rss.offset("size", 8)?,
+            victim_pid: victim.offset("pid", 4)?,
+            fork_child_pid: fork.offset("child_pid", 4)?,
+            exit_pid: exit.offset("pid", 4)?,
+            exit_group_dead: exit.offset("group_dead", 1)?,
+        })
+    }
+}
+
+impl Drop for TraceFs {
+    fn drop(&mut self) {
+        if self.mounted_here
+            && let Err(err) = umount2(&self.path, MntFlags::MNT_DETACH)
+        {
+            tracing::warn!(
+                "could not unmount the tracefs we mounted at {}: {err}",
+                self.path.display()
+            );
+        }
+    }
+}
+
+struct Event {
+    name: String,
+    fields: Vec<Field>,
+}
+
+impl Event {
+    fn new(fs: &TraceFs, category: &str, name: &str) -> Result<Self, TraceFsError> {
+        Ok(Self {
+            name: format!("{category}/{name}"),
+            fields: fs.format(category, name)?,
+        })
+    }
+
+    fn offset(&self, field: &'static str, size: u32) -> Result<u32, TraceFsError> {
+        let found = self
+            .fields
+            .iter()
+            .find(|f| f.name == field)
+            .ok_or_else(|| TraceFsError::MissingField {
+                event: self.name.clone(),
+                field,
+            })?;
+        let fits = found.size == size
+            && found.offset % size == 0
+            && (found.offset + size) as usize <= HEADER_BYTES;
+        if !fits {
+            return Err(TraceFsError::UnsupportedField {
+                event: self.name.clone(),
+                field,
+                offset: found.offset,
+                size: found.size,
+                expected: size,
+            });
+        }
+        Ok(found.offset)
+    }
+}
+
+/// One `field:` line of a tracepoint format file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    pub name: String,
+    pub offset: u32,
+    pub size: u32,
+}
+
+/// Parses the `field:` lines of a format file, such as
+/// `field:unsigned int mm_id;<TAB>offset:8;<TAB>size:4;<TAB>signed:0;`.
+pub fn parse_format(text: &str) -> Vec<Field> {
+    text.lines()
+        .filter_map(|line| {
+            let mut decl = None;
+            let mut offset = None;
+            let mut size = None;
+            for part in line.split(';').map(str::trim) {
+                if let Some(d) = part.strip_prefix("field:") {
+                    decl = Some(d);
+                } else if let Some(o) = part.strip_prefix("offset:") {
+                    offset = o.parse().ok();
+                } else if let Some(s) = part.strip_prefix("size:") {
+                    size = s.parse().ok();
+                }
+            }
+            // The name is the declaration's last word, without any array suffix.
+            let name = decl?
+                .split_whitespace()
+                .last()?
+                .split('[')
+                .next()?
+                .to_owned();
+            Some(Field {
+                name,
+                offset: offset?,
+                size: size?,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RSS_STAT: &str = "name: rss_stat
+ID: 646
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:unsigned int mm_id;\toffset:8;\tsize:4;\tsigned:0;
+\tfield:unsigned int curr;\toffset:12;\tsize:4;\tsigned:0;
+\tfield:int member;\toffset:16;\tsize:4;\tsigned:1;
+\tfield:long size;\toffset:24;\tsize:8;\tsigned:1;
+
+print fmt: \"mm_id=%u curr=%d type=%s size=%ldB\"
+";
+
+    #[test]
+    fn parses_field_lines() {
+        let fields = parse_format(RSS_STAT);
+        assert_eq!(fields.len(), 6);
+        assert_eq!(
+            fields[5],
+            Field {
+                name: "size".into(),
+                offset: 24,
+                size: 8
+            }
+        );
+        let comm = parse_format("\tfield:char comm[16];\toffset:8;\tsize:16;\tsigned:0;");
+        assert_eq!(comm[0].name, "comm");
+    }
+
+    #[test]
+    fn offsets_are_checked_against_what_the_programs_read() {
+        let event = Event {
+            name: "kmem/rss_stat".into(),
+            fields: parse_format(RSS_STAT),
+        };
+        assert_eq!(event.offset("size", 8).unwrap(), 24);
+        assert!(matches!(
+            event.offset("size", 4),
+            Err(TraceFsError::UnsupportedField { .. })
+        ));
+        assert!(matches!(
+            event.offset("nope", 4),
+            Err(TraceFsError::MissingField { .. })
+        ));
+    }
+}

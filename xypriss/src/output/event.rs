@@ -1,0 +1,112 @@
+//! The events of the NDJSON stream, as the spec in `docs/events.md` defines
+//! them. Field names are camelCase, as in XyPriss's vocabulary; event names
+//! are snake_case. Change this file and the spec together, and bump
+//! [`SCHEMA_VERSION`] when a change can break a consumer.
+
+use serde::Serialize;
+
+use crate::observe::{Source, Trigger};
+
+/// The version of the event schema, sent in `cluster_started`.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    #[serde(rename_all = "camelCase")]
+    ClusterStarted {
+        schema_version: u32,
+        version: &'static str,
+        pid: u32,
+        workers: u32,
+        app: String,
+        args: Vec<String>,
+    },
+    #[serde(rename_all = "camelCase")]
+    Observer {
+        source: Source,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+        granularity_bytes: u64,
+        /// The delay after which a change is seen at the latest, in milliseconds:
+        /// the wake-up interval for eBPF, the poll interval for procfs.
+        max_delay_ms: u64,
+    },
+    #[serde(rename_all = "camelCase")]
+    WorkerSpawned {
+        worker_id: u32,
+        pid: u32,
+    },
+    #[serde(rename_all = "camelCase")]
+    WorkerExited {
+        worker_id: u32,
+        pid: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        code: Option<i32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        signal: Option<String>,
+        oom_killed: bool,
+        uptime_ms: u64,
+    },
+    MemorySample(Box<MemorySample>),
+    #[serde(rename_all = "camelCase")]
+    ChildSpawned {
+        worker_id: u32,
+        pid: u32,
+        parent_pid: u32,
+    },
+    #[serde(rename_all = "camelCase")]
+    ChildExited {
+        worker_id: u32,
+        pid: u32,
+    },
+    #[serde(rename_all = "camelCase")]
+    OomKill {
+        worker_id: u32,
+        pid: u32,
+        rss_bytes: u64,
+        anon_bytes: u64,
+    },
+    #[serde(rename_all = "camelCase")]
+    EventsLost {
+        stage: LossStage,
+        count: u64,
+        total: u64,
+    },
+    #[serde(rename_all = "camelCase")]
+    ClusterStopped {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemorySample {
+    pub worker_id: u32,
+    pub pid: u32,
+    pub rss_bytes: u64,
+    pub anon_bytes: u64,
+    pub file_bytes: u64,
+    pub shmem_bytes: u64,
+    pub swap_bytes: u64,
+    pub page_faults: u64,
+    /// Bytes per second the resident size grew over the last second (negative: shrank).
+    pub allocation_rate: f64,
+    /// User page faults per second over the last second.
+    pub fault_rate: f64,
+    pub threshold_level: u32,
+    pub trigger: Trigger,
+    pub source: Source,
+    /// CLOCK_MONOTONIC nanoseconds when the kernel (or the poll) saw it.
+    pub monotonic_ns: u64,
+}
+
+/// Where events were lost.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossStage {
+    /// The kernel's ring buffer was full.
+    Kernel,
+    /// stdout did not keep up and the bounded queue in front of it was full.
+    Output,
+}

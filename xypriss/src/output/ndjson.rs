@@ -1,0 +1,151 @@
+//! The NDJSON writer: one JSON object per line on stdout, flushed as lines
+//! come, from a thread of its own.
+//!
+//! The control loop never waits for stdout. Lines go through a bounded queue;
+//! when a stalled consumer lets it fill, lines are counted as lost and an
+//! `events_lost` line says how many, once the queue drains. A closed stdout
+//! (EPIPE) is reported through [`Output::closed`], so xypriss stops gracefully.
+
+use std::{
+    io::{self, Write as _},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError},
+    },
+    thread,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::event::{Event, LossStage};
+
+/// Lines that may wait for stdout.
+const QUEUE_LINES: usize = 65_536;
+
+#[derive(Serialize)]
+struct Line<'a> {
+    #[serde(flatten)]
+    event: &'a Event,
+    /// Unix time in milliseconds.
+    timestamp: u64,
+}
+
+/// Serializes `event` as one line, with its timestamp.
+pub fn to_line(event: &Event) -> String {
+    let timestamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut line = serde_json::to_string(&Line { event, timestamp })
+        .expect("events are plain data and always serialize");
+    line.push('\n');
+    line
+}
+
+pub struct Output {
+    queue: SyncSender<String>,
+    lost: Arc<AtomicU64>,
+    closed: watch::Receiver<bool>,
+    done: Receiver<()>,
+}
+
+impl Output {
+    /// Starts the writer thread on stdout.
+    pub fn stdout() -> io::Result<Self> {
+        let (queue, lines) = mpsc::sync_channel(QUEUE_LINES);
+        let lost = Arc::new(AtomicU64::new(0));
+        let (closed_tx, closed) = watch::channel(false);
+        let (done_tx, done) = mpsc::channel();
+        let writer_lost = Arc::clone(&lost);
+        thread::Builder::new()
+            .name("ndjson".into())
+            .spawn(move || {
+                if let Err(err) = write_lines(&lines, &writer_lost) {
+                    if err.kind() != io::ErrorKind::BrokenPipe {
+                        tracing::error!("stdout: {err}");
+                    }
+                    let _ = closed_tx.send(true);
+                }
+                let _ = done_tx.send(());
+            })?;
+        Ok(Self {
+            queue,
+            lost,
+            closed,
+            done,
+        })
+    }
+
+    /// Queues `event`; never blocks.
+    pub fn emit(&self, event: &Event) {
+        match self.queue.try_send(to_line(event)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.lost.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// Resolves when stdout has been closed by its reader.
+    pub async fn closed(&mut self) {
+        let _ = self.closed.wait_for(|closed| *closed).await;
+    }
+
+    /// Writes what is queued, waiting at most `timeout` for a stalled stdout.
+    pub fn finish(self, timeout: Duration) {
+        drop(self.queue);
+        match self.done.recv_timeout(timeout) {
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => {}
+            Err(RecvTimeoutError::Timeout) => {
+                tracing::warn!("stdout did not take the last events within {timeout:?}");
+            }
+        }
+    }
+}
+
+fn write_lines(lines: &Receiver<String>, lost: &AtomicU64) -> io::Result<()> {
+    let mut stdout = io::stdout().lock();
+    let mut reported = 0;
+    while let Ok(line) = lines.recv() {
+        stdout.write_all(line.as_bytes())?;
+        // Write what else is queued before one flush.
+        while let Ok(line) = lines.try_recv() {
+            stdout.write_all(line.as_bytes())?;
+        }
+        let total = lost.load(Ordering::Relaxed);
+        if total > reported {
+            let event = Event::EventsLost {
+                stage: LossStage::Output,
+                count: total - reported,
+                total,
+            };
+            stdout.write_all(to_line(&event).as_bytes())?;
+            reported = total;
+        }
+        stdout.flush()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_is_one_json_object_with_event_and_timestamp() {
+        let line = to_line(&Event::WorkerSpawned {
+            worker_id: 2,
+            pid: 77,
+        });
+        assert!(line.ends_with('\n') && !line[..line.len() - 1].contains('\n'));
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["event"], "worker_spawned");
+        assert_eq!(value["workerId"], 2);
+        assert_eq!(value["pid"], 77);
+        assert!(value["timestamp"].as_u64().unwrap() > 1_600_000_000_000);
+    }
+}
