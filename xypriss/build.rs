@@ -19,13 +19,13 @@ fn main() -> Result<()> {
     println!("cargo::rerun-if-changed={}", toolchain_file.display());
     let text = fs::read_to_string(&toolchain_file)
         .with_context(|| format!("reading {}", toolchain_file.display()))?;
-    let nightly = text
-        .lines()
-        .filter_map(|line| line.trim().strip_prefix("channel"))
-        .filter_map(|rest| rest.trim().strip_prefix('='))
-        .map(|value| value.trim().trim_matches('"'))
-        .next()
-        .with_context(|| format!("{}: no channel", toolchain_file.display()))?;
+    let file: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {}", toolchain_file.display()))?;
+    let nightly = file
+        .get("toolchain")
+        .and_then(|t| t.get("channel"))
+        .and_then(toml::Value::as_str)
+        .with_context(|| format!("{}: no toolchain.channel", toolchain_file.display()))?;
     if which::which("bpf-linker").is_err() {
         bail!(
             "bpf-linker is not on PATH, so the BPF programs cannot be linked: \

@@ -34,16 +34,17 @@ pub fn ensure(root: &Path) -> Result<Tools> {
     Ok(Tools { nightly })
 }
 
-/// Reads `channel = "…"` from `xypriss-ebpf/rust-toolchain.toml`.
+/// Reads the channel from `xypriss-ebpf/rust-toolchain.toml`.
 fn pinned_nightly(root: &Path) -> Result<String> {
     let path = root.join("xypriss-ebpf/rust-toolchain.toml");
     let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    text.lines()
-        .filter_map(|line| line.trim().strip_prefix("channel"))
-        .filter_map(|rest| rest.trim().strip_prefix('='))
-        .map(|value| value.trim().trim_matches('"').to_owned())
-        .next()
-        .with_context(|| format!("{}: no `channel = \"…\"` line", path.display()))
+    let file: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    file.get("toolchain")
+        .and_then(|t| t.get("channel"))
+        .and_then(toml::Value::as_str)
+        .map(str::to_owned)
+        .with_context(|| format!("{}: no toolchain.channel", path.display()))
 }
 
 fn output(cmd: &mut Command) -> Result<String> {

@@ -42,39 +42,59 @@ Examples:
 #[derive(Args, Debug)]
 pub struct RunFlags {
     /// How many workers: a number, or `auto` (from the CPUs and memory this process may use).
-    #[arg(long, default_value = "auto", value_name = "N|auto")]
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "N|auto",
+        allow_hyphen_values = true
+    )]
     pub workers: WorkerCount,
 
     /// Report a worker's memory when it moved by at least this much (e.g. 1MiB, 512KB).
-    #[arg(long, default_value = "1MiB", value_name = "SIZE")]
+    #[arg(
+        long,
+        default_value = "1MiB",
+        value_name = "SIZE",
+        allow_hyphen_values = true
+    )]
     pub granularity: Size,
 
     /// Each worker's memory limit (e.g. 512MB). Warning and critical thresholds are percentages of it.
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     pub max_memory_per_worker: Option<Size>,
 
     /// Warning threshold, in percent of --max-memory-per-worker.
-    #[arg(long, default_value_t = 80.0, value_name = "PERCENT")]
+    #[arg(
+        long,
+        default_value_t = 80.0,
+        value_name = "PERCENT",
+        allow_hyphen_values = true
+    )]
     pub memory_warning_threshold: f64,
 
     /// Critical threshold, in percent of --max-memory-per-worker.
-    #[arg(long, default_value_t = 95.0, value_name = "PERCENT")]
+    #[arg(
+        long,
+        default_value_t = 95.0,
+        value_name = "PERCENT",
+        allow_hyphen_values = true
+    )]
     pub memory_critical_threshold: f64,
 
     /// Samples wake xypriss at most this often; threshold crossings always wake it at once.
-    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration, value_name = "DURATION", allow_hyphen_values = true)]
     pub wakeup_interval: Duration,
 
     /// How often idle workers' fault counts and rates are refreshed.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, value_name = "DURATION", allow_hyphen_values = true)]
     pub sample_interval: Duration,
 
     /// How often /proc is read when eBPF is unavailable.
-    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration, value_name = "DURATION", allow_hyphen_values = true)]
     pub poll_interval: Duration,
 
     /// How long workers get to exit after their stop signal, before SIGKILL.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION", allow_hyphen_values = true)]
     pub kill_timeout: Duration,
 
     /// Fail instead of falling back to /proc polling when eBPF cannot be used.

@@ -5,20 +5,33 @@
 //! offsets compiled in. A fresh machine may have tracefs unmounted: as root we
 //! mount it, and unmount it again once the programs are attached, so the
 //! machine is left as we found it on every exit path.
+//!
+//! Several xypriss may start at once: each holds an exclusive lock on
+//! [`LOCK`] from the look for a mount until it has attached (and unmounted
+//! what it mounted), so none unmounts tracefs under another.
 
 use std::{
-    fs, io,
+    fs::{self, OpenOptions},
+    io,
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
 };
 
-use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::{
+    fcntl::{Flock, FlockArg},
+    mount::{MntFlags, MsFlags, mount, umount2},
+};
 use xypriss_ebpf::trace_point::{HEADER_BYTES, Offsets};
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
+/// Serializes tracefs use between xypriss processes.
+const LOCK: &str = "/run/xypriss-tracefs.lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TraceFsError {
+    #[error("cannot lock {LOCK}: {source}")]
+    Lock { source: io::Error },
     #[error(
         "tracefs is not mounted at {TRACEFS} and mounting it failed ({source}); as root: mount -t tracefs nodev {TRACEFS}"
     )]
@@ -43,16 +56,31 @@ pub enum TraceFsError {
 pub struct TraceFs {
     path: PathBuf,
     mounted_here: bool,
+    /// Released after the unmount, when this is dropped.
+    _lock: Flock<fs::File>,
 }
 
 impl TraceFs {
     /// Finds a mounted tracefs, or mounts one at /sys/kernel/tracing.
     pub fn open() -> Result<Self, TraceFsError> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(LOCK)
+            .map_err(|source| TraceFsError::Lock { source })?;
+        let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| {
+            TraceFsError::Lock {
+                source: errno.into(),
+            }
+        })?;
         for path in [TRACEFS, DEBUGFS_TRACING] {
             if Path::new(path).join("events").is_dir() {
                 return Ok(Self {
                     path: path.into(),
                     mounted_here: false,
+                    _lock: lock,
                 });
             }
         }
@@ -70,6 +98,7 @@ impl TraceFs {
         Ok(Self {
             path: TRACEFS.into(),
             mounted_here: true,
+            _lock: lock,
         })
     }
 

@@ -1,0 +1,97 @@
+//! Malformed command lines get a clear error naming the argument, and a
+//! non-zero exit; never a panic, and never a started worker.
+
+mod support;
+
+use std::{fs, os::unix::fs::PermissionsExt as _, process::Command};
+
+use support::{DEMO, XYPRISS};
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(XYPRISS)
+        .args(args)
+        .output()
+        .expect("xypriss runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[track_caller]
+fn rejected(args: &[&str], names: &str) {
+    let (code, stdout, stderr) = run(args);
+    assert_ne!(code, 0, "{args:?} was accepted");
+    assert!(
+        stderr.contains(names),
+        "{args:?}: stderr does not name `{names}`: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    assert!(
+        !stdout.contains("worker_spawned"),
+        "{args:?} started workers"
+    );
+}
+
+#[test]
+fn bad_worker_counts() {
+    rejected(&["run", "--workers", "0", DEMO], "--workers");
+    rejected(&["run", "--workers", "100000", DEMO], "--workers");
+    rejected(&["run", "--workers", "-3", DEMO], "--workers");
+    rejected(&["run", "--workers", "lots", DEMO], "--workers");
+    rejected(&["run", "--workers", "", DEMO], "--workers");
+}
+
+#[test]
+fn bad_sizes_durations_and_percentages() {
+    rejected(
+        &["run", "--granularity", "12parsecs", DEMO],
+        "--granularity",
+    );
+    rejected(&["run", "--granularity", "-1MB", DEMO], "--granularity");
+    rejected(&["run", "--granularity", "", DEMO], "--granularity");
+    rejected(&["run", "--granularity", "1", DEMO], "--granularity");
+    rejected(
+        &["run", "--max-memory-per-worker", "99999999999TB", DEMO],
+        "--max-memory-per-worker",
+    );
+    rejected(&["run", "--kill-timeout", "soon", DEMO], "--kill-timeout");
+    rejected(&["run", "--poll-interval", "0s", DEMO], "--poll-interval");
+    rejected(
+        &["run", "--memory-warning-threshold", "120", DEMO],
+        "--memory-warning-threshold",
+    );
+    rejected(
+        &[
+            "run",
+            "--memory-warning-threshold",
+            "90",
+            "--memory-critical-threshold",
+            "80",
+            DEMO,
+        ],
+        "--memory-critical-threshold",
+    );
+}
+
+#[test]
+fn missing_or_unusable_apps() {
+    rejected(&["run", "--workers", "1"], "APP");
+    rejected(&["run", "no-such-app-xypriss-test"], "not found in PATH");
+    rejected(&["run", "/nonexistent/app"], "/nonexistent/app");
+    let dir = std::env::temp_dir().join(format!("xypriss-cli-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let script = dir.join("not-executable.sh");
+    fs::write(&script, "#!/bin/sh\n").unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o644)).unwrap();
+    rejected(&["run", script.to_str().unwrap()], "not executable");
+    rejected(&["run", dir.to_str().unwrap()], "directory");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn unknown_flags_and_subcommands() {
+    rejected(&["run", "--no-such-flag", DEMO], "--no-such-flag");
+    rejected(&["launch", DEMO], "launch");
+}

@@ -1,0 +1,125 @@
+//! `kmem/rss_stat`: the memory xypriss reports for a worker is the memory the
+//! kernel says it has, while it grows, holds and shrinks; and processes that
+//! are not watched cost no events.
+
+mod support;
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use nix::sys::signal::Signal;
+use support::{DEMO, MIB, Pool, proc_status, root_or_skip, signal, u64_of};
+
+const GRANULARITY: u64 = MIB;
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The latest sample of worker 0 against /proc, within 1 MiB + the granularity.
+fn assert_matches_proc(pool: &mut Pool, pid: u32, step: u64) {
+    // Let samples written without a wake-up be flushed (10 ms wake-up interval).
+    pool.collect_for(Duration::from_millis(150));
+    let sample = pool.latest_sample(0).expect("a memory_sample").clone();
+    assert_eq!(sample["source"], "ebpf", "{sample}");
+    let tolerance = MIB + GRANULARITY;
+    for (field, proc_field) in [("rssBytes", "VmRSS"), ("anonBytes", "RssAnon")] {
+        let reported = u64_of(&sample, field);
+        let actual = proc_status(pid, proc_field);
+        assert!(
+            reported.abs_diff(actual) <= tolerance,
+            "at {step} MiB: {field} {reported} vs {proc_field} {actual} (tolerance {tolerance}): {sample}"
+        );
+    }
+}
+
+#[test]
+fn reported_memory_matches_proc_while_growing_holding_and_shrinking() {
+    if !root_or_skip("reported_memory_matches_proc_while_growing_holding_and_shrinking") {
+        return;
+    }
+    let steps = [50u64, 100, 200, 100, 50];
+    let args: Vec<String> = [
+        "--workers",
+        "1",
+        "--require-ebpf",
+        "--granularity",
+        "1MiB",
+        DEMO,
+        "steps",
+    ]
+    .into_iter()
+    .map(String::from)
+    .chain(steps.iter().map(u64::to_string))
+    .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut pool = Pool::start(&args);
+    let spawned = pool.wait_event("worker_spawned", TIMEOUT, |_| true);
+    let pid = u64_of(&spawned, "pid") as u32;
+    let mut samples_before = 0;
+    for (i, step) in steps.into_iter().enumerate() {
+        if i > 0 {
+            signal(pid, Signal::SIGUSR1);
+        }
+        pool.wait_log(&format!("at {step} MiB"), TIMEOUT);
+        assert_matches_proc(&mut pool, pid, step);
+        let samples = pool
+            .events
+            .iter()
+            .filter(|e| e["event"] == "memory_sample")
+            .count();
+        if step == 200 {
+            // Growing from 100 to 200 MiB is seen as it happens, not only at the end.
+            assert!(
+                samples - samples_before >= 50,
+                "only {} samples while growing by 100 MiB",
+                samples - samples_before
+            );
+        }
+        samples_before = samples;
+    }
+    assert!(pool.stop().success());
+    let stopped = pool.events.last().expect("events");
+    assert_eq!(stopped["event"], "cluster_stopped");
+}
+
+#[test]
+fn an_unwatched_process_allocating_1gib_produces_no_events() {
+    if !root_or_skip("an_unwatched_process_allocating_1gib_produces_no_events") {
+        return;
+    }
+    let mut pool = Pool::start(&["--workers", "1", "--require-ebpf", DEMO, "steps", "1"]);
+    pool.wait_log("at 1 MiB", TIMEOUT);
+    pool.collect_for(Duration::from_millis(300));
+    let before = pool.events.len();
+
+    let mut outsider = Command::new(DEMO)
+        .args(["steps", "1024"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("demo starts");
+    let outsider_pid = outsider.id();
+    let mut line = String::new();
+    BufReader::new(outsider.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("demo reports");
+    assert_eq!(line.trim(), "at 1024 MiB");
+    assert!(proc_status(outsider_pid, "VmRSS") >= 1000 * MIB);
+    pool.collect_for(Duration::from_millis(300));
+    signal(outsider_pid, Signal::SIGTERM);
+    outsider.wait().expect("demo exits");
+
+    let during = &pool.events[before..];
+    assert!(
+        during.iter().all(|e| e["pid"] != outsider_pid),
+        "events about the unwatched process: {during:#?}"
+    );
+    assert!(
+        during
+            .iter()
+            .filter(|e| e["event"] == "memory_sample")
+            .all(|e| u64_of(e, "rssBytes") < 64 * MIB),
+        "the outsider's memory was counted: {during:#?}"
+    );
+    assert!(pool.stop().success());
+}

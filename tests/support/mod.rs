@@ -1,0 +1,251 @@
+//! What the integration tests share: running a real `xypriss run` pool,
+//! reading its NDJSON stdout and its stderr as they come, and the root check.
+//!
+//! Tests that need root skip outside CI only; with `CI` set they fail.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses its own part of the support module"
+)]
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::mpsc::{self, Receiver, RecvTimeoutError},
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub const XYPRISS: &str = env!("CARGO_BIN_EXE_xypriss");
+pub const DEMO: &str = env!("CARGO_BIN_EXE_xypriss-demo");
+pub const MIB: u64 = 1 << 20;
+
+/// True when the test may go on: running as root. Outside CI, a test without
+/// root is skipped with a note; in CI it fails.
+pub fn root_or_skip(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("{test} needs root, and CI is set: it may not skip");
+    }
+    eprintln!("skipping {test}: needs root");
+    false
+}
+
+/// A running `xypriss run` and what it has printed so far.
+pub struct Pool {
+    child: Child,
+    stdout: Receiver<Value>,
+    stderr: Receiver<String>,
+    pub events: Vec<Value>,
+    pub log: Vec<String>,
+}
+
+impl Pool {
+    /// Starts `xypriss run ARGS…`.
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_command(Command::new(XYPRISS).arg("run").args(args))
+    }
+
+    pub fn start_command(cmd: &mut Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("xypriss starts");
+        let (out_tx, stdout) = mpsc::channel();
+        let out = child.stdout.take().expect("stdout");
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let line = line.expect("stdout is UTF-8");
+                let value: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
+                if out_tx.send(value).is_err() {
+                    return;
+                }
+            }
+        });
+        let (err_tx, stderr) = mpsc::channel();
+        let err = child.stderr.take().expect("stderr");
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if err_tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self {
+            child,
+            stdout,
+            stderr,
+            events: Vec::new(),
+            log: Vec::new(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Reads events until one matches `pred`, and returns it.
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        if let Some(found) = self.events.iter().find(|e| pred(e)) {
+            return found.clone();
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(event) => {
+                    let hit = pred(&event);
+                    self.events.push(event.clone());
+                    if hit {
+                        return event;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    self.drain_log();
+                    panic!(
+                        "no {what} within {timeout:?}; events: {:#?}\nstderr: {:#?}",
+                        self.events, self.log
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.drain_log();
+                    panic!(
+                        "xypriss closed stdout before {what}; events: {:#?}\nstderr: {:#?}",
+                        self.events, self.log
+                    )
+                }
+            }
+        }
+    }
+
+    /// Waits for an event named `name` matching `pred`.
+    pub fn wait_event(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        self.wait_for(name, timeout, |e| e["event"] == name && pred(e))
+    }
+
+    /// Collects whatever events arrive within `period`.
+    pub fn collect_for(&mut self, period: Duration) {
+        let deadline = Instant::now() + period;
+        while let Ok(event) = self
+            .stdout
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.events.push(event);
+        }
+    }
+
+    /// Waits for a stderr line containing `text` (workers' output is forwarded there).
+    pub fn wait_log(&mut self, text: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        if let Some(line) = self.log.iter().find(|l| l.contains(text)) {
+            return line.clone();
+        }
+        loop {
+            match self
+                .stderr
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) => {
+                    self.log.push(line.clone());
+                    if line.contains(text) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no stderr line with `{text}` within {timeout:?}; stderr: {:#?}",
+                    self.log
+                ),
+            }
+        }
+    }
+
+    fn drain_log(&mut self) {
+        while let Ok(line) = self.stderr.try_recv() {
+            self.log.push(line);
+        }
+    }
+
+    /// The latest `memory_sample` of worker `id` seen so far.
+    pub fn latest_sample(&self, id: u64) -> Option<&Value> {
+        self.events
+            .iter()
+            .rev()
+            .find(|e| e["event"] == "memory_sample" && e["workerId"] == id)
+    }
+
+    /// SIGINT, then the exit status and every remaining event.
+    pub fn stop(&mut self) -> ExitStatus {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        self.wait()
+    }
+
+    /// Waits for xypriss to exit (at most 20 s) and reads every remaining event.
+    pub fn wait(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "xypriss did not exit within 20 s"
+            );
+            thread::sleep(Duration::from_millis(20));
+        };
+        while let Ok(event) = self.stdout.recv_timeout(Duration::from_secs(2)) {
+            self.events.push(event);
+        }
+        self.drain_log();
+        status
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `/proc/<pid>/status` fields in bytes (VmRSS, RssAnon, …).
+pub fn proc_status(pid: u32, field: &str) -> u64 {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).expect("process alive");
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .unwrap_or_else(|| panic!("/proc/{pid}/status has no {field}"))
+}
+
+/// Sends `signal` to `pid`.
+pub fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
+        .expect("signal delivered");
+}
+
+pub fn u64_of(event: &Value, field: &str) -> u64 {
+    event[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("`{field}` is not a number in {event}"))
+}
