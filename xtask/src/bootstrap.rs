@@ -67,17 +67,19 @@ fn install_nightly(nightly: &str) -> Result<()> {
     let has_toolchain = installed
         .lines()
         .any(|line| line.starts_with(&format!("{nightly}-")));
-    let has_src = has_toolchain
-        && output(Command::new("rustup").args([
+    let has_components = has_toolchain && {
+        let installed = output(Command::new("rustup").args([
             "component",
             "list",
             "--installed",
             "--toolchain",
             nightly,
-        ]))?
-        .lines()
-        .any(|c| c.trim() == "rust-src");
-    if has_toolchain && has_src {
+        ]))?;
+        ["rust-src", "clippy"]
+            .iter()
+            .all(|want| installed.lines().any(|c| c.trim().starts_with(want)))
+    };
+    if has_components {
         return Ok(());
     }
     eprintln!("xtask: installing {nightly} with rust-src and clippy");

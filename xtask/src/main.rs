@@ -102,11 +102,11 @@ fn status(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-fn build_ebpf(root: &Path) -> Result<()> {
-    let tools = bootstrap::ensure(root)?;
+/// `cargo <subcommand>` for the BPF crate, with the pinned nightly, as aya-build runs it.
+fn bpf_cargo(root: &Path, nightly: &str, subcommand: &str) -> Command {
     let mut cmd = Command::new("rustup");
     cmd.current_dir(root.join("xypriss-ebpf"))
-        .args(["run", &tools.nightly, "cargo", "build"])
+        .args(["run", nightly, "cargo", subcommand])
         .args([
             "--package",
             "xypriss-ebpf",
@@ -127,7 +127,12 @@ fn build_ebpf(root: &Path) -> Result<()> {
         )
         .env_remove("RUSTC")
         .env_remove("RUSTC_WORKSPACE_WRAPPER");
-    status(&mut cmd)?;
+    cmd
+}
+
+fn build_ebpf(root: &Path) -> Result<()> {
+    let tools = bootstrap::ensure(root)?;
+    status(&mut bpf_cargo(root, &tools.nightly, "build"))?;
     println!(
         "{}",
         root.join("target/bpfel-unknown-none/release/xypriss")
@@ -153,7 +158,7 @@ fn demo(root: &Path, args: Vec<OsString>) -> Result<()> {
 }
 
 fn test(root: &Path, args: Vec<OsString>) -> Result<()> {
-    bootstrap::ensure(root)?;
+    let tools = bootstrap::ensure(root)?;
     cargo(root, ["fmt", "--all", "--", "--check"])
         .context("formatting differs from rustfmt's: run `cargo fmt --all`")?;
     cargo(
@@ -167,6 +172,10 @@ fn test(root: &Path, args: Vec<OsString>) -> Result<()> {
             "warnings",
         ],
     )?;
+    // The BPF programs only build for the BPF target, with the pinned nightly.
+    let mut clippy_bpf = bpf_cargo(root, &tools.nightly, "clippy");
+    clippy_bpf.args(["--", "-D", "warnings"]);
+    status(&mut clippy_bpf)?;
     let mut cmd = cargo_command(root);
     cmd.args(["test", "--workspace", "--no-fail-fast"])
         .args(args);

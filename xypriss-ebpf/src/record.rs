@@ -26,7 +26,7 @@ impl Header {
     #[inline(always)]
     fn at<T: Copy>(&self, offset: u32) -> Option<T> {
         let offset = offset as usize;
-        if offset % size_of::<T>() != 0 || offset + size_of::<T>() > HEADER_BYTES {
+        if !offset.is_multiple_of(size_of::<T>()) || offset + size_of::<T>() > HEADER_BYTES {
             return None;
         }
         Some(unsafe { *(self.0.as_ptr().cast::<u8>().add(offset).cast::<T>()) })
