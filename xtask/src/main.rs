@@ -6,6 +6,7 @@
 //! BPF programs, its `rust-src`, and `bpf-linker` linked against that
 //! nightly's own libLLVM.
 
+mod bench;
 mod bootstrap;
 
 use std::{
@@ -40,6 +41,11 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Run the benchmarks (as root) and print their figures; see BENCHMARKS.md.
+    Bench {
+        /// Which (default: all): latency, overhead, throughput, footprint.
+        names: Vec<String>,
+    },
     /// Check formatting and lints, then run every test (unit and real-kernel integration).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -65,6 +71,14 @@ fn run(flags: Flags) -> Result<()> {
         Task::BuildEbpf => build_ebpf(&root),
         Task::Demo { args } => demo(&root, args),
         Task::Test { args } => test(&root, args),
+        Task::Bench { names } => {
+            bootstrap::ensure(&root)?;
+            cargo(
+                &root,
+                ["build", "--release", "--package", "xypriss", "--bins"],
+            )?;
+            bench::run(&root, &names)
+        }
     }
 }
 

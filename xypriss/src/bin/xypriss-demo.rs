@@ -8,6 +8,11 @@
 //!   printing `at N MiB` when there and waiting for SIGUSR1 to go on.
 //! - `fork MIB`: forks a child that holds MIB, printing `child PID at N MiB`.
 //! - `grow MIB_PER_S`: allocates at that rate until stopped or killed.
+//! - `oscillate LOW_MIB HIGH_MIB`: goes up to HIGH and down to LOW, again and
+//!   again, pausing 2 ms at each end (for threshold-latency benchmarks).
+//! - `faultbench MIB ROUNDS`: times the first touch of MIB, ROUNDS times, and
+//!   prints the nanoseconds per page fault of the first (cold) round and the
+//!   median of the others (warm).
 //!
 //! Memory is mapped in 1 MiB chunks and every page is written, so it is
 //! resident at once; SIGTERM or SIGINT ends the process with status 0.
@@ -113,7 +118,14 @@ fn main() -> ExitCode {
         Some("steps") => steps(&args[1..], &signals),
         Some("fork") => parse(args.get(1), "MIB").map(|mib| fork_child(mib, &signals)),
         Some("grow") => parse(args.get(1), "MIB_PER_S").map(|rate| grow(rate, &signals)),
-        Some(other) => Err(format!("unknown mode `{other}`: leak, steps, fork or grow")),
+        Some("oscillate") => parse(args.get(1), "LOW_MIB").and_then(|low| {
+            parse(args.get(2), "HIGH_MIB").map(|high| oscillate(low, high, &signals))
+        }),
+        Some("faultbench") => parse(args.get(1), "MIB")
+            .and_then(|mib| parse(args.get(2), "ROUNDS").map(|rounds| faultbench(mib, rounds))),
+        Some(other) => Err(format!(
+            "unknown mode `{other}`: leak, steps, fork, grow, oscillate or faultbench"
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -219,4 +231,36 @@ fn grow(mib_per_s: u64, signals: &SigSet) {
             sleep(Duration::from_millis(100));
         }
     }
+}
+
+fn oscillate(low: usize, high: usize, signals: &SigSet) {
+    let mut heap = Heap::default();
+    loop {
+        for target in [high, low] {
+            heap.resize(target);
+            if stopping(next_signal(signals, Duration::from_millis(2))) {
+                return;
+            }
+        }
+    }
+}
+
+fn faultbench(mib: usize, rounds: usize) {
+    let faults = (mib * MIB / PAGE) as f64;
+    let mut heap = Heap::default();
+    let mut per_fault: Vec<f64> = (0..rounds.max(2))
+        .map(|_| {
+            let start = Instant::now();
+            heap.resize(mib);
+            let ns = start.elapsed().as_nanos() as f64 / faults;
+            heap.resize(0);
+            ns
+        })
+        .collect();
+    let cold = per_fault.remove(0);
+    per_fault.sort_by(f64::total_cmp);
+    let warm = per_fault[per_fault.len() / 2];
+    println!(
+        "faultbench mib={mib} rounds={rounds} cold_ns_per_fault={cold:.1} warm_ns_per_fault={warm:.1}"
+    );
 }
