@@ -7,7 +7,7 @@
 //! 6.16, where the tracepoint carries `group_dead`.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use aya_log_ebpf::debug;
+use aya_log_ebpf::info;
 use xypriss_ebpf::{
     ring_buf::{KIND_EXIT, Record},
     rss_stat::NR_MM_COUNTERS,
@@ -51,7 +51,7 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Option<()> {
     }
     let _ = TASKS.remove(&tgid);
     if settings().log != 0 {
-        debug!(ctx, "process {} of worker slot {} exited", tgid, slot);
+        info!(ctx, "process {} of worker slot {} exited", tgid, slot);
     }
     send(
         Record {

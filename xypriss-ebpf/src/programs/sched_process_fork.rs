@@ -9,7 +9,7 @@
 //! 2.6.32.
 
 use aya_ebpf::{bindings::BPF_NOEXIST, macros::tracepoint, programs::TracePointContext};
-use aya_log_ebpf::debug;
+use aya_log_ebpf::info;
 use xypriss_ebpf::{
     ring_buf::{KIND_FORK, Record},
     rss_stat::TaskEntry,
@@ -37,7 +37,7 @@ fn try_sched_process_fork(ctx: &TracePointContext) -> Option<()> {
     };
     TASKS.insert(&child, &entry, u64::from(BPF_NOEXIST)).ok()?;
     if settings().log != 0 {
-        debug!(
+        info!(
             ctx,
             "task {} of worker slot {} cloned {}", parent, worker, child
         );
