@@ -264,7 +264,6 @@ impl Bench {
             conditions.extend([
                 "bpftrace rss_stat accounting, watched",
                 "bpftrace empty classic tracepoint",
-                "bpftrace empty raw tracepoint",
             ]);
         }
         let mut samples: BTreeMap<&str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
@@ -303,10 +302,9 @@ impl Bench {
                     other => {
                         let script = match other {
                             "bpftrace rss_stat accounting, watched" => {
-                                "tracepoint:kmem:rss_stat /comm == \"xypriss-demo\"/ { @rss[pid, args.member] = args.size; }"
+                                "tracepoint:kmem:rss_stat /comm == \"xypriss-demo\"/ { @rss[pid, args->member] = args->size; }"
                             }
-                            "bpftrace empty classic tracepoint" => "tracepoint:kmem:rss_stat { }",
-                            _ => "rawtracepoint:rss_stat { }",
+                            _ => "tracepoint:kmem:rss_stat { }",
                         };
                         let tracer =
                             Tracer::start(bpftrace.as_deref().context("bpftrace")?, script)?;
@@ -509,18 +507,37 @@ fn which_bpftrace() -> Option<PathBuf> {
     find()
 }
 
-/// A running bpftrace script, stopped on drop.
-struct Tracer(Child);
+/// A running bpftrace script, stopped on drop, with tracefs mounted for it
+/// (bpftrace resolves tracepoints there) and unmounted after if we mounted it.
+struct Tracer {
+    child: Child,
+    mounted: bool,
+}
+
+const TRACEFS: &str = "/sys/kernel/tracing";
 
 impl Tracer {
     fn start(bpftrace: &Path, script: &str) -> Result<Self> {
-        let mut child = Command::new(bpftrace)
+        let mounted = !Path::new(TRACEFS).join("events").is_dir();
+        if mounted {
+            nix::mount::mount(
+                Some("nodev"),
+                TRACEFS,
+                Some("tracefs"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            )
+            .context("mounting tracefs for bpftrace")?;
+        }
+        let child = Command::new(bpftrace)
             .args(["-e", script])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .context("starting bpftrace")?;
-        let stdout = child.stdout.take().context("stdout")?;
+        // From here on, dropping the tracer stops bpftrace and unmounts.
+        let mut tracer = Self { child, mounted };
+        let stdout = tracer.child.stdout.take().context("stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         // bpftrace says "Attaching N probes..." once they are attached.
         match lines.next() {
@@ -529,13 +546,16 @@ impl Tracer {
         }
         thread::spawn(move || for _ in lines {});
         thread::sleep(Duration::from_millis(200));
-        Ok(Self(child))
+        Ok(tracer)
     }
 }
 
 impl Drop for Tracer {
     fn drop(&mut self) {
-        let _ = kill(Pid::from_raw(self.0.id() as i32), Signal::SIGINT);
-        let _ = self.0.wait();
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT);
+        let _ = self.child.wait();
+        if self.mounted {
+            let _ = nix::mount::umount2(TRACEFS, nix::mount::MntFlags::MNT_DETACH);
+        }
     }
 }

@@ -15,7 +15,7 @@ use std::{io, time::Duration};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{ProgramError, TracePoint},
+    programs::{ProgramError, RawTracePoint, TracePoint},
 };
 use xypriss_ebpf::{
     map_name, program_name,
@@ -33,14 +33,9 @@ use crate::cli::RunConfig;
 /// The BPF object built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xypriss"));
 
-/// The programs and the tracepoints they attach to.
-const PROGRAMS: [(&str, &str, &str); 5] = [
+/// The classic tracepoint programs and the tracepoints they attach to.
+const PROGRAMS: [(&str, &str, &str); 4] = [
     (program_name::RSS_STAT, "kmem", "rss_stat"),
-    (
-        program_name::PAGE_FAULT_USER,
-        "exceptions",
-        "page_fault_user",
-    ),
     (program_name::MARK_VICTIM, "oom", "mark_victim"),
     (
         program_name::SCHED_PROCESS_FORK,
@@ -148,6 +143,7 @@ impl EbpfObserver {
             })?;
         }
         drop(tracefs);
+        attach_raw(&mut ebpf, program_name::PAGE_FAULT_USER, "page_fault_user")?;
         let ring: RingBuf<MapData> = take(&mut ebpf, map_name::EVENTS)?;
         Ok(Self {
             tasks: take(&mut ebpf, map_name::TASKS)?,
@@ -240,6 +236,28 @@ impl EbpfObserver {
             .map(|per_cpu| per_cpu.iter().sum())
             .unwrap_or(0)
     }
+}
+
+/// Loads a raw tracepoint program and attaches it (by name: no tracefs needed).
+fn attach_raw(ebpf: &mut Ebpf, program: &'static str, name: &'static str) -> Result<(), EbpfError> {
+    let attach = |ebpf: &mut Ebpf| -> Result<(), ProgramError> {
+        let tp: &mut RawTracePoint = ebpf
+            .program_mut(program)
+            .ok_or(ProgramError::UnexpectedProgramType)?
+            .try_into()?;
+        tp.load()?;
+        tp.attach(name)?;
+        Ok(())
+    };
+    if ebpf.program(program).is_none() {
+        return Err(EbpfError::MissingProgram { program });
+    }
+    attach(ebpf).map_err(|source| EbpfError::Program {
+        program,
+        category: "raw_tp",
+        name,
+        source: Box::new(source),
+    })
 }
 
 /// How long after a wake-up to look again for samples written without one.
