@@ -21,7 +21,7 @@ pub mod map_name {
     /// `HashMap<u32 tgid, TaskEntry>`: the watched tasks. Userspace inserts workers;
     /// `sched_process_fork` inserts their descendants; `sched_process_exit` removes them.
     pub const TASKS: &str = "TASKS";
-    /// `HashMap<u32 mm_id, u32 tgid>`: who owns an `mm_id`, learned from `curr == 1` events.
+    /// `HashMap<u64 mm, u32 tgid>`: who owns an `mm_struct`, learned from events where it is `current->mm`.
     pub const MM_OWNERS: &str = "MM_OWNERS";
     /// `Array<WorkerState>` indexed by worker slot: kernel-maintained totals.
     pub const WORKERS: &str = "WORKERS";
@@ -63,12 +63,13 @@ pub mod rss_stat {
     pub struct TaskEntry {
         /// The worker slot the task's memory counts toward.
         pub worker: u32,
-        /// The `mm_id` last seen for this task from its own context; 0 before any.
-        pub mm_id: u32,
+        pub _pad: u32,
+        /// The `mm_struct` last seen as this task's own (`current->mm`); 0 before any.
+        pub mm: u64,
         /// The last value, in bytes, of each of the mm's counters.
         pub counters: [i64; NR_MM_COUNTERS],
     }
-    const _: () = assert!(size_of::<TaskEntry>() == 40);
+    const _: () = assert!(size_of::<TaskEntry>() == 48);
 
     /// Per-worker totals, maintained by the kernel programs only.
     #[repr(C)]
@@ -164,21 +165,35 @@ pub mod trace_point {
     /// one helper call; every field they read must lie within it.
     pub const HEADER_BYTES: usize = 40;
 
-    /// Offsets of the fields read from each tracepoint, in record bytes.
+    /// Offsets of the fields read from each classic tracepoint, in record bytes.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct Offsets {
-        pub rss_mm_id: u32,
-        pub rss_curr: u32,
-        pub rss_member: u32,
-        pub rss_size: u32,
         pub victim_pid: u32,
         pub fork_child_pid: u32,
         pub exit_pid: u32,
         pub exit_group_dead: u32,
     }
-    const _: () = assert!(size_of::<Offsets>() == 32);
+    const _: () = assert!(size_of::<Offsets>() == 16);
     const _: () = assert!(HEADER_BYTES.is_multiple_of(8));
+
+    /// Kernel struct layouts the raw `rss_stat` program reads, from BTF.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct KernelLayout {
+        /// `offsetof(struct task_struct, mm)`.
+        pub task_mm: u32,
+        /// `offsetof(struct mm_struct, rss_stat)`: an array of `struct percpu_counter`.
+        pub mm_rss_stat: u32,
+        /// `sizeof(struct percpu_counter)`.
+        pub counter_size: u32,
+        /// `offsetof(struct percpu_counter, count)`: an `s64` count of pages.
+        pub counter_count: u32,
+        /// log2 of the page size.
+        pub page_shift: u32,
+        pub _pad: u32,
+    }
+    const _: () = assert!(size_of::<KernelLayout>() == 24);
 
     /// Tunables, fixed at load.
     #[repr(C)]
@@ -197,6 +212,8 @@ pub mod trace_point {
 
     /// The name of the [`Offsets`] global.
     pub const OFFSETS: &str = "OFFSETS";
+    /// The name of the [`KernelLayout`] global.
+    pub const LAYOUT: &str = "LAYOUT";
     /// The name of the [`Settings`] global.
     pub const SETTINGS: &str = "SETTINGS";
 }
@@ -206,7 +223,7 @@ pub mod trace_point {
 mod pod {
     use crate::{
         rss_stat::{TaskEntry, Thresholds, WorkerState},
-        trace_point::{Offsets, Settings},
+        trace_point::{KernelLayout, Offsets, Settings},
     };
 
     // SAFETY: each is #[repr(C)], made of integers only, with no padding (see the size assertions).
@@ -215,6 +232,7 @@ mod pod {
     unsafe impl aya::Pod for Thresholds {}
     unsafe impl aya::Pod for Offsets {}
     unsafe impl aya::Pod for Settings {}
+    unsafe impl aya::Pod for KernelLayout {}
 }
 
 #[cfg(test)]

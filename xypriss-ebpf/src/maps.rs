@@ -8,14 +8,14 @@ use aya_ebpf::{
 use xypriss_ebpf::{
     MAX_TASKS, MAX_WORKERS, ring_buf,
     rss_stat::{TaskEntry, Thresholds, WorkerState},
-    trace_point::{Offsets, Settings},
+    trace_point::{KernelLayout, Offsets, Settings},
 };
 
 #[map]
 pub static TASKS: HashMap<u32, TaskEntry> = HashMap::with_max_entries(MAX_TASKS, 0);
 
 #[map]
-pub static MM_OWNERS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_TASKS, 0);
+pub static MM_OWNERS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_TASKS, 0);
 
 #[map]
 pub static WORKERS: Array<WorkerState> = Array::with_max_entries(MAX_WORKERS, 0);
@@ -38,14 +38,20 @@ pub static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
 
 #[unsafe(no_mangle)]
 static OFFSETS: Offsets = Offsets {
-    rss_mm_id: 0,
-    rss_curr: 0,
-    rss_member: 0,
-    rss_size: 0,
     victim_pid: 0,
     fork_child_pid: 0,
     exit_pid: 0,
     exit_group_dead: 0,
+};
+
+#[unsafe(no_mangle)]
+static LAYOUT: KernelLayout = KernelLayout {
+    task_mm: 0,
+    mm_rss_stat: 0,
+    counter_size: 0,
+    counter_count: 0,
+    page_shift: 0,
+    _pad: 0,
 };
 
 #[unsafe(no_mangle)]
@@ -61,6 +67,11 @@ static SETTINGS: Settings = Settings {
 #[inline(always)]
 pub fn offsets() -> Offsets {
     unsafe { core::ptr::read_volatile(&OFFSETS) }
+}
+
+#[inline(always)]
+pub fn layout() -> KernelLayout {
+    unsafe { core::ptr::read_volatile(&LAYOUT) }
 }
 
 #[inline(always)]

@@ -38,11 +38,6 @@ impl Header {
     }
 
     #[inline(always)]
-    pub fn i64_at(&self, offset: u32) -> Option<i64> {
-        self.at(offset)
-    }
-
-    #[inline(always)]
     pub fn u8_at(&self, offset: u32) -> Option<u8> {
         self.at(offset)
     }

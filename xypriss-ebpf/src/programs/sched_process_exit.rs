@@ -46,8 +46,8 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Option<()> {
         let old = exchange(&mut task.counters[m], 0);
         add(unsafe { &mut (*state).counters[m] }, -old);
     }
-    if task.mm_id != 0 {
-        let _ = MM_OWNERS.remove(&task.mm_id);
+    if task.mm != 0 {
+        let _ = MM_OWNERS.remove(&task.mm);
     }
     let _ = TASKS.remove(&tgid);
     if settings().log != 0 {

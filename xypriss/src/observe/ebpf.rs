@@ -7,10 +7,11 @@
 //!
 //! # Minimum kernel version
 //!
-//! 6.16: `rss_stat` with `mm_id`/`curr` (6.2), ring buffers (5.8), BPF atomic
-//! exchange (5.12), and `sched_process_exit` with `group_dead` (6.16).
+//! 6.16: `mm->rss_stat` as per-CPU counters (6.2), raw tracepoints (4.17),
+//! ring buffers (5.8), BPF atomic exchange (5.12), and `sched_process_exit`
+//! with `group_dead` (6.16). BTF at /sys/kernel/btf/vmlinux.
 
-use std::{io, time::Duration};
+use std::{io, path::Path, time::Duration};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -24,7 +25,9 @@ use xypriss_ebpf::{
 };
 
 use super::{
-    Counters, Observation, procfs,
+    Counters, Observation,
+    btf::{self, Btf, BtfError},
+    procfs,
     ring_buf::Reader,
     trace_point::{TraceFs, TraceFsError},
 };
@@ -34,8 +37,7 @@ use crate::cli::RunConfig;
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xypriss"));
 
 /// The classic tracepoint programs and the tracepoints they attach to.
-const PROGRAMS: [(&str, &str, &str); 4] = [
-    (program_name::RSS_STAT, "kmem", "rss_stat"),
+const PROGRAMS: [(&str, &str, &str); 3] = [
     (program_name::MARK_VICTIM, "oom", "mark_victim"),
     (
         program_name::SCHED_PROCESS_FORK,
@@ -57,6 +59,8 @@ pub enum EbpfError {
     NotRoot { euid: u32 },
     #[error(transparent)]
     TraceFs(#[from] TraceFsError),
+    #[error(transparent)]
+    Btf(#[from] BtfError),
     #[error("loading the BPF object failed: {0}")]
     Load(Box<aya::EbpfError>),
     #[error("BPF program `{program}` is missing from the object")]
@@ -105,6 +109,7 @@ impl EbpfObserver {
                 euid: euid.as_raw(),
             });
         }
+        let layout = Btf::from_file(Path::new(btf::VMLINUX))?.kernel_layout(page_size())?;
         let tracefs = TraceFs::open()?;
         let offsets = tracefs.offsets()?;
         let settings = Settings {
@@ -117,6 +122,7 @@ impl EbpfObserver {
         let mut ebpf = EbpfLoader::new()
             .override_global(trace_point::OFFSETS, &offsets, true)
             .override_global(trace_point::SETTINGS, &settings, true)
+            .override_global(trace_point::LAYOUT, &layout, true)
             .load(OBJECT)
             .map_err(|e| EbpfError::Load(Box::new(e)))?;
         if config.bpf_log {
@@ -143,6 +149,7 @@ impl EbpfObserver {
             })?;
         }
         drop(tracefs);
+        attach_raw(&mut ebpf, program_name::RSS_STAT, "rss_stat")?;
         attach_raw(&mut ebpf, program_name::PAGE_FAULT_USER, "page_fault_user")?;
         let ring: RingBuf<MapData> = take(&mut ebpf, map_name::EVENTS)?;
         Ok(Self {
@@ -192,7 +199,8 @@ impl EbpfObserver {
         self.faults.set(slot, zero, 0).map_err(io::Error::other)?;
         let entry = TaskEntry {
             worker: slot,
-            mm_id: 0,
+            _pad: 0,
+            mm: 0,
             counters: kernel,
         };
         self.tasks
@@ -258,6 +266,13 @@ fn attach_raw(ebpf: &mut Ebpf, program: &'static str, name: &'static str) -> Res
         name,
         source: Box::new(source),
     })
+}
+
+fn page_size() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .map_or(4096, |v| v as u64)
 }
 
 /// How long after a wake-up to look again for samples written without one.

@@ -3,6 +3,7 @@
 //! ([`procfs`]). Both produce the same [`Observation`]s, so everything
 //! downstream is the same whichever source is active.
 
+pub mod btf;
 pub mod ebpf;
 pub mod procfs;
 mod ring_buf;

@@ -1,8 +1,9 @@
 //! tracefs: mounting it when needed, and reading tracepoint formats.
 //!
-//! Classic tracepoints are attached by the id tracefs gives them, and our
-//! programs read their fields at the offsets the format files give, not at
-//! offsets compiled in. A fresh machine may have tracefs unmounted: as root we
+//! Classic tracepoints (`oom/mark_victim`, `sched/sched_process_fork`,
+//! `sched/sched_process_exit`) are attached by the id tracefs gives them, and
+//! our programs read their fields at the offsets the format files give, not at
+//! offsets compiled in. (Raw tracepoints need no tracefs.) A fresh machine may have tracefs unmounted: as root we
 //! mount it, and unmount it again once the programs are attached, so the
 //! machine is left as we found it on every exit path.
 //!
@@ -120,15 +121,10 @@ impl TraceFs {
 
     /// Reads every field offset the programs need.
     pub fn offsets(&self) -> Result<Offsets, TraceFsError> {
-        let rss = Event::new(self, "kmem", "rss_stat")?;
         let victim = Event::new(self, "oom", "mark_victim")?;
         let fork = Event::new(self, "sched", "sched_process_fork")?;
         let exit = Event::new(self, "sched", "sched_process_exit")?;
         Ok(Offsets {
-            rss_mm_id: rss.offset("mm_id", 4)?,
-            rss_curr: rss.offset("curr", 4)?,
-            rss_member: rss.offset("member", 4)?,
-            rss_size: rss.offset("size", 8)?,
             victim_pid: victim.offset("pid", 4)?,
             fork_child_pid: fork.offset("child_pid", 4)?,
             exit_pid: exit.offset("pid", 4)?,
