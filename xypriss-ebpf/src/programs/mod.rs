@@ -8,6 +8,8 @@ mod sched_process_fork;
 
 use core::intrinsics::{AtomicOrdering, atomic_xadd, atomic_xchg};
 
+use xypriss_ebpf::rss_stat::{NR_MM_COUNTERS, TaskEntry, WorkerState};
+
 /// Atomically replaces `*slot` with `value` and returns the old value.
 ///
 /// Threads of one process update its counters from several CPUs at once. With
@@ -17,6 +19,15 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd, atomic_xchg};
 fn exchange(slot: *mut i64, value: i64) -> i64 {
     // `AtomicI64` has no read-modify-write methods on the BPF target.
     unsafe { atomic_xchg::<i64, { AtomicOrdering::Relaxed }>(slot, value) }
+}
+
+/// Takes a task's counters out of its worker's totals, and zeroes them.
+#[inline(always)]
+fn forget(task: &mut TaskEntry, state: *mut WorkerState) {
+    for m in 0..NR_MM_COUNTERS {
+        let old = exchange(&mut task.counters[m], 0);
+        add(unsafe { &mut (*state).counters[m] }, -old);
+    }
 }
 
 /// Atomically adds `delta` to `*slot`.

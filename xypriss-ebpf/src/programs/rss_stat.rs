@@ -26,7 +26,7 @@ use xypriss_ebpf::{
     rss_stat::{NR_MM_COUNTERS, TaskEntry, WorkerState, level, resident},
 };
 
-use super::{add, exchange};
+use super::{add, exchange, forget};
 use crate::{
     maps::{MM_OWNERS, TASKS, THRESHOLDS, WORKERS, layout, settings},
     record::{Wakeup, current_tgid, send, totals},
@@ -82,10 +82,7 @@ fn try_rss_stat(ctx: &RawTracePointContext) -> Option<()> {
     if task.mm != mm {
         if task.mm != 0 {
             // The first event on a new mm, after an exec: the old mm no longer counts.
-            for m in 0..NR_MM_COUNTERS {
-                let old = exchange(&mut task.counters[m], 0);
-                add(unsafe { &mut (*state).counters[m] }, -old);
-            }
+            forget(task, state);
             let _ = MM_OWNERS.remove(&task.mm);
         }
         // With `mm == 0` the counters are userspace's seed from /proc, or zero

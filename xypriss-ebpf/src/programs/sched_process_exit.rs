@@ -8,12 +8,9 @@
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
 use aya_log_ebpf::info;
-use xypriss_ebpf::{
-    ring_buf::{KIND_EXIT, Record},
-    rss_stat::NR_MM_COUNTERS,
-};
+use xypriss_ebpf::ring_buf::{KIND_EXIT, Record};
 
-use super::{add, exchange};
+use super::forget;
 use crate::{
     maps::{MM_OWNERS, TASKS, WORKERS, offsets, settings},
     record::{Header, Wakeup, current_tgid, send, totals},
@@ -42,10 +39,7 @@ fn try_sched_process_exit(ctx: &TracePointContext) -> Option<()> {
     let task = unsafe { &mut *task };
     let slot = task.worker;
     let state = WORKERS.get_ptr_mut(slot)?;
-    for m in 0..NR_MM_COUNTERS {
-        let old = exchange(&mut task.counters[m], 0);
-        add(unsafe { &mut (*state).counters[m] }, -old);
-    }
+    forget(task, state);
     if task.mm != 0 {
         let _ = MM_OWNERS.remove(&task.mm);
     }

@@ -129,28 +129,16 @@ impl EbpfObserver {
             spawn_logger(&mut ebpf)?;
         }
         for (program, category, name) in PROGRAMS {
-            let attach = |ebpf: &mut Ebpf| -> Result<(), ProgramError> {
-                let tp: &mut TracePoint = ebpf
-                    .program_mut(program)
-                    .ok_or(ProgramError::UnexpectedProgramType)?
-                    .try_into()?;
-                tp.load()?;
-                tp.attach(category, name)?;
-                Ok(())
-            };
-            if ebpf.program(program).is_none() {
-                return Err(EbpfError::MissingProgram { program });
-            }
-            attach(&mut ebpf).map_err(|source| EbpfError::Program {
-                program,
-                category,
-                name,
-                source: Box::new(source),
-            })?;
+            attach(&mut ebpf, program, Some(category), name)?;
         }
         drop(tracefs);
-        attach_raw(&mut ebpf, program_name::RSS_STAT, "rss_stat")?;
-        attach_raw(&mut ebpf, program_name::PAGE_FAULT_USER, "page_fault_user")?;
+        attach(&mut ebpf, program_name::RSS_STAT, None, "rss_stat")?;
+        attach(
+            &mut ebpf,
+            program_name::PAGE_FAULT_USER,
+            None,
+            "page_fault_user",
+        )?;
         let ring: RingBuf<MapData> = take(&mut ebpf, map_name::EVENTS)?;
         Ok(Self {
             tasks: take(&mut ebpf, map_name::TASKS)?,
@@ -246,23 +234,30 @@ impl EbpfObserver {
     }
 }
 
-/// Loads a raw tracepoint program and attaches it (by name: no tracefs needed).
-fn attach_raw(ebpf: &mut Ebpf, program: &'static str, name: &'static str) -> Result<(), EbpfError> {
-    let attach = |ebpf: &mut Ebpf| -> Result<(), ProgramError> {
-        let tp: &mut RawTracePoint = ebpf
-            .program_mut(program)
-            .ok_or(ProgramError::UnexpectedProgramType)?
-            .try_into()?;
-        tp.load()?;
-        tp.attach(name)?;
-        Ok(())
+/// Loads `program` and attaches it to tracepoint `category/name`, or, without
+/// a category, to the raw tracepoint `name` (by name: no tracefs needed).
+fn attach(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    category: Option<&'static str>,
+    name: &'static str,
+) -> Result<(), EbpfError> {
+    let prog = ebpf
+        .program_mut(program)
+        .ok_or(EbpfError::MissingProgram { program })?;
+    let attached = match category {
+        Some(category) => <&mut TracePoint>::try_from(prog).and_then(|tp| {
+            tp.load()?;
+            tp.attach(category, name).map(drop)
+        }),
+        None => <&mut RawTracePoint>::try_from(prog).and_then(|tp| {
+            tp.load()?;
+            tp.attach(name).map(drop)
+        }),
     };
-    if ebpf.program(program).is_none() {
-        return Err(EbpfError::MissingProgram { program });
-    }
-    attach(ebpf).map_err(|source| EbpfError::Program {
+    attached.map_err(|source| EbpfError::Program {
         program,
-        category: "raw_tp",
+        category: category.unwrap_or("raw_tp"),
         name,
         source: Box::new(source),
     })
