@@ -12,9 +12,16 @@ use std::{
 };
 
 use clap::{Args, Parser, Subcommand};
+use nix::{
+    sys::signal::Signal,
+    unistd::{Group, User},
+};
 use xypriss_ebpf::MAX_WORKERS;
 
-use crate::{size::Size, supervise::workers};
+use crate::{
+    size::Size,
+    supervise::{backoff::Policy, spawn::Identity, workers},
+};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -97,6 +104,68 @@ pub struct RunFlags {
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION", allow_hyphen_values = true)]
     pub kill_timeout: Duration,
 
+    /// A worker counts as ready this long after it was spawned (unless it says so first with READY=1).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, value_name = "DURATION", allow_hyphen_values = true)]
+    pub ready_timeout: Duration,
+
+    /// The signal that asks a worker to stop (e.g. SIGTERM, SIGINT, SIGQUIT, TERM).
+    #[arg(long, default_value = "SIGTERM", value_name = "SIGNAL", value_parser = parse_signal)]
+    pub stop_signal: Signal,
+
+    /// The first restart delay of a crashed worker.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration, value_name = "DURATION", allow_hyphen_values = true)]
+    pub restart_delay: Duration,
+
+    /// Each quick failure in a row multiplies the restart delay by this.
+    #[arg(
+        long,
+        default_value_t = 1.5,
+        value_name = "FACTOR",
+        allow_hyphen_values = true
+    )]
+    pub restart_backoff: f64,
+
+    /// The longest restart delay.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration, value_name = "DURATION", allow_hyphen_values = true)]
+    pub restart_max_delay: Duration,
+
+    /// A worker up this long before it crashed was healthy: its failures count from zero again.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION", allow_hyphen_values = true)]
+    pub restart_reset_after: Duration,
+
+    /// After this many quick failures in a row, a worker is marked errored and not restarted.
+    #[arg(
+        long,
+        default_value_t = 10,
+        value_name = "N",
+        allow_hyphen_values = true
+    )]
+    pub max_quick_restarts: u32,
+
+    /// The pool never shrinks below this many workers.
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub min_workers: Option<u32>,
+
+    /// The pool never grows above this many workers.
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub max_workers: Option<u32>,
+
+    /// Run workers as this user (name or uid); they then have no capabilities.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Run workers with this group (name or gid); default: the --user's primary group.
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+
+    /// Run workers in this directory.
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+
+    /// Set an environment variable for workers (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(OsString, OsString)>,
+
     /// Fail instead of falling back to /proc polling when eBPF cannot be used.
     #[arg(long, conflicts_with = "no_ebpf")]
     pub require_ebpf: bool,
@@ -166,6 +235,13 @@ pub struct RunConfig {
     pub kill_timeout: Duration,
     pub observer: ObserverChoice,
     pub bpf_log: bool,
+    pub ready_timeout: Duration,
+    pub stop_signal: Signal,
+    pub restart: Policy,
+    pub min_workers: u32,
+    pub max_workers: u32,
+    pub identity: Identity,
+    pub env: Vec<(OsString, OsString)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -186,6 +262,20 @@ pub enum FlagError {
     ZeroDuration { flag: &'static str },
     #[error("--max-memory-per-worker {value}: must be at least 1MiB")]
     Limit { value: Size },
+    #[error("--restart-backoff {value}: must be a factor of at least 1")]
+    Backoff { value: f64 },
+    #[error("--min-workers {min} is above --max-workers {max}")]
+    MinMax { min: u32, max: u32 },
+    #[error("--{flag} {value}: must be from 1 to {MAX_WORKERS}")]
+    PoolBound { flag: &'static str, value: u32 },
+    #[error("--workers {workers} is outside --min-workers {min} .. --max-workers {max}")]
+    OutsideBounds { workers: u32, min: u32, max: u32 },
+    #[error("--user {user}: {reason}")]
+    User { user: String, reason: String },
+    #[error("--group {group}: {reason}")]
+    Group { group: String, reason: String },
+    #[error("--cwd {}: {reason}", dir.display())]
+    Cwd { dir: PathBuf, reason: String },
 }
 
 /// Checks `flags` and fills in what they leave to the machine.
@@ -239,6 +329,41 @@ pub fn resolve(flags: RunFlags) -> Result<RunConfig, FlagError> {
         WorkerCount::Fixed(n) => n,
         WorkerCount::Auto => workers::auto(flags.max_memory_per_worker.map(|s| s.0)),
     };
+    if !(flags.restart_backoff >= 1.0 && flags.restart_backoff.is_finite()) {
+        return Err(FlagError::Backoff {
+            value: flags.restart_backoff,
+        });
+    }
+    for (flag, value) in [
+        ("min-workers", flags.min_workers),
+        ("max-workers", flags.max_workers),
+    ] {
+        if let Some(value) = value
+            && !(1..=MAX_WORKERS).contains(&value)
+        {
+            return Err(FlagError::PoolBound { flag, value });
+        }
+    }
+    let min_workers = flags.min_workers.unwrap_or(1);
+    let max_workers = flags.max_workers.unwrap_or(MAX_WORKERS);
+    if min_workers > max_workers {
+        return Err(FlagError::MinMax {
+            min: min_workers,
+            max: max_workers,
+        });
+    }
+    let workers = match flags.workers {
+        WorkerCount::Auto => workers.clamp(min_workers, max_workers),
+        WorkerCount::Fixed(_) if !(min_workers..=max_workers).contains(&workers) => {
+            return Err(FlagError::OutsideBounds {
+                workers,
+                min: min_workers,
+                max: max_workers,
+            });
+        }
+        WorkerCount::Fixed(_) => workers,
+    };
+    let identity = identity(flags.user, flags.group, flags.cwd)?;
     let observer = match (flags.require_ebpf, flags.no_ebpf) {
         (true, _) => ObserverChoice::Require,
         (false, true) => ObserverChoice::Procfs,
@@ -256,7 +381,104 @@ pub fn resolve(flags: RunFlags) -> Result<RunConfig, FlagError> {
         kill_timeout: flags.kill_timeout,
         observer,
         bpf_log: flags.bpf_log,
+        ready_timeout: flags.ready_timeout,
+        stop_signal: flags.stop_signal,
+        restart: Policy {
+            initial: flags.restart_delay,
+            factor: flags.restart_backoff,
+            max: flags.restart_max_delay,
+            reset_after: flags.restart_reset_after,
+            max_quick_failures: flags.max_quick_restarts,
+        },
+        min_workers,
+        max_workers,
+        identity,
+        env: flags.env,
     })
+}
+
+/// Resolves `--user`, `--group` and `--cwd`.
+fn identity(
+    user: Option<String>,
+    group: Option<String>,
+    cwd: Option<PathBuf>,
+) -> Result<Identity, FlagError> {
+    let user_entry = match &user {
+        None => None,
+        Some(name) => {
+            let found = match name.parse::<u32>() {
+                Ok(uid) => User::from_uid(uid.into()),
+                Err(_) => User::from_name(name),
+            };
+            let reason = |r: String| FlagError::User {
+                user: name.clone(),
+                reason: r,
+            };
+            Some(
+                found
+                    .map_err(|e| reason(e.to_string()))?
+                    .ok_or_else(|| reason("no such user".into()))?,
+            )
+        }
+    };
+    let gid = match &group {
+        None => user_entry.as_ref().map(|u| u.gid.as_raw()),
+        Some(name) => {
+            let found = match name.parse::<u32>() {
+                Ok(gid) => Group::from_gid(gid.into()),
+                Err(_) => Group::from_name(name),
+            };
+            let reason = |r: String| FlagError::Group {
+                group: name.clone(),
+                reason: r,
+            };
+            Some(
+                found
+                    .map_err(|e| reason(e.to_string()))?
+                    .ok_or_else(|| reason("no such group".into()))?
+                    .gid
+                    .as_raw(),
+            )
+        }
+    };
+    if let Some(dir) = &cwd {
+        let unusable = |reason: &str| FlagError::Cwd {
+            dir: dir.clone(),
+            reason: reason.into(),
+        };
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(unusable("not a directory")),
+            Err(e) => return Err(unusable(&e.to_string())),
+        }
+    }
+    Ok(Identity {
+        uid: user_entry.map(|u| u.uid.as_raw()),
+        gid,
+        cwd,
+    })
+}
+
+/// `--stop-signal`: a signal name, with or without `SIG`, any case.
+fn parse_signal(text: &str) -> Result<Signal, String> {
+    let upper = text.trim().to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<Signal>()
+        .map_err(|_| format!("`{text}` is not a signal name (e.g. SIGTERM, INT, SIGQUIT)"))
+}
+
+/// `--env KEY=VALUE`.
+fn parse_env(text: &str) -> Result<(OsString, OsString), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() && !key.contains('\0') => {
+            Ok((key.into(), value.into()))
+        }
+        _ => Err(format!("`{text}` is not KEY=VALUE")),
+    }
 }
 
 /// Resolves the app like a shell would: a path if it has a slash, else through PATH.
@@ -334,6 +556,16 @@ mod tests {
             run.command,
             ["node", "app.js", "--workers", "9", "--", "-x"]
         );
+    }
+
+    #[test]
+    fn signals_and_env_parse() {
+        assert_eq!(parse_signal("term"), Ok(Signal::SIGTERM));
+        assert_eq!(parse_signal("SIGQUIT"), Ok(Signal::SIGQUIT));
+        assert!(parse_signal("SIGNOPE").is_err());
+        assert_eq!(parse_env("A=b=c"), Ok(("A".into(), "b=c".into())));
+        assert!(parse_env("=x").is_err());
+        assert!(parse_env("novalue").is_err());
     }
 
     #[test]

@@ -3,40 +3,74 @@
 //! observe (kernel or /proc) → decode → per-worker series → outputs, with the
 //! supervision of the worker processes alongside. One task on one thread owns
 //! all the state, and waits on everything that can happen: observations,
-//! worker exits, the periodic tick, signals, and stdout closing.
+//! SIGCHLD, restart and readiness timers, the periodic tick, signals, and
+//! stdout closing.
+//!
+//! Signals: SIGINT/SIGTERM stop the pool gracefully (a second SIGINT forces
+//! it); SIGHUP replaces every worker, one at a time, the new one ready before
+//! the old one is asked to stop; SIGTTIN adds a worker and SIGTTOU removes
+//! one, as Einhorn and unicorn do.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    process::ExitStatus,
+    ffi::OsString,
     time::{Duration, Instant},
 };
 
 use nix::sys::signal::Signal;
 use tokio::{
     signal::unix::{SignalKind, signal},
-    sync::mpsc,
     time::{MissedTickBehavior, interval, sleep_until},
 };
 
 use crate::{
     cli::{ObserverChoice, RunConfig},
-    observe::{Counters, Observation, Observer, Trigger, procfs::monotonic_ns},
+    observe::{Counters, Observation, Observer, Source, Trigger, procfs::monotonic_ns},
     output::{
         event::{Event, LossStage, MemorySample, SCHEMA_VERSION},
         ndjson::Output,
     },
     series::Series,
-    supervise::spawn::{signal_group, spawn},
+    supervise::{
+        backoff::{Decision, Failures},
+        lifecycle::{Input, State, step},
+        reap::{self, Exit},
+        spawn::{Spec, signal_group, spawn},
+    },
 };
 
 /// How long the last events may take to reach a stalled stdout at exit.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
 
-struct Worker {
+/// Why a worker was asked to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StopReason {
+    Shutdown,
+    ScaleDown,
+    /// Replaced by a newer generation (rolling restart).
+    Replaced,
+}
+
+impl StopReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Shutdown => "shutdown",
+            Self::ScaleDown => "scale_down",
+            Self::Replaced => "replaced",
+        }
+    }
+}
+
+/// One process of a worker. During a rolling restart a worker has two.
+struct Instance {
     id: u32,
+    generation: u32,
     pid: u32,
+    /// Its slot in the kernel's per-worker maps.
+    slot: u32,
+    state: State,
     started: Instant,
-    alive: bool,
+    stop: Option<StopReason>,
     oom_killed: bool,
     counters: Counters,
     level: u32,
@@ -44,16 +78,24 @@ struct Worker {
     children: BTreeSet<u32>,
 }
 
-struct Exited {
-    id: u32,
-    status: std::io::Result<ExitStatus>,
+/// A worker id's history across its processes.
+#[derive(Default)]
+struct Worker {
+    generation: u32,
+    restarts: u32,
+    failures: Failures,
+    /// When a crashed worker is due to start again, and why it crashed.
+    restart_at: Option<(Instant, &'static str)>,
+    errored: bool,
+    /// Removed by a scale-down: nothing restarts it.
+    retired: bool,
 }
 
 /// Why the loop is stopping.
 enum Stop {
     Signal(&'static str),
     StdoutClosed,
-    AllExited,
+    Errored,
 }
 
 struct Controller {
@@ -61,17 +103,30 @@ struct Controller {
     observer: Observer,
     output: Output,
     workers: BTreeMap<u32, Worker>,
-    exits: mpsc::UnboundedSender<Exited>,
+    /// Live processes by slot.
+    instances: BTreeMap<u32, Instance>,
+    /// The wanted pool size.
+    size: u32,
+    /// Worker ids still to replace in the rolling restart under way.
+    rolling: Vec<u32>,
     lost_reported: u64,
 }
 
-/// Runs the pool until a signal, a closed stdout, or the end of every worker.
+/// Runs the pool until a signal, a closed stdout, or every worker errored.
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
+    if let Err(err) = reap::become_subreaper() {
+        tracing::warn!(
+            "cannot become a child subreaper ({err}): orphaned descendants of workers go to init"
+        );
+    }
     let output = Output::stdout()?;
     let (observer, degraded) = Observer::start(&config)?;
-    let (exits_tx, mut exits) = mpsc::unbounded_channel();
+    let mut sigchld = signal(SignalKind::child())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigttin = signal(SignalKind::from_raw(Signal::SIGTTIN as i32))?;
+    let mut sigttou = signal(SignalKind::from_raw(Signal::SIGTTOU as i32))?;
 
     output.emit(&Event::ClusterStarted {
         schema_version: SCHEMA_VERSION,
@@ -86,8 +141,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             .collect(),
     });
     let max_delay = match observer.source() {
-        crate::observe::Source::Ebpf => config.wakeup_interval,
-        crate::observe::Source::Procfs => config.poll_interval,
+        Source::Ebpf => config.wakeup_interval,
+        Source::Procfs => config.poll_interval,
     };
     if let Some(reason) = &degraded
         && config.observer == ObserverChoice::Prefer
@@ -102,90 +157,351 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     });
 
     let mut ctl = Controller {
+        size: config.workers,
         config,
         observer,
         output,
         workers: BTreeMap::new(),
-        exits: exits_tx,
+        instances: BTreeMap::new(),
+        rolling: Vec::new(),
         lost_reported: 0,
     };
-    for id in 0..ctl.config.workers {
-        ctl.start_worker(id)?;
+    for id in 0..ctl.size {
+        ctl.workers.insert(id, Worker::default());
+        ctl.start(id)?;
     }
 
     let mut tick = interval(ctl.config.sample_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut batch = Vec::new();
     let stop = loop {
+        let timer = ctl.next_timer();
         tokio::select! {
             () = ctl.observer.next_batch(&mut batch) => ctl.observed(&mut batch),
-            Some(exited) = exits.recv() => {
-                ctl.exited(exited, &mut batch);
-                if ctl.workers.values().all(|w| !w.alive) {
-                    break Stop::AllExited;
-                }
-            }
+            _ = sigchld.recv() => ctl.reaped(&mut batch),
+            () = sleep_until(timer.unwrap_or_else(far_future).into()), if timer.is_some() => ctl.timers()?,
             _ = tick.tick() => ctl.tick(),
+            _ = sighup.recv() => ctl.rolling_restart(),
+            _ = sigttin.recv() => ctl.scale_up(1, "SIGTTIN")?,
+            _ = sigttou.recv() => ctl.scale_down(1, None, "SIGTTOU"),
             _ = sigint.recv() => break Stop::Signal("SIGINT"),
             _ = sigterm.recv() => break Stop::Signal("SIGTERM"),
             () = ctl.output.closed() => break Stop::StdoutClosed,
+        }
+        if ctl.instances.is_empty() && ctl.workers.values().all(|w| w.errored || w.retired) {
+            break Stop::Errored;
         }
     };
 
     let reason = match stop {
         Stop::Signal(name) => format!("received {name}"),
         Stop::StdoutClosed => "stdout was closed".into(),
-        Stop::AllExited => "every worker exited".into(),
+        Stop::Errored => "every worker errored".into(),
     };
-    if !matches!(stop, Stop::AllExited) {
-        ctl.stop_workers(&mut exits, &mut sigint, &mut batch).await;
-    }
+    ctl.shutdown(&mut sigchld, &mut sigint, &mut batch).await;
     ctl.tick();
     ctl.output.emit(&Event::ClusterStopped { reason });
     ctl.output.finish(FINAL_FLUSH);
+    if matches!(stop, Stop::Errored) {
+        anyhow::bail!("every worker errored");
+    }
     Ok(())
 }
 
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400)
+}
+
 impl Controller {
-    fn start_worker(&mut self, id: u32) -> anyhow::Result<()> {
-        let mut child = spawn(&self.config, id).map_err(|err| {
-            anyhow::anyhow!("could not start {}: {err}", self.config.app.display())
-        })?;
-        let pid = child.id().unwrap_or(0);
-        let exits = self.exits.clone();
-        tokio::spawn(async move {
-            let status = child.wait().await;
-            let _ = exits.send(Exited { id, status });
-        });
-        self.output
-            .emit(&Event::WorkerSpawned { worker_id: id, pid });
-        let mut worker = Worker {
+    /// The lowest kernel slot no live process holds.
+    fn free_slot(&self) -> u32 {
+        (0..).find(|s| !self.instances.contains_key(s)).unwrap_or(0)
+    }
+
+    /// Starts a new process for worker `id` (its first, a restart, or a replacement).
+    fn start(&mut self, id: u32) -> anyhow::Result<()> {
+        let slot = self.free_slot();
+        let worker = self.workers.entry(id).or_default();
+        worker.generation += 1;
+        let generation = worker.generation;
+        let mut env: Vec<(OsString, OsString)> = vec![
+            ("XYPRISS_WORKER_ID".into(), id.to_string().into()),
+            ("XYPRISS_WORKER_COUNT".into(), self.size.to_string().into()),
+            ("XYPRISS_GENERATION".into(), generation.to_string().into()),
+        ];
+        env.extend(self.config.env.iter().cloned());
+        let pid = spawn(Spec {
+            app: &self.config.app,
+            args: &self.config.args,
             id,
+            generation,
+            identity: &self.config.identity,
+            env,
+        })
+        .map_err(|err| anyhow::anyhow!("could not start {}: {err}", self.config.app.display()))?;
+        let (state, _) = step(State::Stopped, Input::Spawned).expect("the table starts workers");
+        self.output.emit(&Event::WorkerSpawned {
+            worker_id: id,
             pid,
+            generation,
+        });
+        let mut instance = Instance {
+            id,
+            generation,
+            pid,
+            slot,
+            state,
             started: Instant::now(),
-            alive: true,
+            stop: None,
             oom_killed: false,
             counters: Counters::default(),
             level: 0,
             series: Series::default(),
             children: BTreeSet::new(),
         };
-        match self.observer.watch(id, pid, self.config.thresholds) {
+        match self.observer.watch(slot, pid, self.config.thresholds) {
             Ok(seed) => {
-                worker.counters = seed;
-                let sample = sample(
-                    &mut worker,
+                instance.counters = seed;
+                let event = sample(
+                    &mut instance,
                     &self.observer,
                     monotonic_ns(),
                     Trigger::Initial,
                 );
-                self.output.emit(&sample);
+                self.output.emit(&event);
             }
             // It exited already: its exit is on its way.
             Err(err) => tracing::debug!("worker {id} (pid {pid}) could not be watched: {err}"),
         }
-        self.workers.insert(id, worker);
+        self.instances.insert(slot, instance);
         Ok(())
+    }
+
+    /// Moves instance `slot` through the lifecycle table; false if the table refuses.
+    fn transition(&mut self, slot: u32, input: Input) -> bool {
+        let Some(instance) = self.instances.get_mut(&slot) else {
+            return false;
+        };
+        match step(instance.state, input) {
+            Ok((to, _)) => {
+                instance.state = to;
+                true
+            }
+            Err(refused) => {
+                tracing::debug!("worker {}: {refused}", instance.id);
+                false
+            }
+        }
+    }
+
+    /// The earliest of the restart and readiness deadlines.
+    fn next_timer(&self) -> Option<Instant> {
+        let restarts = self
+            .workers
+            .values()
+            .filter_map(|w| w.restart_at.map(|(at, _)| at));
+        let ready = self
+            .instances
+            .values()
+            .filter(|i| i.state == State::Starting)
+            .map(|i| i.started + self.config.ready_timeout);
+        restarts.chain(ready).min()
+    }
+
+    /// Fires the restart and readiness deadlines that are due.
+    fn timers(&mut self) -> anyhow::Result<()> {
+        let now = Instant::now();
+        let due: Vec<u32> = self
+            .instances
+            .iter()
+            .filter(|(_, i)| {
+                i.state == State::Starting && i.started + self.config.ready_timeout <= now
+            })
+            .map(|(&slot, _)| slot)
+            .collect();
+        for slot in due {
+            self.ready(slot);
+        }
+        let restarts: Vec<(u32, &'static str)> = self
+            .workers
+            .iter()
+            .filter_map(|(&id, w)| {
+                w.restart_at
+                    .filter(|(at, _)| *at <= now)
+                    .map(|(_, why)| (id, why))
+            })
+            .collect();
+        for (id, why) in restarts {
+            step(State::Stopped, Input::Restart).expect("the table restarts stopped workers");
+            let worker = self.workers.get_mut(&id).expect("listed above");
+            worker.restart_at = None;
+            worker.restarts += 1;
+            let restarts = worker.restarts;
+            self.output.emit(&Event::WorkerRestarted {
+                worker_id: id,
+                generation: worker.generation + 1,
+                restarts,
+                reason: why,
+            });
+            self.start(id)?;
+        }
+        Ok(())
+    }
+
+    /// Instance `slot` is ready: say so, and go on with a rolling restart.
+    fn ready(&mut self, slot: u32) {
+        if !self.transition(slot, Input::Ready) {
+            return;
+        }
+        let i = &self.instances[&slot];
+        let (id, generation, pid) = (i.id, i.generation, i.pid);
+        self.output.emit(&Event::WorkerReady {
+            worker_id: id,
+            pid,
+            generation,
+            startup_ms: i.started.elapsed().as_millis() as u64,
+        });
+        // The replacement is serving: its predecessors may go.
+        let older: Vec<u32> = self
+            .instances
+            .iter()
+            .filter(|(_, o)| o.id == id && o.generation < generation)
+            .map(|(&s, _)| s)
+            .collect();
+        for old in older {
+            self.stop_instance(old, StopReason::Replaced);
+        }
+        if !self.rolling.is_empty() && !self.replacing() {
+            self.next_replacement();
+        }
+    }
+
+    /// Whether a worker has two processes (a replacement not yet done).
+    fn replacing(&self) -> bool {
+        let mut ids = BTreeSet::new();
+        self.instances
+            .values()
+            .filter(|i| matches!(i.state, State::Starting | State::Ready | State::Stopping))
+            .any(|i| !ids.insert(i.id))
+    }
+
+    /// SIGHUP: replace every worker, one at a time.
+    fn rolling_restart(&mut self) {
+        self.rolling = self
+            .workers
+            .iter()
+            .filter(|(_, w)| !w.errored && !w.retired)
+            .map(|(&id, _)| id)
+            .rev()
+            .collect();
+        tracing::info!("rolling restart of {} workers", self.rolling.len());
+        if !self.replacing() {
+            self.next_replacement();
+        }
+    }
+
+    fn next_replacement(&mut self) {
+        while let Some(id) = self.rolling.pop() {
+            if self
+                .workers
+                .get(&id)
+                .is_some_and(|w| !w.errored && !w.retired)
+            {
+                if let Err(err) = self.start(id) {
+                    tracing::error!("rolling restart of worker {id}: {err:#}");
+                    continue;
+                }
+                return;
+            }
+        }
+    }
+
+    /// Asks instance `slot` to stop.
+    fn stop_instance(&mut self, slot: u32, reason: StopReason) {
+        if !self.transition(slot, Input::Stop) {
+            return;
+        }
+        let i = self.instances.get_mut(&slot).expect("transitioned");
+        i.stop = Some(reason);
+        self.output.emit(&Event::WorkerStopping {
+            worker_id: i.id,
+            pid: i.pid,
+            generation: i.generation,
+            reason: reason.as_str(),
+        });
+        signal_group(i.pid, self.config.stop_signal);
+    }
+
+    /// Adds `n` workers, up to `--max-workers`.
+    fn scale_up(&mut self, n: u32, reason: &str) -> anyhow::Result<()> {
+        let from = self.size;
+        let to = from.saturating_add(n).min(self.config.max_workers);
+        if to == from {
+            tracing::warn!(
+                "scale up refused: the pool is at --max-workers {}",
+                self.config.max_workers
+            );
+            return Ok(());
+        }
+        self.size = to;
+        self.output.emit(&Event::Scale {
+            from,
+            to,
+            reason: reason.into(),
+        });
+        for _ in from..to {
+            let id = (0..)
+                .find(|id| self.workers.get(id).is_none_or(|w| w.retired))
+                .unwrap_or(0);
+            self.workers.insert(id, Worker::default());
+            self.start(id)?;
+        }
+        Ok(())
+    }
+
+    /// Removes `n` workers, down to `--min-workers`: the one named, or else
+    /// the one using the most memory, stopped gracefully.
+    fn scale_down(&mut self, n: u32, named: Option<u32>, reason: &str) {
+        let from = self.size;
+        let to = from.saturating_sub(n).max(self.config.min_workers);
+        if to == from {
+            tracing::warn!(
+                "scale down refused: the pool is at --min-workers {}",
+                self.config.min_workers
+            );
+            return;
+        }
+        self.size = to;
+        self.output.emit(&Event::Scale {
+            from,
+            to,
+            reason: reason.into(),
+        });
+        for _ in to..from {
+            let pick = named
+                .filter(|id| self.workers.get(id).is_some_and(|w| !w.retired))
+                .or_else(|| {
+                    self.instances
+                        .values()
+                        .filter(|i| i.state != State::Stopping)
+                        .max_by_key(|i| i.counters.rss())
+                        .map(|i| i.id)
+                });
+            let Some(id) = pick else { return };
+            if let Some(w) = self.workers.get_mut(&id) {
+                w.retired = true;
+                w.restart_at = None;
+            }
+            let slots: Vec<u32> = self
+                .instances
+                .iter()
+                .filter(|(_, i)| i.id == id)
+                .map(|(&s, _)| s)
+                .collect();
+            for slot in slots {
+                self.stop_instance(slot, StopReason::ScaleDown);
+            }
+        }
     }
 
     fn observed(&mut self, batch: &mut Vec<Observation>) {
@@ -204,22 +520,22 @@ impl Controller {
                 level,
                 ..
             } => {
-                let Some(w) = self.workers.get_mut(&slot).filter(|w| w.alive) else {
+                let Some(i) = self.instances.get_mut(&slot) else {
                     return;
                 };
-                w.counters = counters;
-                w.level = level;
-                let event = sample(w, &self.observer, at_ns, trigger);
+                i.counters = counters;
+                i.level = level;
+                let event = sample(i, &self.observer, at_ns, trigger);
                 self.output.emit(&event);
             }
             Observation::Fork { slot, pid, parent } => {
-                let Some(w) = self.workers.get_mut(&slot) else {
+                let Some(i) = self.instances.get_mut(&slot) else {
                     return;
                 };
                 // Threads are cloned tasks too; only processes are children.
-                if is_process(pid) && w.children.insert(pid) {
+                if is_process(pid) && i.children.insert(pid) {
                     self.output.emit(&Event::ChildSpawned {
-                        worker_id: slot,
+                        worker_id: i.id,
                         pid,
                         parent_pid: parent,
                     });
@@ -231,28 +547,28 @@ impl Controller {
                 at_ns,
                 counters,
             } => {
-                let Some(w) = self.workers.get_mut(&slot) else {
+                let Some(i) = self.instances.get_mut(&slot) else {
                     return;
                 };
-                if pid == w.pid {
+                if pid == i.pid {
                     return; // worker_exited comes from its exit status.
                 }
                 // A child too short-lived to be seen at its fork is reported now.
-                if w.children.insert(pid) {
+                if i.children.insert(pid) {
                     self.output.emit(&Event::ChildSpawned {
-                        worker_id: slot,
+                        worker_id: i.id,
                         pid,
-                        parent_pid: w.pid,
+                        parent_pid: i.pid,
                     });
                 }
-                w.children.remove(&pid);
+                i.children.remove(&pid);
                 self.output.emit(&Event::ChildExited {
-                    worker_id: slot,
+                    worker_id: i.id,
                     pid,
                 });
-                if w.alive && counters != w.counters {
-                    w.counters = counters;
-                    let event = sample(w, &self.observer, at_ns, Trigger::Granularity);
+                if counters != i.counters {
+                    i.counters = counters;
+                    let event = sample(i, &self.observer, at_ns, Trigger::Granularity);
                     self.output.emit(&event);
                 }
             }
@@ -261,14 +577,14 @@ impl Controller {
                 pid,
                 counters,
             } => {
-                let Some(w) = self.workers.get_mut(&slot) else {
+                let Some(i) = self.instances.get_mut(&slot) else {
                     return;
                 };
-                if pid == w.pid {
-                    w.oom_killed = true;
+                if pid == i.pid {
+                    i.oom_killed = true;
                 }
                 self.output.emit(&Event::OomKill {
-                    worker_id: slot,
+                    worker_id: i.id,
                     pid,
                     rss_bytes: counters.rss(),
                     anon_bytes: counters.anon,
@@ -277,49 +593,85 @@ impl Controller {
         }
     }
 
-    fn exited(&mut self, exited: Exited, batch: &mut Vec<Observation>) {
-        // What the kernel said before the exit (an OOM kill) comes first.
+    /// SIGCHLD: reaps every ended child, workers and orphaned descendants alike.
+    fn reaped(&mut self, batch: &mut Vec<Observation>) {
+        // What the kernel said before an exit (an OOM kill) comes first.
         self.observer.drain_now(batch);
         self.observed(batch);
-        let Some(w) = self.workers.get_mut(&exited.id) else {
-            return;
+        for (pid, exit) in reap::reap() {
+            let Some((&slot, _)) = self.instances.iter().find(|(_, i)| i.pid == pid) else {
+                tracing::debug!("reaped orphaned descendant {pid}: {exit:?}");
+                continue;
+            };
+            self.exited(slot, exit);
+        }
+    }
+
+    fn exited(&mut self, slot: u32, exit: Exit) {
+        self.transition(slot, Input::Exited);
+        let i = self.instances.remove(&slot).expect("found by the caller");
+        // Whatever it left behind in its process group goes with it.
+        signal_group(i.pid, Signal::SIGKILL);
+        self.observer.unwatch(slot);
+        let (code, signal) = match exit {
+            Exit::Code(code) => (Some(code), None),
+            Exit::Signal(signal) => (None, Some(signal.as_str().to_owned())),
         };
-        w.alive = false;
-        let (code, signal) = match exited.status {
-            Ok(status) => {
-                use std::os::unix::process::ExitStatusExt as _;
-                (
-                    status.code(),
-                    status.signal().map(|s| {
-                        Signal::try_from(s)
-                            .map(|s| s.as_str().to_owned())
-                            .unwrap_or_else(|_| s.to_string())
-                    }),
-                )
-            }
-            Err(err) => {
-                tracing::error!("waiting for worker {}: {err}", w.id);
-                (None, None)
-            }
-        };
+        let uptime = i.started.elapsed();
         self.output.emit(&Event::WorkerExited {
-            worker_id: w.id,
-            pid: w.pid,
+            worker_id: i.id,
+            pid: i.pid,
+            generation: i.generation,
             code,
             signal,
-            oom_killed: w.oom_killed,
-            uptime_ms: w.started.elapsed().as_millis() as u64,
+            oom_killed: i.oom_killed,
+            uptime_ms: uptime.as_millis() as u64,
+            expected: i.stop.is_some(),
         });
-        self.observer.unwatch(w.id);
+        if i.stop.is_some() {
+            if !self.rolling.is_empty() && !self.replacing() {
+                self.next_replacement();
+            }
+            return;
+        }
+        // Not asked to stop: a crash. A newer generation already running replaces it.
+        if self.instances.values().any(|o| o.id == i.id) {
+            return;
+        }
+        let Some(worker) = self.workers.get_mut(&i.id) else {
+            return;
+        };
+        let why = if i.oom_killed {
+            "oom_killed"
+        } else {
+            "crashed"
+        };
+        match worker.failures.crashed(&self.config.restart, uptime) {
+            Decision::Restart { after } => {
+                worker.restart_at = Some((Instant::now() + after, why));
+            }
+            Decision::GiveUp { failures } => {
+                worker.errored = true;
+                step(State::Stopped, Input::GiveUp).expect("the table gives up on stopped workers");
+                self.output.emit(&Event::WorkerErrored {
+                    worker_id: i.id,
+                    failures,
+                    message: format!(
+                        "worker {} failed {failures} times in a row, each within {:?} of starting: not restarted",
+                        i.id, self.config.restart.reset_after
+                    ),
+                });
+            }
+        }
     }
 
     /// The periodic refresh: fault counts and rates of quiet workers, and losses.
     fn tick(&mut self) {
         let now = monotonic_ns();
-        for w in self.workers.values_mut().filter(|w| w.alive) {
-            let faults = self.observer.faults(w.id);
-            if w.series.is_news(w.counters.rss(), faults) {
-                let event = sample(w, &self.observer, now, Trigger::Interval);
+        for i in self.instances.values_mut() {
+            let faults = self.observer.faults(i.slot);
+            if i.series.is_news(i.counters.rss(), faults) {
+                let event = sample(i, &self.observer, now, Trigger::Interval);
                 self.output.emit(&event);
             }
         }
@@ -334,66 +686,64 @@ impl Controller {
         }
     }
 
-    /// SIGTERM to every worker's group, then SIGKILL after the kill timeout or
+    /// The stop signal to every worker, then SIGKILL after the kill timeout or
     /// at a second SIGINT; returns when every worker has exited.
-    async fn stop_workers(
+    async fn shutdown(
         &mut self,
-        exits: &mut mpsc::UnboundedReceiver<Exited>,
+        sigchld: &mut tokio::signal::unix::Signal,
         sigint: &mut tokio::signal::unix::Signal,
         batch: &mut Vec<Observation>,
     ) {
-        let alive = |ctl: &Self| {
-            ctl.workers
-                .values()
-                .filter(|w| w.alive)
-                .map(|w| w.pid)
-                .collect::<Vec<_>>()
-        };
-        for pid in alive(self) {
-            signal_group(pid, Signal::SIGTERM);
+        self.rolling.clear();
+        for w in self.workers.values_mut() {
+            w.restart_at = None;
         }
+        let slots: Vec<u32> = self.instances.keys().copied().collect();
+        for slot in slots {
+            self.stop_instance(slot, StopReason::Shutdown);
+        }
+        // Reap anything that ended before we listened.
+        self.reaped(batch);
         let deadline = tokio::time::Instant::now() + self.config.kill_timeout;
         let mut killed = false;
-        while self.workers.values().any(|w| w.alive) {
-            tokio::select! {
-                Some(exited) = exits.recv() => self.exited(exited, batch),
-                () = self.observer.next_batch(batch) => self.observed(batch),
+        while !self.instances.is_empty() {
+            let kill = tokio::select! {
+                _ = sigchld.recv() => { self.reaped(batch); false }
+                () = self.observer.next_batch(batch) => { self.observed(batch); false }
                 () = sleep_until(deadline), if !killed => {
-                    killed = true;
-                    for pid in alive(self) {
-                        tracing::warn!("worker pid {pid} outlived --kill-timeout: SIGKILL");
-                        signal_group(pid, Signal::SIGKILL);
-                    }
+                    tracing::warn!("workers outlived --kill-timeout {:?}: SIGKILL", self.config.kill_timeout);
+                    true
                 }
-                _ = sigint.recv(), if !killed => {
-                    killed = true;
-                    for pid in alive(self) {
-                        signal_group(pid, Signal::SIGKILL);
-                    }
+                _ = sigint.recv(), if !killed => true,
+            };
+            if kill {
+                killed = true;
+                for i in self.instances.values() {
+                    signal_group(i.pid, Signal::SIGKILL);
                 }
             }
         }
     }
 }
 
-/// A `memory_sample` for `w` at `at_ns`, updating its series.
-fn sample(w: &mut Worker, observer: &Observer, at_ns: u64, trigger: Trigger) -> Event {
-    let faults = observer.faults(w.id);
-    let rss = w.counters.rss();
-    let rates = w.series.push(at_ns, rss, faults);
-    w.series.emitted(rss, faults, rates);
+/// A `memory_sample` for `i` at `at_ns`, updating its series.
+fn sample(i: &mut Instance, observer: &Observer, at_ns: u64, trigger: Trigger) -> Event {
+    let faults = observer.faults(i.slot);
+    let rss = i.counters.rss();
+    let rates = i.series.push(at_ns, rss, faults);
+    i.series.emitted(rss, faults, rates);
     Event::MemorySample(Box::new(MemorySample {
-        worker_id: w.id,
-        pid: w.pid,
+        worker_id: i.id,
+        pid: i.pid,
         rss_bytes: rss,
-        anon_bytes: w.counters.anon,
-        file_bytes: w.counters.file,
-        shmem_bytes: w.counters.shmem,
-        swap_bytes: w.counters.swap,
+        anon_bytes: i.counters.anon,
+        file_bytes: i.counters.file,
+        shmem_bytes: i.counters.shmem,
+        swap_bytes: i.counters.swap,
         page_faults: faults,
         allocation_rate: rates.allocation.round(),
         fault_rate: rates.faults.round(),
-        threshold_level: w.level,
+        threshold_level: i.level,
         trigger,
         source: observer.source(),
         monotonic_ns: at_ns,

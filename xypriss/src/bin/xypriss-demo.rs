@@ -10,6 +10,8 @@
 //! - `grow MIB_PER_S`: allocates at that rate until stopped or killed.
 //! - `oscillate LOW_MIB HIGH_MIB`: goes up to HIGH and down to LOW, again and
 //!   again, pausing 2 ms at each end (for threshold-latency benchmarks).
+//! - `exit CODE [AFTER_MS]`: exits with CODE, at once or after AFTER_MS.
+//! - `stubborn`: ignores SIGTERM and SIGINT (for kill-timeout tests).
 //! - `faultbench MIB ROUNDS`: times the first touch of MIB, ROUNDS times, and
 //!   prints the nanoseconds per page fault of the first (cold) round and the
 //!   median of the others (warm).
@@ -123,8 +125,23 @@ fn main() -> ExitCode {
         }),
         Some("faultbench") => parse(args.get(1), "MIB")
             .and_then(|mib| parse(args.get(2), "ROUNDS").map(|rounds| faultbench(mib, rounds))),
+        Some("exit") => parse::<u8>(args.get(1), "CODE").and_then(|code| {
+            let after = if args.len() > 2 {
+                parse(args.get(2), "AFTER_MS")?
+            } else {
+                0
+            };
+            sleep(Duration::from_millis(after));
+            std::process::exit(i32::from(code))
+        }),
+        Some("stubborn") => {
+            println!("ignoring SIGTERM and SIGINT");
+            loop {
+                let _ = next_signal(&signals, Duration::from_secs(3600));
+            }
+        }
         Some(other) => Err(format!(
-            "unknown mode `{other}`: leak, steps, fork, grow, oscillate or faultbench"
+            "unknown mode `{other}`: leak, steps, fork, grow, oscillate, exit, stubborn or faultbench"
         )),
     };
     match result {

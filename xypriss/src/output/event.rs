@@ -36,17 +36,53 @@ pub enum Event {
     WorkerSpawned {
         worker_id: u32,
         pid: u32,
+        generation: u32,
+    },
+    #[serde(rename_all = "camelCase")]
+    WorkerReady {
+        worker_id: u32,
+        pid: u32,
+        generation: u32,
+        startup_ms: u64,
+    },
+    #[serde(rename_all = "camelCase")]
+    WorkerStopping {
+        worker_id: u32,
+        pid: u32,
+        generation: u32,
+        reason: &'static str,
     },
     #[serde(rename_all = "camelCase")]
     WorkerExited {
         worker_id: u32,
         pid: u32,
+        generation: u32,
         #[serde(skip_serializing_if = "Option::is_none")]
         code: Option<i32>,
         #[serde(skip_serializing_if = "Option::is_none")]
         signal: Option<String>,
         oom_killed: bool,
         uptime_ms: u64,
+        /// It was asked to stop (shutdown, scale-down, replacement): no restart.
+        expected: bool,
+    },
+    #[serde(rename_all = "camelCase")]
+    WorkerRestarted {
+        worker_id: u32,
+        generation: u32,
+        restarts: u32,
+        reason: &'static str,
+    },
+    #[serde(rename_all = "camelCase")]
+    WorkerErrored {
+        worker_id: u32,
+        failures: u32,
+        message: String,
+    },
+    Scale {
+        from: u32,
+        to: u32,
+        reason: String,
     },
     MemorySample(Box<MemorySample>),
     #[serde(rename_all = "camelCase")]

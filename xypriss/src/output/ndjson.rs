@@ -140,6 +140,7 @@ mod tests {
         let line = to_line(&Event::WorkerSpawned {
             worker_id: 2,
             pid: 77,
+            generation: 1,
         });
         assert!(line.ends_with('\n') && !line[..line.len() - 1].contains('\n'));
         let value: serde_json::Value = serde_json::from_str(&line).unwrap();

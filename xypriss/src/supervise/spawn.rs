@@ -2,13 +2,21 @@
 //!
 //! Each worker gets its own process group, so that a stop signal reaches
 //! everything it started, and a parent-death signal, so that it dies with
-//! xypriss even when xypriss is SIGKILLed. Its stdout and stderr are prefixed
-//! and forwarded to xypriss's stderr: stdout is the NDJSON stream, and stays
-//! pure.
+//! xypriss even when xypriss is SIGKILLed. It may run as another user (the
+//! kernel then clears every capability: xypriss runs as root for eBPF, its
+//! workers need not). Its stdout and stderr are prefixed and forwarded to
+//! xypriss's stderr: stdout is the NDJSON stream, and stays pure.
+//!
+//! Processes are spawned with std, not tokio: xypriss reaps every child
+//! itself (it is a subreaper, so orphaned descendants of workers come to it
+//! too), with one `waitpid(-1)` loop on SIGCHLD.
 
 use std::{
+    ffi::OsString,
     io::{self, Write as _},
-    process::Stdio,
+    os::{fd::OwnedFd, unix::process::CommandExt as _},
+    path::PathBuf,
+    process::{Command, Stdio},
 };
 
 use nix::{
@@ -20,24 +28,49 @@ use nix::{
 };
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncRead, BufReader},
-    process::{Child, Command},
+    net::unix::pipe,
 };
 
-use crate::cli::RunConfig;
+/// Who workers run as, and where.
+#[derive(Clone, Debug, Default)]
+pub struct Identity {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub cwd: Option<PathBuf>,
+}
 
-/// Spawns worker `id` of `config`'s pool.
-pub fn spawn(config: &RunConfig, id: u32) -> io::Result<Child> {
+/// One worker process to start.
+pub struct Spec<'a> {
+    pub app: &'a std::path::Path,
+    pub args: &'a [OsString],
+    pub id: u32,
+    pub generation: u32,
+    pub identity: &'a Identity,
+    /// `XYPRISS_*` and the user's `--env`, in that order.
+    pub env: Vec<(OsString, OsString)>,
+}
+
+/// Spawns `spec`; returns its pid. The caller reaps it.
+pub fn spawn(spec: Spec<'_>) -> io::Result<u32> {
     let supervisor = Pid::this();
-    let mut cmd = Command::new(&config.app);
-    cmd.args(&config.args)
-        .env("XYPRISS_WORKER_ID", id.to_string())
-        .env("XYPRISS_WORKER_COUNT", config.workers.to_string())
+    let mut cmd = Command::new(spec.app);
+    cmd.args(spec.args)
+        .envs(spec.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(false);
-    // SAFETY: between fork and exec the closure only makes two system calls.
+        .process_group(0);
+    if let Some(cwd) = &spec.identity.cwd {
+        cmd.current_dir(cwd);
+    }
+    if let Some(gid) = spec.identity.gid {
+        cmd.gid(gid);
+    }
+    if let Some(uid) = spec.identity.uid {
+        // std also drops the supplementary groups when root changes user.
+        cmd.uid(uid);
+    }
+    // SAFETY: between fork and exec the closure only makes system calls.
     unsafe {
         cmd.pre_exec(move || {
             prctl::set_pdeathsig(Signal::SIGKILL)?;
@@ -51,22 +84,27 @@ pub fn spawn(config: &RunConfig, id: u32) -> io::Result<Child> {
         });
     }
     let mut child = cmd.spawn()?;
-    let pid = child.id().unwrap_or(0);
-    if let Some(out) = child.stdout.take() {
-        tokio::spawn(forward(out, id, pid));
+    let pid = child.id();
+    let (id, generation) = (spec.id, spec.generation);
+    for stream in [
+        child.stdout.take().map(OwnedFd::from),
+        child.stderr.take().map(OwnedFd::from),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let receiver = pipe::Receiver::from_owned_fd(stream)?;
+        tokio::spawn(forward(receiver, id, generation, pid));
     }
-    if let Some(err) = child.stderr.take() {
-        tokio::spawn(forward(err, id, pid));
-    }
-    Ok(child)
+    Ok(pid)
 }
 
 /// Copies a worker's output to stderr, one prefixed line at a time.
-async fn forward(stream: impl AsyncRead + Unpin, id: u32, pid: u32) {
+async fn forward(stream: impl AsyncRead + Unpin, id: u32, generation: u32, pid: u32) {
     let mut lines = BufReader::new(stream).split(b'\n');
     while let Ok(Some(line)) = lines.next_segment().await {
         let mut stderr = io::stderr().lock();
-        let _ = write!(stderr, "[worker {id} pid {pid}] ");
+        let _ = write!(stderr, "[worker {id}.{generation} pid {pid}] ");
         let _ = stderr.write_all(&line);
         let _ = stderr.write_all(b"\n");
     }

@@ -1,0 +1,336 @@
+//! The supervisor: restarts with backoff, the errored state, graceful and
+//! forced stops, rolling restarts, scaling, privileges and the workers'
+//! environment, with real processes.
+
+mod support;
+
+use std::{fs, path::Path, thread, time::Duration};
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use support::{DEMO, Pool, root_or_skip, signal, u64_of};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn of<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["event"] == name).collect()
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie is dead for our purposes: it runs nothing and holds no memory.
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
+}
+
+#[test]
+fn a_crash_loop_backs_off_then_the_worker_errors() {
+    if !root_or_skip("a_crash_loop_backs_off_then_the_worker_errors") {
+        return;
+    }
+    let mut pool = Pool::start(&[
+        "--workers",
+        "1",
+        "--restart-delay",
+        "100ms",
+        "--restart-backoff",
+        "2",
+        "--max-quick-restarts",
+        "3",
+        DEMO,
+        "exit",
+        "3",
+    ]);
+    pool.wait_event("worker_errored", TIMEOUT, |_| true);
+    let status = pool.wait();
+    assert!(
+        !status.success(),
+        "a pool whose every worker errored exits non-zero"
+    );
+    let events = &pool.events;
+    let exits = of(events, "worker_exited");
+    assert_eq!(exits.len(), 4, "{events:#?}");
+    assert!(
+        exits
+            .iter()
+            .all(|e| e["code"] == 3 && e["expected"] == false)
+    );
+    let spawns = of(events, "worker_spawned");
+    assert_eq!(spawns.len(), 4);
+    assert_eq!(
+        spawns
+            .iter()
+            .map(|e| u64_of(e, "generation"))
+            .collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    // Delays of 100, 200 and 400 ms between an exit and the next spawn.
+    for (n, expected) in [100u64, 200, 400].into_iter().enumerate() {
+        let gap = u64_of(spawns[n + 1], "timestamp") - u64_of(exits[n], "timestamp");
+        assert!(
+            gap + 5 >= expected && gap < expected + 400,
+            "restart {}: waited {gap} ms, expected about {expected} ms",
+            n + 1
+        );
+    }
+    let restarted = of(events, "worker_restarted");
+    assert_eq!(restarted.len(), 3);
+    assert_eq!(restarted[2]["restarts"], 3);
+    assert_eq!(restarted[0]["reason"], "crashed");
+    let errored = of(events, "worker_errored");
+    assert_eq!(errored.len(), 1);
+    assert_eq!(errored[0]["failures"], 4);
+    assert_eq!(events.last().unwrap()["reason"], "every worker errored");
+}
+
+#[test]
+fn an_errored_worker_leaves_the_rest_of_the_pool_serving() {
+    if !root_or_skip("an_errored_worker_leaves_the_rest_of_the_pool_serving") {
+        return;
+    }
+    let script = format!("if [ \"$XYPRISS_WORKER_ID\" = 1 ]; then exit 1; fi; exec {DEMO} steps 1");
+    let mut pool = Pool::start(&[
+        "--workers",
+        "2",
+        "--restart-delay",
+        "10ms",
+        "--max-quick-restarts",
+        "2",
+        "/bin/sh",
+        "-c",
+        &script,
+    ]);
+    let healthy = pool.wait_event("worker_spawned", TIMEOUT, |e| e["workerId"] == 0);
+    pool.wait_event("worker_errored", TIMEOUT, |e| e["workerId"] == 1);
+    pool.collect_for(Duration::from_millis(500));
+    assert!(
+        of(&pool.events, "cluster_stopped").is_empty(),
+        "the pool stopped"
+    );
+    assert!(alive(u64_of(&healthy, "pid") as u32));
+    assert!(
+        of(&pool.events, "worker_exited")
+            .iter()
+            .all(|e| e["workerId"] == 1)
+    );
+    assert!(pool.stop().success());
+}
+
+#[test]
+fn a_stop_is_graceful_then_forced_after_the_kill_timeout() {
+    if !root_or_skip("a_stop_is_graceful_then_forced_after_the_kill_timeout") {
+        return;
+    }
+    let script = format!(
+        "if [ \"$XYPRISS_WORKER_ID\" = 1 ]; then exec {DEMO} stubborn; fi; exec {DEMO} steps 1"
+    );
+    let mut pool = Pool::start(&[
+        "--workers",
+        "2",
+        "--kill-timeout",
+        "700ms",
+        "/bin/sh",
+        "-c",
+        &script,
+    ]);
+    pool.wait_log("ignoring SIGTERM", TIMEOUT);
+    pool.wait_log("at 1 MiB", TIMEOUT);
+    let started = std::time::Instant::now();
+    assert!(pool.stop().success());
+    let took = started.elapsed();
+    let events = &pool.events;
+    assert_eq!(of(events, "worker_stopping").len(), 2, "{events:#?}");
+    let exits = of(events, "worker_exited");
+    let graceful = exits
+        .iter()
+        .find(|e| e["workerId"] == 0)
+        .expect("worker 0 exited");
+    assert_eq!(graceful["code"], 0);
+    assert_eq!(graceful["expected"], true);
+    let forced = exits
+        .iter()
+        .find(|e| e["workerId"] == 1)
+        .expect("worker 1 exited");
+    assert_eq!(forced["signal"], "SIGKILL");
+    assert!(
+        took >= Duration::from_millis(650),
+        "SIGKILL came before the kill timeout: {took:?}"
+    );
+    assert!(took < Duration::from_secs(5), "the stop took {took:?}");
+    assert!(
+        of(events, "worker_restarted").is_empty(),
+        "a stop restarted a worker"
+    );
+    assert_eq!(events.last().unwrap()["event"], "cluster_stopped");
+}
+
+#[test]
+fn sigkill_of_xypriss_leaves_no_worker_alive() {
+    if !root_or_skip("sigkill_of_xypriss_leaves_no_worker_alive") {
+        return;
+    }
+    let mut pool = Pool::start(&["--workers", "3", DEMO, "steps", "1"]);
+    let mut pids = Vec::new();
+    for id in 0..3u64 {
+        let e = pool.wait_event("worker_spawned", TIMEOUT, |e| e["workerId"] == id);
+        pids.push(u64_of(&e, "pid") as u32);
+    }
+    signal(pool.pid(), Signal::SIGKILL);
+    pool.wait();
+    for _ in 0..50 {
+        if pids.iter().all(|&p| !alive(p)) {
+            return;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "workers outlived xypriss: {:?}",
+        pids.iter().filter(|&&p| alive(p)).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn sighup_replaces_each_worker_after_its_replacement_is_ready() {
+    if !root_or_skip("sighup_replaces_each_worker_after_its_replacement_is_ready") {
+        return;
+    }
+    let mut pool = Pool::start(&[
+        "--workers",
+        "2",
+        "--ready-timeout",
+        "200ms",
+        DEMO,
+        "steps",
+        "1",
+    ]);
+    for id in 0..2u64 {
+        pool.wait_event("worker_ready", TIMEOUT, |e| e["workerId"] == id);
+    }
+    signal(pool.pid(), Signal::SIGHUP);
+    for id in 0..2u64 {
+        pool.wait_event("worker_exited", TIMEOUT, |e| {
+            e["workerId"] == id && e["generation"] == 1
+        });
+    }
+    assert!(pool.stop().success());
+    let events = &pool.events;
+    let position =
+        |pred: &dyn Fn(&Value) -> bool| events.iter().position(pred).expect("event present");
+    for id in 0..2u64 {
+        let ready = position(&|e| {
+            e["event"] == "worker_ready" && e["workerId"] == id && e["generation"] == 2
+        });
+        let stopping = position(&|e| {
+            e["event"] == "worker_stopping" && e["workerId"] == id && e["generation"] == 1
+        });
+        assert!(
+            ready < stopping,
+            "worker {id}: the old one was stopped before the new one was ready"
+        );
+        assert_eq!(events[stopping]["reason"], "replaced");
+    }
+    // One at a time: worker 1's replacement starts after worker 0's old process is gone.
+    let exit0 =
+        position(&|e| e["event"] == "worker_exited" && e["workerId"] == 0 && e["generation"] == 1);
+    let spawn1 =
+        position(&|e| e["event"] == "worker_spawned" && e["workerId"] == 1 && e["generation"] == 2);
+    assert!(exit0 < spawn1, "{events:#?}");
+    assert!(of(events, "worker_restarted").is_empty());
+}
+
+#[test]
+fn sigttin_and_sigttou_scale_within_the_bounds() {
+    if !root_or_skip("sigttin_and_sigttou_scale_within_the_bounds") {
+        return;
+    }
+    let mut pool = Pool::start(&["--workers", "1", "--max-workers", "2", DEMO, "steps", "1"]);
+    pool.wait_event("worker_spawned", TIMEOUT, |e| e["workerId"] == 0);
+    signal(pool.pid(), Signal::SIGTTIN);
+    let scale = pool.wait_event("scale", TIMEOUT, |_| true);
+    assert_eq!(
+        (scale["from"].clone(), scale["to"].clone()),
+        (1.into(), 2.into())
+    );
+    pool.wait_event("worker_spawned", TIMEOUT, |e| e["workerId"] == 1);
+    signal(pool.pid(), Signal::SIGTTIN);
+    pool.collect_for(Duration::from_millis(300));
+    assert_eq!(
+        of(&pool.events, "scale").len(),
+        1,
+        "scaled above --max-workers"
+    );
+    signal(pool.pid(), Signal::SIGTTOU);
+    let stopping = pool.wait_event("worker_stopping", TIMEOUT, |_| true);
+    assert_eq!(stopping["reason"], "scale_down");
+    let id = stopping["workerId"].clone();
+    let exited = pool.wait_event("worker_exited", TIMEOUT, |e| e["workerId"] == id);
+    assert_eq!(exited["expected"], true);
+    pool.collect_for(Duration::from_millis(500));
+    assert!(
+        of(&pool.events, "worker_restarted").is_empty(),
+        "a scaled-down worker was restarted"
+    );
+    signal(pool.pid(), Signal::SIGTTOU);
+    pool.collect_for(Duration::from_millis(300));
+    assert_eq!(
+        of(&pool.events, "scale").len(),
+        2,
+        "scaled below --min-workers"
+    );
+    assert!(pool.stop().success());
+}
+
+#[test]
+fn workers_run_as_the_given_user_without_capabilities() {
+    if !root_or_skip("workers_run_as_the_given_user_without_capabilities") {
+        return;
+    }
+    let mut pool = Pool::start(&["--workers", "1", "--user", "nobody", DEMO, "steps", "1"]);
+    let spawned = pool.wait_event("worker_spawned", TIMEOUT, |_| true);
+    pool.wait_log("at 1 MiB", TIMEOUT);
+    let status = fs::read_to_string(format!("/proc/{}/status", u64_of(&spawned, "pid"))).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().collect::<Vec<_>>())
+            .unwrap()
+    };
+    assert_eq!(field("Uid:"), ["65534"; 4]);
+    assert_eq!(field("CapEff:"), ["0000000000000000"]);
+    assert_eq!(field("CapPrm:"), ["0000000000000000"]);
+    assert_eq!(field("CapAmb:"), ["0000000000000000"]);
+    assert!(pool.stop().success());
+}
+
+#[test]
+fn workers_get_their_environment_and_directory() {
+    let dir = std::env::temp_dir();
+    let mut pool = Pool::start(&[
+        "--workers",
+        "2",
+        "--no-ebpf",
+        "--env",
+        "GREETING=hello world",
+        "--cwd",
+        dir.to_str().unwrap(),
+        "/bin/sh",
+        "-c",
+        "echo \"id=$XYPRISS_WORKER_ID of $XYPRISS_WORKER_COUNT gen=$XYPRISS_GENERATION greeting=$GREETING cwd=$(pwd)\"; exec sleep 60",
+    ]);
+    let expected_cwd = fs::canonicalize(&dir).unwrap();
+    for id in 0..2 {
+        let line = pool.wait_log(&format!("id={id} of 2 gen=1"), TIMEOUT);
+        assert!(line.contains("greeting=hello world"), "{line}");
+        assert!(
+            line.contains(&format!("cwd={}", expected_cwd.display())),
+            "{line} (expected cwd {})",
+            expected_cwd.display()
+        );
+        assert!(line.starts_with(&format!("[worker {id}.1 pid ")), "{line}");
+    }
+    assert!(pool.events.iter().all(|e| e["event"] != "worker_exited"));
+    assert!(pool.stop().success());
+    assert!(Path::new(&expected_cwd).is_dir());
+}
