@@ -79,15 +79,33 @@ fn bad_sizes_durations_and_percentages() {
 fn bad_supervision_flags() {
     rejected(&["run", "--stop-signal", "SIGNOPE", DEMO], "--stop-signal");
     rejected(&["run", "--stop-signal", "", DEMO], "--stop-signal");
-    rejected(&["run", "--restart-backoff", "0.5", DEMO], "--restart-backoff");
-    rejected(&["run", "--restart-backoff", "NaN", DEMO], "--restart-backoff");
+    rejected(
+        &["run", "--restart-backoff", "0.5", DEMO],
+        "--restart-backoff",
+    );
+    rejected(
+        &["run", "--restart-backoff", "NaN", DEMO],
+        "--restart-backoff",
+    );
     rejected(&["run", "--restart-delay", "-1s", DEMO], "--restart-delay");
-    rejected(&["run", "--max-quick-restarts", "-1", DEMO], "--max-quick-restarts");
-    rejected(&["run", "--min-workers", "3", "--max-workers", "2", DEMO], "--min-workers");
-    rejected(&["run", "--workers", "5", "--max-workers", "2", DEMO], "--max-workers");
+    rejected(
+        &["run", "--max-quick-restarts", "-1", DEMO],
+        "--max-quick-restarts",
+    );
+    rejected(
+        &["run", "--min-workers", "3", "--max-workers", "2", DEMO],
+        "--min-workers",
+    );
+    rejected(
+        &["run", "--workers", "5", "--max-workers", "2", DEMO],
+        "--max-workers",
+    );
     rejected(&["run", "--max-workers", "0", DEMO], "--max-workers");
     rejected(&["run", "--user", "no-such-user-xypriss", DEMO], "--user");
-    rejected(&["run", "--group", "no-such-group-xypriss", DEMO], "--group");
+    rejected(
+        &["run", "--group", "no-such-group-xypriss", DEMO],
+        "--group",
+    );
     rejected(&["run", "--cwd", "/nonexistent/dir", DEMO], "--cwd");
     rejected(&["run", "--env", "NOEQUALS", DEMO], "--env");
     rejected(&["run", "--ready-timeout", "soon", DEMO], "--ready-timeout");

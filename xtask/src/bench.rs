@@ -8,7 +8,8 @@
 //!   and warm, unobserved / observed but unwatched / watched, and with
 //!   bpftrace doing the same per-process rss_stat accounting.
 //! - `throughput`: the allocation rates at which `events_lost` stays 0.
-//! - `footprint`: xypriss's own RSS and CPU with 16 idle workers.
+//! - `footprint`: start-up time until every worker is ready, and xypriss's
+//!   own RSS and CPU, with 16, 64 and 256 idle workers.
 //!
 //! Every scenario is bounded in time and stops what it started.
 
@@ -427,48 +428,70 @@ impl Bench {
     }
 
     fn footprint(&self) -> Result<Value> {
-        const WORKERS: &str = "16";
         const SECONDS: u64 = 10;
         let demo = self.demo.to_str().context("demo path")?;
-        let pool = Pool::start(
-            &self.xypriss,
-            &["--workers", WORKERS, "--require-ebpf", demo, "steps", "1"],
-        )?;
-        for _ in 0..16 {
-            pool.wait_log("at 1 MiB", Duration::from_secs(20))?;
-        }
-        thread::sleep(Duration::from_secs(1));
-        let pid = pool.child.id();
+        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
         let ticks = |pid: u32| -> Result<u64> {
             let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
             let after = stat.rsplit_once(')').context("stat")?.1;
             let fields: Vec<&str> = after.split_whitespace().collect();
             Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
         };
-        let before = ticks(pid)?;
-        let start = Instant::now();
-        thread::sleep(Duration::from_secs(SECONDS));
-        let used = ticks(pid)? - before;
-        let elapsed = start.elapsed().as_secs_f64();
-        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
-        let cpu_pct = used as f64 / hz / elapsed * 100.0;
-        let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let rss_kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("VmRSS")?;
-        drop(pool.stop());
-        println!("footprint: xypriss with {WORKERS} idle workers, over {SECONDS} s");
-        println!("| workers | xypriss RSS | xypriss CPU |");
-        println!("| --- | --- | --- |");
-        println!(
-            "| {WORKERS} | {:.1} MiB | {cpu_pct:.2}% of a core |",
-            rss_kib as f64 / 1024.0
-        );
-        Ok(
-            json!({ "workers": 16, "rss_kib": rss_kib, "cpu_pct_of_core": cpu_pct, "seconds": elapsed }),
-        )
+        println!("footprint: xypriss with idle workers (`xypriss-demo steps 1`), over {SECONDS} s");
+        println!("| workers | start until all ready | xypriss RSS | xypriss CPU |");
+        println!("| --- | --- | --- | --- |");
+        let mut rows = Vec::new();
+        for workers in [16u32, 64, 256] {
+            let count = workers.to_string();
+            let started = Instant::now();
+            let pool = Pool::start(
+                &self.xypriss,
+                &[
+                    "--workers",
+                    &count,
+                    "--require-ebpf",
+                    "--ready-timeout",
+                    "0s",
+                    demo,
+                    "steps",
+                    "1",
+                ],
+            )?;
+            let mut ready = 0;
+            while ready < workers {
+                pool.wait_event("worker_ready", Duration::from_secs(60))?;
+                ready += 1;
+            }
+            let startup = started.elapsed();
+            thread::sleep(Duration::from_secs(1));
+            let pid = pool.child.id();
+            let before = ticks(pid)?;
+            let start = Instant::now();
+            thread::sleep(Duration::from_secs(SECONDS));
+            let used = ticks(pid)? - before;
+            let elapsed = start.elapsed().as_secs_f64();
+            let cpu_pct = used as f64 / hz / elapsed * 100.0;
+            let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+            let rss_kib: u64 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .context("VmRSS")?;
+            drop(pool.stop());
+            println!(
+                "| {workers} | {:.0} ms | {:.1} MiB | {cpu_pct:.2}% of a core |",
+                startup.as_secs_f64() * 1000.0,
+                rss_kib as f64 / 1024.0
+            );
+            rows.push(json!({
+                "workers": workers,
+                "startup_ms": startup.as_secs_f64() * 1000.0,
+                "rss_kib": rss_kib,
+                "cpu_pct_of_core": cpu_pct,
+                "seconds": elapsed,
+            }));
+        }
+        Ok(json!({ "runs": rows }))
     }
 }
 
