@@ -58,6 +58,10 @@ fn an_oom_kill_is_attributed_to_its_worker() {
     assert_eq!(exited["oomKilled"], true, "{exited}");
     assert_eq!(exited["signal"], "SIGKILL", "{exited}");
 
+    // It is restarted, and the cause is named.
+    let restarted = pool.wait_event("worker_restarted", TIMEOUT, |e| e["workerId"] == 1);
+    assert_eq!(restarted["reason"], "oom_killed", "{restarted}");
+    assert_eq!(restarted["generation"], 2);
     // The other worker is untouched.
     assert!(
         pool.events

@@ -166,6 +166,27 @@ fn a_stop_is_graceful_then_forced_after_the_kill_timeout() {
 }
 
 #[test]
+fn a_second_sigint_forces_the_stop() {
+    if !root_or_skip("a_second_sigint_forces_the_stop") {
+        return;
+    }
+    let mut pool = Pool::start(&["--workers", "1", "--kill-timeout", "60s", DEMO, "stubborn"]);
+    pool.wait_log("ignoring SIGTERM", TIMEOUT);
+    let started = std::time::Instant::now();
+    signal(pool.pid(), Signal::SIGINT);
+    pool.wait_event("worker_stopping", TIMEOUT, |_| true);
+    thread::sleep(Duration::from_millis(200));
+    assert!(pool.stop().success());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the second SIGINT did not force the stop"
+    );
+    let exited = of(&pool.events, "worker_exited");
+    assert_eq!(exited.len(), 1);
+    assert_eq!(exited[0]["signal"], "SIGKILL");
+}
+
+#[test]
 fn sigkill_of_xypriss_leaves_no_worker_alive() {
     if !root_or_skip("sigkill_of_xypriss_leaves_no_worker_alive") {
         return;
