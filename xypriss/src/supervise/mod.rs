@@ -1,4 +1,6 @@
-//! Worker processes: how many, how they are started, and how they are stopped.
+//! Worker processes: how many, how they are started, the cgroups they run in,
+//! and how they are stopped.
 
+pub mod cgroup;
 pub mod spawn;
 pub mod workers;
