@@ -1,0 +1,283 @@
+//! Per-worker cgroups on the real kernel's memory hierarchy (v2, or v1 where
+//! memory is bound to v1): a process added to a worker cgroup is in it, limits
+//! reach the kernel's files, killing empties it, removal leaves nothing
+//! behind, and a pool left by an xypriss that is gone is killed and removed.
+//!
+//! Each test makes its own pool; guards kill and remove what it made even when
+//! an assertion fails.
+
+mod support;
+
+use std::{
+    fs,
+    io::Write as _,
+    os::unix::process::ExitStatusExt as _,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use support::{MIB, root_or_skip};
+use xypriss::supervise::cgroup::{Hierarchy, PoolCgroup, Version};
+
+const SIGKILL: i32 = Signal::SIGKILL as i32;
+
+/// A pool cgroup, removed (with whatever runs in it) on drop.
+struct PoolGuard(Option<PoolCgroup>);
+
+impl PoolGuard {
+    fn create(name: &str) -> Self {
+        Self(Some(PoolCgroup::create(name).expect("a pool cgroup")))
+    }
+
+    fn get(&self) -> &PoolCgroup {
+        self.0.as_ref().expect("the pool is not removed yet")
+    }
+
+    fn remove(&mut self) -> usize {
+        self.0
+            .take()
+            .expect("the pool is not removed yet")
+            .remove()
+            .expect("the pool is removed")
+    }
+}
+
+impl Drop for PoolGuard {
+    fn drop(&mut self) {
+        if let Some(pool) = self.0.take() {
+            let _ = pool.remove();
+        }
+    }
+}
+
+/// A child process, killed and reaped on drop.
+struct ChildGuard(Child);
+
+impl ChildGuard {
+    fn sleep() -> Self {
+        Self(
+            Command::new("sleep")
+                .arg("60")
+                .spawn()
+                .expect("sleep starts"),
+        )
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Reaps it, and returns the signal that ended it.
+    fn signal(&mut self) -> Option<i32> {
+        self.0.wait().expect("the child is reaped").signal()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A pool directory made by hand, killed and removed on drop if still there.
+struct StaleGuard(PathBuf);
+
+impl Drop for StaleGuard {
+    fn drop(&mut self) {
+        let worker = self.0.join("w0.g0");
+        if let Ok(procs) = fs::read_to_string(worker.join("cgroup.procs")) {
+            for pid in procs.split_whitespace().filter_map(|p| p.parse().ok()) {
+                if pid > 0 {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+            }
+        }
+        for dir in [worker, self.0.clone()] {
+            for _ in 0..100 {
+                if !dir.exists() || fs::remove_dir(&dir).is_ok() {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} within 5 s");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_worker_cgroup_holds_its_process_and_its_limits() {
+    if !root_or_skip("a_worker_cgroup_holds_its_process_and_its_limits") {
+        return;
+    }
+    let hierarchy = Hierarchy::find().expect("a memory hierarchy");
+    let mut pool = PoolGuard::create("test-limits");
+    assert_eq!(pool.get().version(), hierarchy.version());
+    let worker = pool.get().worker(0, 1).expect("a worker cgroup");
+    assert!(worker.path().is_dir());
+
+    // The shell waits for a line, so it is in the cgroup when it execs sleep:
+    // sleep's memory is then charged to the cgroup.
+    let mut child = ChildGuard(
+        Command::new("/bin/sh")
+            .args(["-c", "read _ && exec sleep 60"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("sh starts"),
+    );
+    let pid = child.pid();
+    worker.add(pid).expect("the process is added");
+    child
+        .0
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"go\n")
+        .expect("sh reads");
+    wait_until("sh execs sleep", || {
+        fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+    });
+
+    let relative = worker
+        .path()
+        .strip_prefix(hierarchy.path())
+        .expect("the worker is in the hierarchy");
+    let cgroups = fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("the process is alive");
+    let suffix = format!(":/{}", relative.display());
+    assert!(
+        cgroups.lines().any(|line| line.ends_with(&suffix)),
+        "{suffix} not in /proc/{pid}/cgroup:\n{cgroups}"
+    );
+    assert_eq!(worker.pids().expect("pids"), [pid]);
+
+    let (max_file, high_file) = match hierarchy.version() {
+        Version::V2 => ("memory.max", "memory.high"),
+        Version::V1 => ("memory.limit_in_bytes", "memory.soft_limit_in_bytes"),
+    };
+    let read = |file: &str| {
+        fs::read_to_string(worker.path().join(file))
+            .expect("a limit file")
+            .trim()
+            .to_owned()
+    };
+    let unlimited = |value: String| match hierarchy.version() {
+        Version::V2 => value == "max",
+        Version::V1 => value.parse::<u64>().expect("bytes") >= 1 << 60,
+    };
+    worker.set_max(Some(64 * MIB)).expect("memory.max set");
+    assert_eq!(read(max_file), (64 * MIB).to_string());
+    worker.set_high(Some(32 * MIB)).expect("memory.high set");
+    assert_eq!(read(high_file), (32 * MIB).to_string());
+    worker.set_max(None).expect("memory.max unset");
+    assert!(unlimited(read(max_file)), "{}", read(max_file));
+    worker.set_high(None).expect("memory.high unset");
+    assert!(unlimited(read(high_file)), "{}", read(high_file));
+
+    let current = worker.memory_current().expect("memory.current");
+    assert!(current > 0, "sleep's memory is charged to its cgroup");
+
+    assert_eq!(worker.kill_all().expect("killed"), 1);
+    assert_eq!(child.signal(), Some(SIGKILL));
+    assert!(worker.pids().expect("pids").is_empty());
+
+    let path = worker.path().to_owned();
+    assert_eq!(worker.remove().expect("the worker cgroup is removed"), 0);
+    assert!(!path.exists(), "{} is left", path.display());
+    let pool_path = pool.get().path().to_owned();
+    assert_eq!(pool.remove(), 0);
+    assert!(!pool_path.exists(), "{} is left", pool_path.display());
+}
+
+#[test]
+fn removing_a_pool_kills_what_its_workers_left() {
+    if !root_or_skip("removing_a_pool_kills_what_its_workers_left") {
+        return;
+    }
+    let mut pool = PoolGuard::create("test-remove");
+    let mut children = Vec::new();
+    for id in 0..2 {
+        let worker = pool.get().worker(id, 0).expect("a worker cgroup");
+        let child = ChildGuard::sleep();
+        worker.add(child.pid()).expect("the process is added");
+        children.push(child);
+    }
+    let path = pool.get().path().to_owned();
+
+    assert_eq!(pool.remove(), 2);
+    for child in &mut children {
+        assert_eq!(child.signal(), Some(SIGKILL));
+    }
+    assert!(!path.exists(), "{} is left", path.display());
+}
+
+#[test]
+fn a_pool_whose_xypriss_is_gone_is_killed_and_removed() {
+    if !root_or_skip("a_pool_whose_xypriss_is_gone_is_killed_and_removed") {
+        return;
+    }
+    let hierarchy = Hierarchy::find().expect("a memory hierarchy");
+    // This process's own pool: its xypriss runs, so it stays.
+    let live = PoolGuard::create("test-live");
+
+    let dead = {
+        let mut gone = Command::new("true").spawn().expect("true starts");
+        gone.wait().expect("true is reaped");
+        gone.id()
+    };
+    let stale = hierarchy
+        .path()
+        .join("xypriss")
+        .join(format!("test-stale.{dead}"));
+    let _stale_guard = StaleGuard(stale.clone());
+    fs::create_dir_all(stale.join("w0.g0")).expect("a stale pool");
+    let mut child = ChildGuard::sleep();
+    fs::write(
+        stale.join("w0.g0").join("cgroup.procs"),
+        child.pid().to_string(),
+    )
+    .expect("the process is added");
+
+    // A pool named after a running process that is not an xypriss: its pid was reused.
+    let stranger = ChildGuard::sleep();
+    let foreign = hierarchy
+        .path()
+        .join("xypriss")
+        .join(format!("test-foreign.{}", stranger.pid()));
+    let _foreign_guard = StaleGuard(foreign.clone());
+    fs::create_dir_all(foreign.join("w0.g0")).expect("a stale pool");
+
+    let removed = hierarchy
+        .remove_stale()
+        .expect("stale pools are looked for");
+    let entry = removed
+        .iter()
+        .find(|s| s.path == stale)
+        .unwrap_or_else(|| panic!("{} is not reported: {removed:?}", stale.display()));
+    assert_eq!(entry.pid, dead);
+    assert_eq!(entry.killed, 1, "{entry:?}");
+    assert!(entry.error.is_none(), "{entry:?}");
+    assert_eq!(child.signal(), Some(SIGKILL));
+    assert!(!stale.exists(), "{} is left", stale.display());
+
+    assert!(!foreign.exists(), "{} is left", foreign.display());
+    assert!(
+        fs::exists(format!("/proc/{}", stranger.pid())).expect("/proc"),
+        "the process the pid now names is not touched"
+    );
+
+    assert!(removed.iter().all(|s| s.path != live.get().path()));
+    assert!(live.get().path().is_dir());
+}

@@ -1,0 +1,765 @@
+//! Per-worker memory cgroups.
+//!
+//! Each worker runs in a cgroup of its own, under one cgroup per pool, so that
+//! the supervisor can throttle it (`memory.high`), have the kernel enforce its
+//! limit (`memory.max`), read its memory as the kernel charges it, and kill
+//! everything it started, whatever process group or session it moved to: a
+//! process group is left with one `setsid`, a cgroup only by a process allowed
+//! to write to another cgroup's `cgroup.procs`.
+//!
+//! The layout is `<hierarchy>/xypriss/<pool>.<xypriss pid>/w<id>.g<generation>`.
+//! The pid in the pool's name lets the next xypriss tell whether the one that
+//! made the pool still runs: a SIGKILLed xypriss cannot clean up, so what it
+//! left behind is killed and removed at the next start
+//! ([`Hierarchy::remove_stale`]). The `xypriss` directory itself is shared by
+//! every xypriss on the machine and never removed: removing it would race with
+//! another one creating its pool.
+//!
+//! The memory controller is used where it is: cgroup v2 when its root offers
+//! it, otherwise a cgroup v1 `memory` hierarchy (hybrid machines bind memory to
+//! v1 and leave the v2 tree without it). Mount points come from
+//! /proc/self/mountinfo, never from a fixed path.
+//!
+//! Killing and removing wait for the cgroup to empty, at most
+//! [`DRAIN_TIMEOUT`]: these calls block, so async code runs them with
+//! `spawn_blocking`.
+
+use std::{
+    collections::HashSet,
+    fs, io,
+    path::{Path, PathBuf},
+    thread,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use nix::{
+    errno::Errno,
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use procfs::process::{MountInfo, Process};
+
+/// How long killing a cgroup's processes may take before it is reported as still populated.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a draining cgroup is looked at again.
+const POLL: Duration = Duration::from_millis(10);
+/// The directory under the hierarchy's root that holds every pool.
+const TOP: &str = "xypriss";
+/// The `comm` of a running xypriss.
+const XYPRISS_COMM: &str = "xypriss";
+const PROCS: &str = "cgroup.procs";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("no usable cgroup memory controller: {reason}")]
+    NoMemoryController { reason: String },
+    #[error("cannot read /proc/self/mountinfo: {source}")]
+    MountInfo { source: procfs::ProcError },
+    #[error("invalid pool name {name:?}: use only letters, digits, `_` and `-`")]
+    PoolName { name: String },
+    #[error("{} already exists", path.display())]
+    Exists { path: PathBuf },
+    #[error("cannot create {}: {source}", path.display())]
+    Create { path: PathBuf, source: io::Error },
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot write {value:?} to {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        value: String,
+        source: io::Error,
+    },
+    #[error("{} holds {text:?}, not what was expected", path.display())]
+    Parse { path: PathBuf, text: String },
+    #[error("cannot kill process {pid} of {}: {source}", path.display())]
+    Kill {
+        path: PathBuf,
+        pid: u32,
+        source: Errno,
+    },
+    #[error("{} still holds processes {pids:?} after {DRAIN_TIMEOUT:?}", path.display())]
+    StillPopulated { path: PathBuf, pids: Vec<u32> },
+    #[error("cannot remove {}: {source}", path.display())]
+    Remove { path: PathBuf, source: io::Error },
+}
+
+/// Which cgroup interface a hierarchy speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+impl Version {
+    /// The soft limit. v1 has no `memory.high`: its soft limit is the closest,
+    /// and acts only under global memory pressure, when the kernel reclaims
+    /// from cgroups above their soft limit first; it never throttles on its own.
+    fn high_file(self) -> &'static str {
+        match self {
+            Self::V1 => "memory.soft_limit_in_bytes",
+            Self::V2 => "memory.high",
+        }
+    }
+
+    /// The hard limit, enforced by the cgroup's own OOM killer.
+    fn max_file(self) -> &'static str {
+        match self {
+            Self::V1 => "memory.limit_in_bytes",
+            Self::V2 => "memory.max",
+        }
+    }
+
+    fn current_file(self) -> &'static str {
+        match self {
+            Self::V1 => "memory.usage_in_bytes",
+            Self::V2 => "memory.current",
+        }
+    }
+
+    /// What a limit file is given for `bytes`, or for no limit.
+    fn limit_value(self, bytes: Option<u64>) -> String {
+        match (self, bytes) {
+            (_, Some(bytes)) => bytes.to_string(),
+            (Self::V1, None) => "-1".to_owned(),
+            (Self::V2, None) => "max".to_owned(),
+        }
+    }
+}
+
+/// A mounted cgroup hierarchy with the memory controller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hierarchy {
+    version: Version,
+    path: PathBuf,
+}
+
+impl Hierarchy {
+    /// Finds the memory hierarchy in this process's mounts.
+    pub fn find() -> Result<Self, CgroupError> {
+        let mounts = Process::myself()
+            .and_then(|me| me.mountinfo())
+            .map_err(|source| CgroupError::MountInfo { source })?;
+        choose(&mounts.0, |dir| {
+            fs::read_to_string(dir.join("cgroup.controllers"))
+        })
+        .map_err(|reason| CgroupError::NoMemoryController { reason })
+    }
+
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// Where the hierarchy is mounted.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Creates `xypriss/<name>.<our pid>`, with the memory controller enabled
+    /// down to it on v2.
+    pub fn pool(&self, name: &str) -> Result<PoolCgroup, CgroupError> {
+        check_pool_name(name)?;
+        let top = self.path.join(TOP);
+        if self.version == Version::V2 {
+            enable_memory(&self.path)?;
+        }
+        match mkdir(&top) {
+            Err(CgroupError::Exists { .. }) | Ok(()) => {}
+            Err(err) => return Err(err),
+        }
+        if self.version == Version::V2 {
+            enable_memory(&top)?;
+        }
+        let path = top.join(format!("{name}.{}", std::process::id()));
+        mkdir(&path)?;
+        if self.version == Version::V2
+            && let Err(err) = enable_memory(&path)
+        {
+            // Nothing runs in it yet.
+            let _ = fs::remove_dir(&path);
+            return Err(err);
+        }
+        Ok(PoolCgroup {
+            version: self.version,
+            path,
+        })
+    }
+
+    /// Kills and removes every pool whose xypriss is gone: its pid is not
+    /// running, or runs something other than xypriss, or started after the
+    /// pool was made (the pid was reused). Pools of a running xypriss,
+    /// this one's included, are left alone. Each pool is reported, with what
+    /// went wrong if it could not be removed whole.
+    pub fn remove_stale(&self) -> Result<Vec<Stale>, CgroupError> {
+        let top = self.path.join(TOP);
+        let entries = match fs::read_dir(&top) {
+            Ok(entries) => entries,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(CgroupError::Read { path: top, source }),
+        };
+        let mut removed = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| CgroupError::Read {
+                path: top.clone(),
+                source,
+            })?;
+            let Some(pid) = entry.file_name().to_str().and_then(pool_pid) else {
+                continue;
+            };
+            let created = entry.metadata().and_then(|m| m.modified()).ok();
+            if !is_stale(owner(pid).as_ref(), created) {
+                continue;
+            }
+            let path = entry.path();
+            let mut killed = 0;
+            let error = drain(&path, self.version, &mut killed).err();
+            removed.push(Stale {
+                path,
+                pid,
+                killed,
+                error,
+            });
+        }
+        Ok(removed)
+    }
+}
+
+/// A pool left behind by an xypriss that is gone, and what removing it did.
+#[derive(Debug)]
+pub struct Stale {
+    pub path: PathBuf,
+    /// The pid of the xypriss that made it.
+    pub pid: u32,
+    /// Processes that were still running in it, now killed.
+    pub killed: usize,
+    /// Why it could not be removed whole, if it could not.
+    pub error: Option<CgroupError>,
+}
+
+/// This xypriss's cgroup for one pool: a directory holding one cgroup per worker.
+#[derive(Debug)]
+pub struct PoolCgroup {
+    version: Version,
+    path: PathBuf,
+}
+
+impl PoolCgroup {
+    /// Finds the memory hierarchy and creates the pool's cgroup in it.
+    pub fn create(pool: &str) -> Result<Self, CgroupError> {
+        Hierarchy::find()?.pool(pool)
+    }
+
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Creates the cgroup of worker `id`'s `generation`th process.
+    pub fn worker(&self, id: u32, generation: u32) -> Result<WorkerCgroup, CgroupError> {
+        let path = self.path.join(format!("w{id}.g{generation}"));
+        mkdir(&path)?;
+        Ok(WorkerCgroup {
+            version: self.version,
+            path,
+        })
+    }
+
+    /// Kills whatever still runs in any of the pool's cgroups and removes
+    /// them all. Returns how many processes were killed.
+    pub fn remove(self) -> Result<usize, CgroupError> {
+        let mut killed = 0;
+        drain(&self.path, self.version, &mut killed)?;
+        Ok(killed)
+    }
+}
+
+/// One worker's cgroup.
+#[derive(Debug)]
+pub struct WorkerCgroup {
+    version: Version,
+    path: PathBuf,
+}
+
+impl WorkerCgroup {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Moves process `pid` (all its threads) into this cgroup. Its children
+    /// are born in it from then on.
+    pub fn add(&self, pid: u32) -> Result<(), CgroupError> {
+        write(&self.path.join(PROCS), &pid.to_string())
+    }
+
+    /// The processes in this cgroup, as our pid namespace numbers them; those
+    /// outside it (the kernel lists them as 0) are left out.
+    pub fn pids(&self) -> Result<Vec<u32>, CgroupError> {
+        let mut pids = read_procs(&self.path)?;
+        pids.retain(|&pid| pid != 0);
+        Ok(pids)
+    }
+
+    /// SIGKILLs every process in this cgroup, again until it is empty, for at
+    /// most [`DRAIN_TIMEOUT`]. Returns how many processes were killed.
+    pub fn kill_all(&self) -> Result<usize, CgroupError> {
+        kill_all(&self.path, self.version)
+    }
+
+    /// Sets the soft limit (v2 `memory.high`: above it the cgroup is throttled
+    /// and reclaimed; v1 `memory.soft_limit_in_bytes`, which acts only under
+    /// global memory pressure). `None` removes it.
+    pub fn set_high(&self, bytes: Option<u64>) -> Result<(), CgroupError> {
+        self.set(self.version.high_file(), bytes)
+    }
+
+    /// Sets the hard limit (v2 `memory.max`, v1 `memory.limit_in_bytes`):
+    /// past it, the kernel's OOM killer acts within this cgroup. `None` removes it.
+    pub fn set_max(&self, bytes: Option<u64>) -> Result<(), CgroupError> {
+        self.set(self.version.max_file(), bytes)
+    }
+
+    fn set(&self, file: &str, bytes: Option<u64>) -> Result<(), CgroupError> {
+        write(&self.path.join(file), &self.version.limit_value(bytes))
+    }
+
+    /// The memory charged to this cgroup, in bytes (v2 `memory.current`, v1
+    /// `memory.usage_in_bytes`).
+    pub fn memory_current(&self) -> Result<u64, CgroupError> {
+        let path = self.path.join(self.version.current_file());
+        let text = read(&path)?;
+        text.trim()
+            .parse()
+            .map_err(|_| CgroupError::Parse { path, text })
+    }
+
+    /// Kills whatever is left in it, and removes it. Returns how many
+    /// processes were killed.
+    pub fn remove(self) -> Result<usize, CgroupError> {
+        let mut killed = 0;
+        drain(&self.path, self.version, &mut killed)?;
+        Ok(killed)
+    }
+}
+
+/// Picks the memory hierarchy among `mounts`: cgroup v2 when its root's
+/// controllers (read by `controllers` from the mount point) include memory,
+/// otherwise cgroup v1's memory hierarchy. Read-only mounts are of no use.
+/// The error says why nothing fits.
+fn choose(
+    mounts: &[MountInfo],
+    controllers: impl Fn(&Path) -> io::Result<String>,
+) -> Result<Hierarchy, String> {
+    let read_only = |mount: &MountInfo| mount.mount_options.contains_key("ro");
+    let mut reasons = Vec::new();
+    for mount in mounts.iter().filter(|m| m.fs_type == "cgroup2") {
+        let at = mount.mount_point.display();
+        if read_only(mount) {
+            reasons.push(format!("cgroup2 at {at} is read-only"));
+            continue;
+        }
+        match controllers(&mount.mount_point) {
+            Ok(list) if list.split_whitespace().any(|c| c == "memory") => {
+                return Ok(Hierarchy {
+                    version: Version::V2,
+                    path: mount.mount_point.clone(),
+                });
+            }
+            Ok(list) => reasons.push(format!(
+                "cgroup2 at {at} does not offer memory (cgroup.controllers: {:?})",
+                list.trim()
+            )),
+            Err(err) => reasons.push(format!("cannot read {at}/cgroup.controllers: {err}")),
+        }
+    }
+    let mut v1_seen = false;
+    for mount in mounts
+        .iter()
+        .filter(|m| m.fs_type == "cgroup" && m.super_options.contains_key("memory"))
+    {
+        v1_seen = true;
+        if read_only(mount) {
+            reasons.push(format!(
+                "the cgroup v1 memory hierarchy at {} is read-only",
+                mount.mount_point.display()
+            ));
+            continue;
+        }
+        return Ok(Hierarchy {
+            version: Version::V1,
+            path: mount.mount_point.clone(),
+        });
+    }
+    if !v1_seen {
+        reasons.push("no cgroup v1 memory hierarchy is mounted".to_owned());
+    }
+    if !mounts.iter().any(|m| m.fs_type == "cgroup2") {
+        reasons.push("no cgroup2 is mounted".to_owned());
+    }
+    Err(reasons.join("; "))
+}
+
+fn check_pool_name(name: &str) -> Result<(), CgroupError> {
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(CgroupError::PoolName { name: name.into() })
+    }
+}
+
+/// The xypriss pid in a pool directory's name `<pool>.<pid>`.
+fn pool_pid(dir_name: &str) -> Option<u32> {
+    let (pool, pid) = dir_name.rsplit_once('.')?;
+    check_pool_name(pool).ok()?;
+    pid.parse().ok()
+}
+
+/// What is known of the process whose pid names a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Owner {
+    /// It is this process, or runs the xypriss binary.
+    xypriss: bool,
+    /// When it started, if that could be read.
+    started: Option<SystemTime>,
+}
+
+/// The running (not zombie) process `pid`, if any.
+fn owner(pid: u32) -> Option<Owner> {
+    let process = Process::new(i32::try_from(pid).ok()?).ok()?;
+    let stat = process.stat().ok()?;
+    if matches!(stat.state, 'Z' | 'X' | 'x') {
+        return None;
+    }
+    let same_exe = match (process.exe(), std::env::current_exe()) {
+        (Ok(theirs), Ok(ours)) => theirs == ours,
+        _ => false,
+    };
+    let xypriss = pid == std::process::id() || stat.comm == XYPRISS_COMM || same_exe;
+    // Boot time is whole seconds, rounded down: the start may come out up to a
+    // second early, never late, so a live pool is never taken for stale.
+    let started = procfs::boot_time_secs().ok().map(|boot| {
+        let ticks = procfs::ticks_per_second().max(1);
+        UNIX_EPOCH
+            + Duration::from_secs(boot)
+            + Duration::from_millis(stat.starttime.saturating_mul(1000) / ticks)
+    });
+    Some(Owner { xypriss, started })
+}
+
+/// Whether a pool made at `created` by the process now known as `owner` is stale.
+fn is_stale(owner: Option<&Owner>, created: Option<SystemTime>) -> bool {
+    match owner {
+        None => true,
+        Some(owner) if !owner.xypriss => true,
+        // An xypriss makes its pools after it starts: one that started later reused the pid.
+        Some(owner) => matches!((owner.started, created), (Some(s), Some(c)) if s > c),
+    }
+}
+
+/// Kills everything in `dir` and the cgroups below it, and removes them,
+/// deepest first, counting the processes killed in `killed`.
+fn drain(dir: &Path, version: Version, killed: &mut usize) -> Result<(), CgroupError> {
+    if !dir.exists() {
+        // Another xypriss cleaning the same stale pool got here first.
+        return Ok(());
+    }
+    let mut first_error = None;
+    for child in subdirs(dir)? {
+        if let Err(err) = drain(&child, version, killed) {
+            first_error.get_or_insert(err);
+        }
+    }
+    if let Some(err) = first_error {
+        return Err(err);
+    }
+    *killed += kill_all(dir, version)?;
+    remove_dir(dir)
+}
+
+/// SIGKILLs everything in the cgroup at `dir` (v2: through `cgroup.kill`,
+/// which also stops forks racing with it), until it is empty or
+/// [`DRAIN_TIMEOUT`] has passed. Returns how many processes were killed.
+fn kill_all(dir: &Path, version: Version) -> Result<usize, CgroupError> {
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    let kill_file = dir.join("cgroup.kill");
+    let use_kill_file = version == Version::V2 && kill_file.exists();
+    let mut killed = HashSet::new();
+    loop {
+        let listed = read_procs(dir)?;
+        if listed.is_empty() {
+            return Ok(killed.len());
+        }
+        if Instant::now() >= deadline {
+            return Err(CgroupError::StillPopulated {
+                path: dir.into(),
+                pids: listed,
+            });
+        }
+        if use_kill_file {
+            write(&kill_file, "1")?;
+            killed.extend(listed.into_iter().filter(|&pid| pid != 0));
+        } else {
+            // Pid 0 is a process outside our pid namespace: kill(0) would hit our own group.
+            for pid in listed.into_iter().filter(|&pid| pid != 0) {
+                let Ok(raw) = i32::try_from(pid) else {
+                    continue;
+                };
+                match kill(Pid::from_raw(raw), Signal::SIGKILL) {
+                    Ok(()) => {
+                        killed.insert(pid);
+                    }
+                    Err(Errno::ESRCH) => {}
+                    Err(source) => {
+                        return Err(CgroupError::Kill {
+                            path: dir.into(),
+                            pid,
+                            source,
+                        });
+                    }
+                }
+            }
+        }
+        thread::sleep(POLL);
+    }
+}
+
+/// The pids listed in `dir`'s `cgroup.procs`, 0s included.
+fn read_procs(dir: &Path) -> Result<Vec<u32>, CgroupError> {
+    let path = dir.join(PROCS);
+    let text = read(&path)?;
+    text.lines()
+        .map(|line| line.trim().parse())
+        .collect::<Result<_, _>>()
+        .map_err(|_| CgroupError::Parse { path, text })
+}
+
+fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, CgroupError> {
+    let read_error = |source| CgroupError::Read {
+        path: dir.into(),
+        source,
+    };
+    let mut dirs = Vec::new();
+    for entry in fs::read_dir(dir).map_err(read_error)? {
+        let entry = entry.map_err(read_error)?;
+        if entry.file_type().map_err(read_error)?.is_dir() {
+            dirs.push(entry.path());
+        }
+    }
+    Ok(dirs)
+}
+
+/// Enables the memory controller for `dir`'s children (v2).
+fn enable_memory(dir: &Path) -> Result<(), CgroupError> {
+    let path = dir.join("cgroup.subtree_control");
+    if read(&path)?.split_whitespace().any(|c| c == "memory") {
+        return Ok(());
+    }
+    write(&path, "+memory")
+}
+
+fn mkdir(path: &Path) -> Result<(), CgroupError> {
+    fs::create_dir(path).map_err(|source| {
+        if source.kind() == io::ErrorKind::AlreadyExists {
+            CgroupError::Exists { path: path.into() }
+        } else {
+            CgroupError::Create {
+                path: path.into(),
+                source,
+            }
+        }
+    })
+}
+
+/// Removes an emptied cgroup, retrying while the kernel still counts it busy.
+fn remove_dir(path: &Path) -> Result<(), CgroupError> {
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    loop {
+        match fs::remove_dir(path) {
+            Ok(()) => return Ok(()),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(err)
+                if err.raw_os_error() == Some(Errno::EBUSY as i32) && Instant::now() < deadline =>
+            {
+                thread::sleep(POLL);
+            }
+            Err(source) => {
+                return Err(CgroupError::Remove {
+                    path: path.into(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<String, CgroupError> {
+    fs::read_to_string(path).map_err(|source| CgroupError::Read {
+        path: path.into(),
+        source,
+    })
+}
+
+fn write(path: &Path, value: &str) -> Result<(), CgroupError> {
+    fs::write(path, value).map_err(|source| CgroupError::Write {
+        path: path.into(),
+        value: value.into(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+25 1 8:1 / / rw,relatime - ext4 /dev/vda rw
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw";
+
+    const PURE_V2: &str = "\
+25 1 8:1 / / rw,relatime - ext4 /dev/vda rw
+30 23 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot";
+
+    fn mounts(text: &str) -> Vec<MountInfo> {
+        text.lines()
+            .map(|line| MountInfo::from_line(line).unwrap())
+            .collect()
+    }
+
+    /// A controllers reader giving `list` for `at` and failing elsewhere.
+    fn controllers(at: &str, list: &str) -> impl Fn(&Path) -> io::Result<String> {
+        let (at, list) = (PathBuf::from(at), list.to_owned());
+        move |dir| {
+            if dir == at {
+                Ok(list.clone())
+            } else {
+                Err(io::ErrorKind::NotFound.into())
+            }
+        }
+    }
+
+    #[test]
+    fn v2_is_chosen_when_its_root_offers_memory() {
+        let found = choose(
+            &mounts(PURE_V2),
+            controllers("/sys/fs/cgroup", "cpuset cpu io memory hugetlb pids\n"),
+        );
+        assert_eq!(
+            found,
+            Ok(Hierarchy {
+                version: Version::V2,
+                path: "/sys/fs/cgroup".into()
+            })
+        );
+    }
+
+    #[test]
+    fn v1_memory_is_chosen_when_v2_lacks_memory() {
+        let found = choose(
+            &mounts(HYBRID),
+            controllers("/sys/fs/cgroup/unified", "hugetlb\n"),
+        );
+        assert_eq!(
+            found,
+            Ok(Hierarchy {
+                version: Version::V1,
+                path: "/sys/fs/cgroup/memory".into()
+            })
+        );
+    }
+
+    #[test]
+    fn without_memory_anywhere_the_reason_names_each_mount() {
+        let no_v1_memory: String = HYBRID
+            .lines()
+            .filter(|l| !l.contains("rw,memory"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let reason = choose(
+            &mounts(&no_v1_memory),
+            controllers("/sys/fs/cgroup/unified", "hugetlb\n"),
+        )
+        .unwrap_err();
+        assert!(
+            reason.contains("/sys/fs/cgroup/unified does not offer memory"),
+            "{reason}"
+        );
+        assert!(reason.contains("no cgroup v1 memory"), "{reason}");
+
+        let reason = choose(
+            &mounts(HYBRID.lines().next().unwrap()),
+            controllers("/", ""),
+        )
+        .unwrap_err();
+        assert!(reason.contains("no cgroup2 is mounted"), "{reason}");
+    }
+
+    #[test]
+    fn read_only_mounts_are_not_used() {
+        let ro = PURE_V2.replace(" rw,nosuid", " ro,nosuid");
+        let reason = choose(&mounts(&ro), controllers("/sys/fs/cgroup", "memory")).unwrap_err();
+        assert!(reason.contains("read-only"), "{reason}");
+    }
+
+    #[test]
+    fn pool_names_are_letters_digits_underscore_and_dash() {
+        assert!(check_pool_name("web_2-api").is_ok());
+        for bad in ["", "a.b", "a/b", "..", "é", "a b"] {
+            assert!(
+                matches!(check_pool_name(bad), Err(CgroupError::PoolName { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn pool_directories_name_their_xypriss() {
+        assert_eq!(pool_pid("web.4242"), Some(4242));
+        assert_eq!(pool_pid("web-2.1"), Some(1));
+        assert_eq!(pool_pid("web"), None);
+        assert_eq!(pool_pid("web.x"), None);
+        assert_eq!(pool_pid("a.b.12"), None);
+    }
+
+    #[test]
+    fn limits_are_written_as_each_version_reads_them() {
+        assert_eq!(Version::V2.limit_value(Some(64 << 20)), "67108864");
+        assert_eq!(Version::V1.limit_value(Some(64 << 20)), "67108864");
+        assert_eq!(Version::V2.limit_value(None), "max");
+        assert_eq!(Version::V1.limit_value(None), "-1");
+        assert_eq!(Version::V2.high_file(), "memory.high");
+        assert_eq!(Version::V1.high_file(), "memory.soft_limit_in_bytes");
+        assert_eq!(Version::V2.max_file(), "memory.max");
+        assert_eq!(Version::V1.max_file(), "memory.limit_in_bytes");
+    }
+
+    #[test]
+    fn a_pool_is_stale_once_its_xypriss_is_gone() {
+        let made = UNIX_EPOCH + Duration::from_secs(1000);
+        let before = Some(made - Duration::from_secs(1));
+        let after = Some(made + Duration::from_secs(1));
+        let xypriss = |started| Owner {
+            xypriss: true,
+            started,
+        };
+        assert!(is_stale(None, Some(made)));
+        assert!(is_stale(
+            Some(&Owner {
+                xypriss: false,
+                started: before
+            }),
+            Some(made)
+        ));
+        assert!(is_stale(Some(&xypriss(after)), Some(made)), "pid reused");
+        assert!(!is_stale(Some(&xypriss(before)), Some(made)));
+        assert!(!is_stale(Some(&xypriss(None)), Some(made)));
+        assert!(!is_stale(Some(&xypriss(after)), None));
+    }
+}
