@@ -355,3 +355,107 @@ fn workers_get_their_environment_and_directory() {
     assert!(pool.stop().success());
     assert!(Path::new(&expected_cwd).is_dir());
 }
+
+fn cgroup_of(pid: u32) -> String {
+    fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default()
+}
+
+fn daemon_pid(line: &str) -> u32 {
+    line.split_whitespace()
+        .skip_while(|w| *w != "daemon")
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no daemon pid in {line}"))
+}
+
+#[test]
+fn a_worker_runs_in_its_own_cgroup_and_its_daemons_die_with_it() {
+    if !root_or_skip("a_worker_runs_in_its_own_cgroup_and_its_daemons_die_with_it") {
+        return;
+    }
+    let mut pool = Pool::start(&["--workers", "1", "--name", "cgtest", DEMO, "daemon"]);
+    let cgroup = pool.wait_event("cgroup", TIMEOUT, |_| true);
+    assert_eq!(cgroup["enabled"], true, "{cgroup}");
+    let pool_dir = cgroup["path"].as_str().unwrap().to_owned();
+    assert!(
+        pool_dir.contains(&format!("/xypriss/cgtest.{}", pool.pid())),
+        "{pool_dir}"
+    );
+    let spawned = pool.wait_event("worker_spawned", TIMEOUT, |_| true);
+    let worker = u64_of(&spawned, "pid") as u32;
+    let daemon = daemon_pid(&pool.wait_log("daemon ", TIMEOUT));
+    let relative = pool_dir
+        .split_once("/xypriss/")
+        .map(|(_, r)| format!("/xypriss/{r}/w0.g1"))
+        .unwrap();
+    assert!(
+        cgroup_of(worker).contains(&relative),
+        "worker: {}",
+        cgroup_of(worker)
+    );
+    assert!(
+        cgroup_of(daemon).contains(&relative),
+        "daemon: {}",
+        cgroup_of(daemon)
+    );
+    assert_ne!(
+        nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(daemon as i32))).unwrap(),
+        nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(worker as i32))).unwrap(),
+        "the daemon left the worker's session"
+    );
+
+    // The worker crashes: its daemon goes with it, and its restart gets a new cgroup.
+    signal(worker, Signal::SIGKILL);
+    pool.wait_event("worker_spawned", TIMEOUT, |e| e["generation"] == 2);
+    for _ in 0..50 {
+        if !alive(daemon) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!alive(daemon), "the crashed worker's daemon is still alive");
+    assert!(
+        !Path::new(&pool_dir).join("w0.g1").exists(),
+        "the old worker cgroup is left"
+    );
+    assert!(pool.stop().success());
+    assert!(
+        !Path::new(&pool_dir).exists(),
+        "the pool's cgroup is left after a stop"
+    );
+}
+
+#[test]
+fn the_next_start_cleans_up_after_a_sigkilled_xypriss() {
+    if !root_or_skip("the_next_start_cleans_up_after_a_sigkilled_xypriss") {
+        return;
+    }
+    let mut first = Pool::start(&["--workers", "1", "--name", "stale", DEMO, "daemon"]);
+    let cgroup = first.wait_event("cgroup", TIMEOUT, |_| true);
+    let pool_dir = cgroup["path"].as_str().unwrap().to_owned();
+    let daemon = daemon_pid(&first.wait_log("daemon ", TIMEOUT));
+    let first_pid = first.pid();
+    signal(first_pid, Signal::SIGKILL);
+    first.wait();
+
+    let mut second = Pool::start(&["--workers", "1", "--name", "stale", DEMO, "steps", "1"]);
+    second.wait_event("worker_spawned", TIMEOUT, |_| true);
+    let removed = second
+        .events
+        .iter()
+        .find(|e| e["event"] == "stale_cgroup_removed" && e["ownerPid"] == first_pid)
+        .unwrap_or_else(|| {
+            panic!(
+                "no stale_cgroup_removed for {first_pid}: {:#?}",
+                second.events
+            )
+        })
+        .clone();
+    assert_eq!(removed["path"], pool_dir.as_str());
+    assert!(!Path::new(&pool_dir).exists());
+    assert!(
+        !alive(daemon),
+        "the daemon of the SIGKILLed pool survived the next start"
+    );
+    assert!(second.stop().success());
+}

@@ -166,6 +166,10 @@ pub struct RunFlags {
     #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
     pub env: Vec<(OsString, OsString)>,
 
+    /// The pool's name: several pools can run side by side under different names.
+    #[arg(long, default_value = "default", value_name = "NAME")]
+    pub name: String,
+
     /// Fail instead of falling back to /proc polling when eBPF cannot be used.
     #[arg(long, conflicts_with = "no_ebpf")]
     pub require_ebpf: bool,
@@ -242,6 +246,7 @@ pub struct RunConfig {
     pub max_workers: u32,
     pub identity: Identity,
     pub env: Vec<(OsString, OsString)>,
+    pub name: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -274,6 +279,8 @@ pub enum FlagError {
     User { user: String, reason: String },
     #[error("--group {group}: {reason}")]
     Group { group: String, reason: String },
+    #[error("--name {name:?}: use 1 to 64 letters, digits, `_` or `-`")]
+    Name { name: String },
     #[error("--cwd {}: {reason}", dir.display())]
     Cwd { dir: PathBuf, reason: String },
 }
@@ -394,6 +401,7 @@ pub fn resolve(flags: RunFlags) -> Result<RunConfig, FlagError> {
         max_workers,
         identity,
         env: flags.env,
+        name: check_name(flags.name)?,
     })
 }
 
@@ -457,6 +465,19 @@ fn identity(
         gid,
         cwd,
     })
+}
+
+/// `--name`: it names the pool's cgroup and, later, its socket.
+fn check_name(name: String) -> Result<String, FlagError> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok {
+        Ok(name)
+    } else {
+        Err(FlagError::Name { name })
+    }
 }
 
 /// `--stop-signal`: a signal name, with or without `SIG`, any case.

@@ -33,6 +33,7 @@ use crate::{
     series::Series,
     supervise::{
         backoff::{Decision, Failures},
+        cgroup::{Hierarchy, PoolCgroup, Version, WorkerCgroup},
         lifecycle::{Input, State, step},
         reap::{self, Exit},
         spawn::{Spec, signal_group, spawn},
@@ -76,6 +77,7 @@ struct Instance {
     level: u32,
     series: Series,
     children: BTreeSet<u32>,
+    cgroup: Option<WorkerCgroup>,
 }
 
 /// A worker id's history across its processes.
@@ -110,6 +112,10 @@ struct Controller {
     /// Worker ids still to replace in the rolling restart under way.
     rolling: Vec<u32>,
     lost_reported: u64,
+    /// The pool's cgroup, when a memory controller is usable.
+    cgroups: Option<PoolCgroup>,
+    /// Worker cgroups being emptied and removed, off the control loop.
+    cleanups: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Runs the pool until a signal, a closed stdout, or every worker errored.
@@ -156,7 +162,10 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         max_delay_ms: max_delay.as_millis() as u64,
     });
 
+    let cgroups = pool_cgroup(&config.name, &output);
     let mut ctl = Controller {
+        cgroups,
+        cleanups: Vec::new(),
         size: config.workers,
         config,
         observer,
@@ -179,10 +188,10 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         tokio::select! {
             () = ctl.observer.next_batch(&mut batch) => ctl.observed(&mut batch),
             _ = sigchld.recv() => ctl.reaped(&mut batch),
-            () = sleep_until(timer.unwrap_or_else(far_future).into()), if timer.is_some() => ctl.timers()?,
+            () = sleep_until(timer.unwrap_or_else(far_future).into()), if timer.is_some() => ctl.timers(),
             _ = tick.tick() => ctl.tick(),
             _ = sighup.recv() => ctl.rolling_restart(),
-            _ = sigttin.recv() => ctl.scale_up(1, "SIGTTIN")?,
+            _ = sigttin.recv() => ctl.scale_up(1, "SIGTTIN"),
             _ = sigttou.recv() => ctl.scale_down(1, None, "SIGTTOU"),
             _ = sigint.recv() => break Stop::Signal("SIGINT"),
             _ = sigterm.recv() => break Stop::Signal("SIGTERM"),
@@ -200,12 +209,67 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     };
     ctl.shutdown(&mut sigchld, &mut sigint, &mut batch).await;
     ctl.tick();
+    for cleanup in ctl.cleanups.drain(..) {
+        cleanup.await?;
+    }
+    if let Some(pool) = ctl.cgroups.take()
+        && let Err(err) = tokio::task::spawn_blocking(move || pool.remove()).await?
+    {
+        tracing::warn!("removing the pool's cgroup: {err}");
+    }
     ctl.output.emit(&Event::ClusterStopped { reason });
     ctl.output.finish(FINAL_FLUSH);
     if matches!(stop, Stop::Errored) {
         anyhow::bail!("every worker errored");
     }
     Ok(())
+}
+
+/// Cleans what a SIGKILLed xypriss left, and makes this pool's cgroup; says
+/// which, or why there is none, and carries on either way.
+fn pool_cgroup(name: &str, output: &Output) -> Option<PoolCgroup> {
+    let disabled = |reason: String| {
+        tracing::warn!("workers run without cgroups: {reason}");
+        output.emit(&Event::Cgroup {
+            enabled: false,
+            version: None,
+            path: None,
+            reason: Some(reason),
+        });
+        None
+    };
+    let hierarchy = match Hierarchy::find() {
+        Ok(h) => h,
+        Err(err) => return disabled(err.to_string()),
+    };
+    match hierarchy.remove_stale() {
+        Ok(stale) => {
+            for s in stale {
+                output.emit(&Event::StaleCgroupRemoved {
+                    path: s.path.display().to_string(),
+                    owner_pid: s.pid,
+                    killed: s.killed,
+                    error: s.error.map(|e| e.to_string()),
+                });
+            }
+        }
+        Err(err) => tracing::warn!("looking for stale cgroups: {err}"),
+    }
+    match hierarchy.pool(name) {
+        Ok(pool) => {
+            output.emit(&Event::Cgroup {
+                enabled: true,
+                version: Some(match pool.version() {
+                    Version::V1 => "v1",
+                    Version::V2 => "v2",
+                }),
+                path: Some(pool.path().display().to_string()),
+                reason: None,
+            });
+            Some(pool)
+        }
+        Err(err) => disabled(err.to_string()),
+    }
 }
 
 fn far_future() -> Instant {
@@ -230,15 +294,29 @@ impl Controller {
             ("XYPRISS_GENERATION".into(), generation.to_string().into()),
         ];
         env.extend(self.config.env.iter().cloned());
-        let pid = spawn(Spec {
+        let cgroup = match &self.cgroups {
+            Some(pool) => Some(pool.worker(id, generation)?),
+            None => None,
+        };
+        let procs = cgroup.as_ref().map(|c| c.path().join("cgroup.procs"));
+        let spawned = spawn(Spec {
             app: &self.config.app,
             args: &self.config.args,
             id,
             generation,
             identity: &self.config.identity,
             env,
-        })
-        .map_err(|err| anyhow::anyhow!("could not start {}: {err}", self.config.app.display()))?;
+            cgroup_procs: procs.as_deref(),
+        });
+        let pid = match spawned {
+            Ok(pid) => pid,
+            Err(err) => {
+                if let Some(cgroup) = cgroup {
+                    let _ = cgroup.remove();
+                }
+                anyhow::bail!("could not start {}: {err}", self.config.app.display());
+            }
+        };
         let (state, _) = step(State::Stopped, Input::Spawned).expect("the table starts workers");
         self.output.emit(&Event::WorkerSpawned {
             worker_id: id,
@@ -258,6 +336,7 @@ impl Controller {
             level: 0,
             series: Series::default(),
             children: BTreeSet::new(),
+            cgroup,
         };
         match self.observer.watch(slot, pid, self.config.thresholds) {
             Ok(seed) => {
@@ -309,7 +388,7 @@ impl Controller {
     }
 
     /// Fires the restart and readiness deadlines that are due.
-    fn timers(&mut self) -> anyhow::Result<()> {
+    fn timers(&mut self) {
         let now = Instant::now();
         let due: Vec<u32> = self
             .instances
@@ -343,9 +422,36 @@ impl Controller {
                 restarts,
                 reason: why,
             });
-            self.start(id)?;
+            if let Err(err) = self.start(id) {
+                tracing::error!("worker {id}: {err:#}");
+                self.failed(id, Duration::ZERO, "spawn_failed");
+            }
         }
-        Ok(())
+    }
+
+    /// Worker `id` failed after `uptime` when nobody asked it to stop:
+    /// schedule its restart, or give up on it.
+    fn failed(&mut self, id: u32, uptime: Duration, why: &'static str) {
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        match worker.failures.crashed(&self.config.restart, uptime) {
+            Decision::Restart { after } => {
+                worker.restart_at = Some((Instant::now() + after, why));
+            }
+            Decision::GiveUp { failures } => {
+                worker.errored = true;
+                step(State::Stopped, Input::GiveUp).expect("the table gives up on stopped workers");
+                self.output.emit(&Event::WorkerErrored {
+                    worker_id: id,
+                    failures,
+                    message: format!(
+                        "worker {id} failed {failures} times in a row, each within {:?} of starting: not restarted",
+                        self.config.restart.reset_after
+                    ),
+                });
+            }
+        }
     }
 
     /// Instance `slot` is ready: say so, and go on with a rolling restart.
@@ -433,7 +539,7 @@ impl Controller {
     }
 
     /// Adds `n` workers, up to `--max-workers`.
-    fn scale_up(&mut self, n: u32, reason: &str) -> anyhow::Result<()> {
+    fn scale_up(&mut self, n: u32, reason: &str) {
         let from = self.size;
         let to = from.saturating_add(n).min(self.config.max_workers);
         if to == from {
@@ -441,7 +547,7 @@ impl Controller {
                 "scale up refused: the pool is at --max-workers {}",
                 self.config.max_workers
             );
-            return Ok(());
+            return;
         }
         self.size = to;
         self.output.emit(&Event::Scale {
@@ -454,9 +560,11 @@ impl Controller {
                 .find(|id| self.workers.get(id).is_none_or(|w| w.retired))
                 .unwrap_or(0);
             self.workers.insert(id, Worker::default());
-            self.start(id)?;
+            if let Err(err) = self.start(id) {
+                tracing::error!("worker {id}: {err:#}");
+                self.failed(id, Duration::ZERO, "spawn_failed");
+            }
         }
-        Ok(())
     }
 
     /// Removes `n` workers, down to `--min-workers`: the one named, or else
@@ -609,9 +717,20 @@ impl Controller {
 
     fn exited(&mut self, slot: u32, exit: Exit) {
         self.transition(slot, Input::Exited);
-        let i = self.instances.remove(&slot).expect("found by the caller");
-        // Whatever it left behind in its process group goes with it.
-        signal_group(i.pid, Signal::SIGKILL);
+        let mut i = self.instances.remove(&slot).expect("found by the caller");
+        // Whatever it left behind goes with it: its cgroup holds every
+        // descendant, even those that left its process group.
+        match i.cgroup.take() {
+            Some(cgroup) => {
+                self.cleanups.retain(|c| !c.is_finished());
+                self.cleanups.push(tokio::task::spawn_blocking(move || {
+                    if let Err(err) = cgroup.remove() {
+                        tracing::warn!("{err}");
+                    }
+                }));
+            }
+            None => signal_group(i.pid, Signal::SIGKILL),
+        }
         self.observer.unwatch(slot);
         let (code, signal) = match exit {
             Exit::Code(code) => (Some(code), None),
@@ -638,31 +757,12 @@ impl Controller {
         if self.instances.values().any(|o| o.id == i.id) {
             return;
         }
-        let Some(worker) = self.workers.get_mut(&i.id) else {
-            return;
-        };
         let why = if i.oom_killed {
             "oom_killed"
         } else {
             "crashed"
         };
-        match worker.failures.crashed(&self.config.restart, uptime) {
-            Decision::Restart { after } => {
-                worker.restart_at = Some((Instant::now() + after, why));
-            }
-            Decision::GiveUp { failures } => {
-                worker.errored = true;
-                step(State::Stopped, Input::GiveUp).expect("the table gives up on stopped workers");
-                self.output.emit(&Event::WorkerErrored {
-                    worker_id: i.id,
-                    failures,
-                    message: format!(
-                        "worker {} failed {failures} times in a row, each within {:?} of starting: not restarted",
-                        i.id, self.config.restart.reset_after
-                    ),
-                });
-            }
-        }
+        self.failed(i.id, uptime, why);
     }
 
     /// The periodic refresh: fault counts and rates of quiet workers, and losses.

@@ -11,6 +11,8 @@
 //! - `oscillate LOW_MIB HIGH_MIB`: goes up to HIGH and down to LOW, again and
 //!   again, pausing 2 ms at each end (for threshold-latency benchmarks).
 //! - `exit CODE [AFTER_MS]`: exits with CODE, at once or after AFTER_MS.
+//! - `daemon`: starts a daemon (a grandchild in a session of its own, as a
+//!   double fork makes), prints `daemon PID`, and waits.
 //! - `stubborn`: ignores SIGTERM and SIGINT (for kill-timeout tests).
 //! - `faultbench MIB ROUNDS`: times the first touch of MIB, ROUNDS times, and
 //!   prints the nanoseconds per page fault of the first (cold) round and the
@@ -134,6 +136,10 @@ fn main() -> ExitCode {
             sleep(Duration::from_millis(after));
             std::process::exit(i32::from(code))
         }),
+        Some("daemon") => {
+            daemon(&signals);
+            Ok(())
+        }
         Some("stubborn") => {
             println!("ignoring SIGTERM and SIGINT");
             loop {
@@ -141,7 +147,7 @@ fn main() -> ExitCode {
             }
         }
         Some(other) => Err(format!(
-            "unknown mode `{other}`: leak, steps, fork, grow, oscillate, exit, stubborn or faultbench"
+            "unknown mode `{other}`: leak, steps, fork, grow, oscillate, exit, daemon, stubborn or faultbench"
         )),
     };
     match result {
@@ -280,4 +286,24 @@ fn faultbench(mib: usize, rounds: usize) {
     println!(
         "faultbench mib={mib} rounds={rounds} cold_ns_per_fault={cold:.1} warm_ns_per_fault={warm:.1}"
     );
+}
+
+fn daemon(signals: &SigSet) {
+    // SAFETY: single-threaded here; the children only call setsid, fork, write and wait.
+    match unsafe { fork() }.expect("fork") {
+        ForkResult::Child => {
+            let _ = nix::unistd::setsid();
+            if let ForkResult::Child = unsafe { fork() }.expect("fork") {
+                println!("daemon {}", std::process::id());
+                loop {
+                    let _ = next_signal(signals, Duration::from_secs(3600));
+                }
+            }
+            std::process::exit(0);
+        }
+        ForkResult::Parent { child } => {
+            let _ = nix::sys::wait::waitpid(child, None);
+            while !stopping(next_signal(signals, Duration::from_secs(3600))) {}
+        }
+    }
 }

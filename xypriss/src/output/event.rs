@@ -84,6 +84,26 @@ pub enum Event {
         to: u32,
         reason: String,
     },
+    /// Where workers' cgroups are, or why there are none.
+    #[serde(rename_all = "camelCase")]
+    Cgroup {
+        enabled: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        version: Option<&'static str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        path: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// A pool cgroup left by an xypriss that is gone, killed and removed.
+    #[serde(rename_all = "camelCase")]
+    StaleCgroupRemoved {
+        path: String,
+        owner_pid: u32,
+        killed: usize,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     MemorySample(Box<MemorySample>),
     #[serde(rename_all = "camelCase")]
     ChildSpawned {

@@ -12,19 +12,24 @@
 //! too), with one `waitpid(-1)` loop on SIGCHLD.
 
 use std::{
-    ffi::OsString,
+    ffi::{CString, OsString},
     io::{self, Write as _},
-    os::{fd::OwnedFd, unix::process::CommandExt as _},
+    os::{
+        fd::OwnedFd,
+        unix::{ffi::OsStrExt as _, process::CommandExt as _},
+    },
     path::PathBuf,
     process::{Command, Stdio},
 };
 
 use nix::{
+    fcntl::{OFlag, open},
     sys::{
         prctl,
         signal::{Signal, killpg},
+        stat::Mode,
     },
-    unistd::{Pid, getppid},
+    unistd::{Gid, Pid, Uid, getppid, setgid, setgroups, setuid, write},
 };
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncRead, BufReader},
@@ -48,11 +53,19 @@ pub struct Spec<'a> {
     pub identity: &'a Identity,
     /// `XYPRISS_*` and the user's `--env`, in that order.
     pub env: Vec<(OsString, OsString)>,
+    /// The `cgroup.procs` of the worker's cgroup: the child moves itself in
+    /// before exec, so everything it ever starts is born inside.
+    pub cgroup_procs: Option<&'a std::path::Path>,
 }
 
 /// Spawns `spec`; returns its pid. The caller reaps it.
 pub fn spawn(spec: Spec<'_>) -> io::Result<u32> {
     let supervisor = Pid::this();
+    let cgroup_procs = spec
+        .cgroup_procs
+        .map(|p| CString::new(p.as_os_str().as_bytes()))
+        .transpose()
+        .map_err(io::Error::other)?;
     let mut cmd = Command::new(spec.app);
     cmd.args(spec.args)
         .envs(spec.env)
@@ -63,13 +76,7 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<u32> {
     if let Some(cwd) = &spec.identity.cwd {
         cmd.current_dir(cwd);
     }
-    if let Some(gid) = spec.identity.gid {
-        cmd.gid(gid);
-    }
-    if let Some(uid) = spec.identity.uid {
-        // std also drops the supplementary groups when root changes user.
-        cmd.uid(uid);
-    }
+    let (uid, gid) = (spec.identity.uid, spec.identity.gid);
     // SAFETY: between fork and exec the closure only makes system calls.
     unsafe {
         cmd.pre_exec(move || {
@@ -79,6 +86,26 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<u32> {
                 return Err(io::Error::other(
                     "xypriss exited while the worker was starting",
                 ));
+            }
+            if let Some(procs) = &cgroup_procs {
+                // "0" is the writing process itself; still root, so allowed.
+                let fd = open(
+                    procs.as_c_str(),
+                    OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )?;
+                write(&fd, b"0")?;
+            }
+            // Then the identity: groups first, while still allowed to change them.
+            if uid.is_some() || gid.is_some() {
+                setgroups(&[])?;
+            }
+            if let Some(gid) = gid {
+                setgid(Gid::from_raw(gid))?;
+            }
+            if let Some(uid) = uid {
+                // From root to another user, the kernel clears every capability.
+                setuid(Uid::from_raw(uid))?;
             }
             Ok(())
         });
