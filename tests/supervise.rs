@@ -187,15 +187,20 @@ fn a_second_sigint_forces_the_stop() {
 }
 
 #[test]
-fn sigkill_of_xypriss_leaves_no_worker_alive() {
-    if !root_or_skip("sigkill_of_xypriss_leaves_no_worker_alive") {
+fn sigkill_of_xypriss_leaves_no_worker_or_daemon_alive() {
+    if !root_or_skip("sigkill_of_xypriss_leaves_no_worker_or_daemon_alive") {
         return;
     }
-    let mut pool = Pool::start(&["--workers", "3", DEMO, "steps", "1"]);
+    let mut pool = Pool::start(&["--workers", "3", "--name", "sigkill", DEMO, "daemon"]);
     let mut pids = Vec::new();
     for id in 0..3u64 {
         let e = pool.wait_event("worker_spawned", TIMEOUT, |e| e["workerId"] == id);
         pids.push(u64_of(&e, "pid") as u32);
+    }
+    for _ in 0..3 {
+        let line = pool.wait_log("daemon ", TIMEOUT);
+        pool.log.retain(|l| *l != line);
+        pids.push(daemon_pid(&line));
     }
     signal(pool.pid(), Signal::SIGKILL);
     pool.wait();
@@ -206,7 +211,7 @@ fn sigkill_of_xypriss_leaves_no_worker_alive() {
         thread::sleep(Duration::from_millis(100));
     }
     panic!(
-        "workers outlived xypriss: {:?}",
+        "outlived xypriss: {:?}",
         pids.iter().filter(|&&p| alive(p)).collect::<Vec<_>>()
     );
 }
@@ -435,6 +440,19 @@ fn the_next_start_cleans_up_after_a_sigkilled_xypriss() {
     let pool_dir = cgroup["path"].as_str().unwrap().to_owned();
     let daemon = daemon_pid(&first.wait_log("daemon ", TIMEOUT));
     let first_pid = first.pid();
+    // Kill the watchdog first, as `kill -9` of everything would: only the
+    // next start is left to clean up.
+    let children =
+        fs::read_to_string(format!("/proc/{first_pid}/task/{first_pid}/children")).unwrap();
+    let watchdog = children
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u32>().ok())
+        .find(|p| {
+            fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.windows(10).any(|w| w == b"__watchdog"))
+        })
+        .expect("xypriss runs a watchdog");
+    signal(watchdog, Signal::SIGKILL);
     signal(first_pid, Signal::SIGKILL);
     first.wait();
 

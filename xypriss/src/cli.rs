@@ -44,6 +44,10 @@ Examples:
   sudo xypriss run --workers 4 --granularity 4MiB -- ./app --port 8080
   xypriss run --workers 2 ./app   # without root: /proc polling, said in an `observer` event")]
     Run(RunFlags),
+    /// Internal: started by `run`; when its stdin closes (xypriss ended, however),
+    /// kills and removes the cgroups of pools whose xypriss is gone.
+    #[command(name = "__watchdog", hide = true)]
+    Watchdog,
 }
 
 #[derive(Args, Debug)]

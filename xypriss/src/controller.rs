@@ -37,6 +37,7 @@ use crate::{
         lifecycle::{Input, State, step},
         reap::{self, Exit},
         spawn::{Spec, signal_group, spawn},
+        watchdog,
     },
 };
 
@@ -163,6 +164,19 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     });
 
     let cgroups = pool_cgroup(&config.name, &output);
+    // Held open until xypriss ends: then the watchdog cleans what is left.
+    let _watchdog = match &cgroups {
+        Some(_) => match watchdog::start() {
+            Ok(pipe) => Some(pipe),
+            Err(err) => {
+                tracing::warn!(
+                    "no watchdog ({err}): a SIGKILLed xypriss leaves its workers' daemons until the next start"
+                );
+                None
+            }
+        },
+        None => None,
+    };
     let mut ctl = Controller {
         cgroups,
         cleanups: Vec::new(),

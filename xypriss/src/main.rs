@@ -35,5 +35,9 @@ fn run() -> anyhow::Result<ExitCode> {
             runtime.block_on(xypriss::controller::run(config))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Watchdog => {
+            xypriss::supervise::watchdog::run()?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

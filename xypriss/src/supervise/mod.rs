@@ -6,4 +6,5 @@ pub mod cgroup;
 pub mod lifecycle;
 pub mod reap;
 pub mod spawn;
+pub mod watchdog;
 pub mod workers;
