@@ -575,7 +575,9 @@ mod tests {
             "-x",
         ])
         .unwrap();
-        let Command::Run(run) = flags.command;
+        let Command::Run(run) = flags.command else {
+            panic!("not run");
+        };
         assert_eq!(run.workers, WorkerCount::Fixed(2));
         assert_eq!(
             run.command,
@@ -597,7 +599,9 @@ mod tests {
     fn double_dash_form_works_too() {
         let flags =
             Flags::try_parse_from(["xypriss", "run", "--", "./app", "--port", "1"]).unwrap();
-        let Command::Run(run) = flags.command;
+        let Command::Run(run) = flags.command else {
+            panic!("not run");
+        };
         assert_eq!(run.command, ["./app", "--port", "1"]);
     }
 }

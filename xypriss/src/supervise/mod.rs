@@ -1,9 +1,12 @@
 //! Worker processes: how many, how they are started, restarted and stopped,
-//! the lifecycle they go through, and the cgroups they run in.
+//! the lifecycle they go through, the cgroups they run in, and the sockets
+//! and readiness protocol they share with xypriss.
 
 pub mod backoff;
 pub mod cgroup;
 pub mod lifecycle;
+pub mod listen;
+pub mod notify;
 pub mod reap;
 pub mod spawn;
 pub mod watchdog;
