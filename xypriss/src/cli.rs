@@ -43,7 +43,7 @@ Examples:
   sudo xypriss run --workers auto node server.js
   sudo xypriss run --workers 4 --granularity 4MiB -- ./app --port 8080
   xypriss run --workers 2 ./app   # without root: /proc polling, said in an `observer` event")]
-    Run(RunFlags),
+    Run(Box<RunFlags>),
     /// Internal: started by `run`; when its stdin closes (xypriss ended, however),
     /// kills and removes the cgroups of pools whose xypriss is gone.
     #[command(name = "__watchdog", hide = true)]

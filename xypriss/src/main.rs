@@ -28,7 +28,7 @@ fn run() -> anyhow::Result<ExitCode> {
         .init();
     match flags.command {
         Command::Run(run_flags) => {
-            let config = cli::resolve(run_flags)?;
+            let config = cli::resolve(*run_flags)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
