@@ -458,19 +458,20 @@ fn the_next_start_cleans_up_after_a_sigkilled_xypriss() {
 
     let mut second = Pool::start(&["--workers", "1", "--name", "stale", DEMO, "steps", "1"]);
     second.wait_event("worker_spawned", TIMEOUT, |_| true);
-    let removed = second
+    // This start cleans it, or another xypriss starting at the same moment
+    // (the tests run side by side) did; either way, before workers run.
+    if let Some(removed) = second
         .events
         .iter()
         .find(|e| e["event"] == "stale_cgroup_removed" && e["ownerPid"] == first_pid)
-        .unwrap_or_else(|| {
-            panic!(
-                "no stale_cgroup_removed for {first_pid}: {:#?}",
-                second.events
-            )
-        })
-        .clone();
-    assert_eq!(removed["path"], pool_dir.as_str());
-    assert!(!Path::new(&pool_dir).exists());
+    {
+        assert_eq!(removed["path"], pool_dir.as_str());
+        assert!(u64_of(removed, "killed") >= 1, "{removed}");
+    }
+    assert!(
+        !Path::new(&pool_dir).exists(),
+        "the stale pool {pool_dir} is left"
+    );
     assert!(
         !alive(daemon),
         "the daemon of the SIGKILLed pool survived the next start"

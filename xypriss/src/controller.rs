@@ -313,6 +313,7 @@ impl Controller {
             None => None,
         };
         let procs = cgroup.as_ref().map(|c| c.path().join("cgroup.procs"));
+        self.observer.prepare(slot, self.config.thresholds)?;
         let spawned = spawn(Spec {
             app: &self.config.app,
             args: &self.config.args,
@@ -321,6 +322,8 @@ impl Controller {
             identity: &self.config.identity,
             env,
             cgroup_procs: procs.as_deref(),
+            registration: self.observer.registration(slot),
+            listeners: None,
         });
         let pid = match spawned {
             Ok(pid) => pid,
@@ -352,7 +355,7 @@ impl Controller {
             children: BTreeSet::new(),
             cgroup,
         };
-        match self.observer.watch(slot, pid, self.config.thresholds) {
+        match self.observer.watch(slot, pid) {
             Ok(seed) => {
                 instance.counters = seed;
                 let event = sample(

@@ -11,7 +11,12 @@
 //! ring buffers (5.8), BPF atomic exchange (5.12), and `sched_process_exit`
 //! with `group_dead` (6.16). BTF at /sys/kernel/btf/vmlinux.
 
-use std::{io, path::Path, time::Duration};
+use std::{
+    io,
+    os::fd::{AsFd as _, AsRawFd as _, OwnedFd, RawFd},
+    path::Path,
+    time::Duration,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -84,6 +89,8 @@ pub enum EbpfError {
 
 pub struct EbpfObserver {
     tasks: HashMap<MapData, u32, TaskEntry>,
+    /// A second fd of `TASKS`, for workers to register themselves before exec.
+    tasks_fd: OwnedFd,
     workers: Array<MapData, WorkerState>,
     thresholds: Array<MapData, Thresholds>,
     faults: PerCpuArray<MapData, u64>,
@@ -140,7 +147,20 @@ impl EbpfObserver {
             "page_fault_user",
         )?;
         let ring: RingBuf<MapData> = take(&mut ebpf, map_name::EVENTS)?;
+        let tasks_fd = match ebpf.map(map_name::TASKS) {
+            Some(aya::maps::Map::HashMap(data)) => data
+                .fd()
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(EbpfError::Poll)?,
+            _ => {
+                return Err(EbpfError::MissingMap {
+                    map: map_name::TASKS,
+                });
+            }
+        };
         Ok(Self {
+            tasks_fd,
             tasks: take(&mut ebpf, map_name::TASKS)?,
             workers: take(&mut ebpf, map_name::WORKERS)?,
             thresholds: take(&mut ebpf, map_name::THRESHOLDS)?,
@@ -152,28 +172,12 @@ impl EbpfObserver {
         })
     }
 
-    pub fn watch(&mut self, slot: u32, pid: u32, thresholds: [u64; 3]) -> io::Result<Counters> {
-        // Seed from /proc: counters the process does not update again would
-        // otherwise count as zero. The slot is not in use, so no program races
-        // these writes; the task entry goes last, and turns the accounting on.
-        let seed = procfs::counters(pid)?;
-        let kernel = [
-            seed.file as i64,
-            seed.anon as i64,
-            seed.swap as i64,
-            seed.shmem as i64,
-        ];
-        let state = WorkerState {
-            counters: kernel,
-            reported_rss: seed.rss() as i64,
-            level: xypriss_ebpf::rss_stat::level(
-                &Thresholds { bytes: thresholds },
-                seed.rss() as i64,
-            ),
-            _pad: 0,
-        };
+    /// Readies worker slot `slot` for a new process: zero totals and fault
+    /// counts, and `thresholds`. Nothing is watched in the slot yet, so no
+    /// program races these writes.
+    pub fn prepare(&mut self, slot: u32, thresholds: [u64; 3]) -> io::Result<()> {
         self.workers
-            .set(slot, &state, 0)
+            .set(slot, &WorkerState::default(), 0)
             .map_err(io::Error::other)?;
         self.thresholds
             .set(slot, &Thresholds { bytes: thresholds }, 0)
@@ -184,7 +188,46 @@ impl EbpfObserver {
                 as usize
         ])
         .map_err(io::Error::other)?;
-        self.faults.set(slot, zero, 0).map_err(io::Error::other)?;
+        self.faults.set(slot, zero, 0).map_err(io::Error::other)
+    }
+
+    /// What a new worker process runs between fork and exec to put itself in
+    /// `TASKS` as worker `slot`: from then on the programs count its memory
+    /// and follow its forks, before it can run a single instruction of the app.
+    pub fn registration(&self, slot: u32) -> Registration {
+        Registration {
+            tasks_fd: self.tasks_fd.as_raw_fd(),
+            entry: TaskEntry {
+                worker: slot,
+                ..TaskEntry::default()
+            },
+        }
+    }
+
+    /// The worker's totals, now that its process runs; when it could not
+    /// register itself, it is registered here, seeded from /proc.
+    pub fn watch(&mut self, slot: u32, pid: u32) -> io::Result<Counters> {
+        if self.tasks.get(&pid, 0).is_ok() {
+            let state = self.workers.get(&slot, 0).map_err(io::Error::other)?;
+            return Ok(Counters::from_kernel(state.counters));
+        }
+        let seed = procfs::counters(pid)?;
+        let kernel = [
+            seed.file as i64,
+            seed.anon as i64,
+            seed.swap as i64,
+            seed.shmem as i64,
+        ];
+        let thresholds = self.thresholds.get(&slot, 0).map_err(io::Error::other)?;
+        let state = WorkerState {
+            counters: kernel,
+            reported_rss: seed.rss() as i64,
+            level: xypriss_ebpf::rss_stat::level(&thresholds, seed.rss() as i64),
+            _pad: 0,
+        };
+        self.workers
+            .set(slot, &state, 0)
+            .map_err(io::Error::other)?;
         let entry = TaskEntry {
             worker: slot,
             _pad: 0,
@@ -231,6 +274,51 @@ impl EbpfObserver {
             .get(&0, 0)
             .map(|per_cpu| per_cpu.iter().sum())
             .unwrap_or(0)
+    }
+}
+
+/// A worker registering itself in `TASKS`, in the child between fork and exec.
+#[derive(Clone, Copy)]
+pub struct Registration {
+    tasks_fd: RawFd,
+    entry: TaskEntry,
+}
+
+/// `union bpf_attr` as `BPF_MAP_UPDATE_ELEM` reads it.
+#[repr(C)]
+struct MapUpdateAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+impl Registration {
+    /// Async-signal-safe: two system calls, no allocation.
+    pub fn register_self(&self) -> io::Result<()> {
+        const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+        let pid = std::process::id();
+        let attr = MapUpdateAttr {
+            map_fd: self.tasks_fd as u32,
+            _pad: 0,
+            key: &raw const pid as u64,
+            value: &raw const self.entry as u64,
+            flags: 0,
+        };
+        // SAFETY: the attr points at live stack values of the sizes the map was made with.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_ELEM,
+                &raw const attr,
+                size_of::<MapUpdateAttr>(),
+            )
+        };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 }
 

@@ -125,17 +125,31 @@ impl Observer {
         }
     }
 
-    /// Starts watching process `pid` as worker `slot`, with `thresholds` in bytes.
-    /// Returns its current counters.
-    pub fn watch(
-        &mut self,
-        slot: u32,
-        pid: u32,
-        thresholds: [u64; 3],
-    ) -> std::io::Result<Counters> {
+    /// Readies slot `slot` for a new worker process with `thresholds` in bytes.
+    pub fn prepare(&mut self, slot: u32, thresholds: [u64; 3]) -> std::io::Result<()> {
         match self {
-            Self::Ebpf(o) => o.watch(slot, pid, thresholds),
-            Self::Procfs(o) => o.watch(slot, pid, thresholds),
+            Self::Ebpf(o) => o.prepare(slot, thresholds),
+            Self::Procfs(o) => {
+                o.prepare(slot, thresholds);
+                Ok(())
+            }
+        }
+    }
+
+    /// What the worker process of `slot` runs before exec to be watched from
+    /// its first instruction (eBPF only).
+    pub fn registration(&self, slot: u32) -> Option<ebpf::Registration> {
+        match self {
+            Self::Ebpf(o) => Some(o.registration(slot)),
+            Self::Procfs(_) => None,
+        }
+    }
+
+    /// Watches process `pid` as worker `slot` (prepared); returns its counters now.
+    pub fn watch(&mut self, slot: u32, pid: u32) -> std::io::Result<Counters> {
+        match self {
+            Self::Ebpf(o) => o.watch(slot, pid),
+            Self::Procfs(o) => o.watch(slot, pid),
         }
     }
 

@@ -69,6 +69,8 @@ struct Watched {
 
 pub struct ProcfsObserver {
     watched: BTreeMap<u32, Watched>,
+    /// Thresholds of slots prepared for a process not yet started.
+    pending: BTreeMap<u32, [u64; 3]>,
     granularity: u64,
     tick: Interval,
 }
@@ -79,12 +81,18 @@ impl ProcfsObserver {
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Self {
             watched: BTreeMap::new(),
+            pending: BTreeMap::new(),
             granularity: config.granularity,
             tick,
         }
     }
 
-    pub fn watch(&mut self, slot: u32, pid: u32, thresholds: [u64; 3]) -> io::Result<Counters> {
+    pub fn prepare(&mut self, slot: u32, thresholds: [u64; 3]) {
+        self.pending.insert(slot, thresholds);
+    }
+
+    pub fn watch(&mut self, slot: u32, pid: u32) -> io::Result<Counters> {
+        let thresholds = self.pending.remove(&slot).unwrap_or_default();
         let seed = counters(pid)?;
         self.watched.insert(
             slot,

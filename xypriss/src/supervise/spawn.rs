@@ -22,6 +22,8 @@ use std::{
     process::{Command, Stdio},
 };
 
+use super::listen::Listeners;
+use crate::observe::ebpf::Registration;
 use nix::{
     fcntl::{OFlag, open},
     sys::{
@@ -56,6 +58,10 @@ pub struct Spec<'a> {
     /// The `cgroup.procs` of the worker's cgroup: the child moves itself in
     /// before exec, so everything it ever starts is born inside.
     pub cgroup_procs: Option<&'a std::path::Path>,
+    /// Registers the child with the kernel programs before exec.
+    pub registration: Option<Registration>,
+    /// Sockets to hand over as fds 3, 4, … (systemd socket activation).
+    pub listeners: Option<&'a Listeners>,
 }
 
 /// Spawns `spec`; returns its pid. The caller reaps it.
@@ -77,6 +83,7 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<u32> {
         cmd.current_dir(cwd);
     }
     let (uid, gid) = (spec.identity.uid, spec.identity.gid);
+    let registration = spec.registration;
     // SAFETY: between fork and exec the closure only makes system calls.
     unsafe {
         cmd.pre_exec(move || {
@@ -86,6 +93,9 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<u32> {
                 return Err(io::Error::other(
                     "xypriss exited while the worker was starting",
                 ));
+            }
+            if let Some(registration) = &registration {
+                registration.register_self()?;
             }
             if let Some(procs) = &cgroup_procs {
                 // "0" is the writing process itself; still root, so allowed.
@@ -109,6 +119,15 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<u32> {
             }
             Ok(())
         });
+    }
+    if let Some(listeners) = spec.listeners.filter(|l| !l.is_empty()) {
+        cmd.envs(listeners.env());
+        // Last: it moves the sockets to fds 3, 4, …, sets LISTEN_PID, and execs.
+        let hand_over = listeners.child_setup(&cmd)?;
+        // SAFETY: the closure allocates nothing; see `Listeners::child_setup`.
+        unsafe {
+            cmd.pre_exec(hand_over);
+        }
     }
     let mut child = cmd.spawn()?;
     let pid = child.id();
