@@ -3,7 +3,9 @@
 
 It serves HTTP on the sockets it inherits as fds 3, 4, ... (systemd's
 LISTEN_FDS protocol, as `xypriss run --listen` hands them over), and tells
-NOTIFY_SOCKET, when set, that it is ready. `GET /` answers a JSON object:
+NOTIFY_SOCKET, when set, that it is ready: after READY_DELAY_MS milliseconds
+if set, and never if READY_NEVER is set. On SIGTERM it stops accepting,
+finishes the request in hand, and exits 0, as a graceful server does. `GET /` answers a JSON object:
 this process's pid, XYPRISS_WORKER_ID, LISTEN_PID and whether it names this
 process, the fd names, and each inherited fd's family and address, so a test
 can check what the worker really received.
@@ -12,10 +14,12 @@ can check what the worker really received.
 import http.server
 import json
 import os
+import signal
 import socket
 import socketserver
 import sys
 import threading
+import time
 
 LISTEN_FDS_START = 3
 
@@ -97,12 +101,19 @@ def main():
         "port": os.environ.get("PORT"),
         "fds": [describe(sock) for sock in sockets],
     }
-    for sock in sockets:
-        server = InheritedServer(sock)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    time.sleep(int(os.environ.get("READY_DELAY_MS", "0")) / 1000)
+    servers = [InheritedServer(sock) for sock in sockets]
+    for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()
-    notify(f"READY=1\nSTATUS=serving on {len(sockets)} sockets\nMAINPID={pid}")
-    # Serve until a signal ends the process.
-    threading.Event().wait()
+    if not os.environ.get("READY_NEVER"):
+        notify(f"READY=1\nSTATUS=serving on {len(sockets)} sockets\nMAINPID={pid}")
+    stop.wait()
+    # Stop accepting; serve_forever returns once the request in hand is done.
+    for server in servers:
+        server.shutdown()
+    sys.exit(0)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ use xypriss_ebpf::MAX_WORKERS;
 
 use crate::{
     size::Size,
-    supervise::{backoff::Policy, spawn::Identity, workers},
+    supervise::{backoff::Policy, listen::ListenAddr, spawn::Identity, workers},
 };
 
 #[derive(Parser, Debug)]
@@ -108,9 +108,19 @@ pub struct RunFlags {
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION", allow_hyphen_values = true)]
     pub kill_timeout: Duration,
 
-    /// A worker counts as ready this long after it was spawned (unless it says so first with READY=1).
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, value_name = "DURATION", allow_hyphen_values = true)]
-    pub ready_timeout: Duration,
+    /// Bind ADDR once and hand it to every worker as fd 3, 4, … (systemd socket activation):
+    /// host:port, [v6]:port, or a Unix socket path. Repeatable.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Vec<ListenAddr>,
+
+    /// When a worker counts as ready: `delay` (after --ready-timeout, or at READY=1 if sooner),
+    /// or `notify` (only at READY=1 on NOTIFY_SOCKET; none within --ready-timeout is a failed start).
+    #[arg(long, value_enum, default_value = "delay", value_name = "MODE")]
+    pub ready: ReadyMode,
+
+    /// The readiness delay (`--ready delay`, default 1s) or deadline (`--ready notify`, default 60s).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION", allow_hyphen_values = true)]
+    pub ready_timeout: Option<Duration>,
 
     /// The signal that asks a worker to stop (e.g. SIGTERM, SIGINT, SIGQUIT, TERM).
     #[arg(long, default_value = "SIGTERM", value_name = "SIGNAL", value_parser = parse_signal)]
@@ -191,6 +201,15 @@ pub struct RunFlags {
     pub command: Vec<OsString>,
 }
 
+/// `--ready`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReadyMode {
+    /// Ready after `--ready-timeout`, or at `READY=1` if sooner.
+    Delay,
+    /// Ready at `READY=1` only.
+    Notify,
+}
+
 /// `--workers`: a count or `auto`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WorkerCount {
@@ -243,7 +262,9 @@ pub struct RunConfig {
     pub kill_timeout: Duration,
     pub observer: ObserverChoice,
     pub bpf_log: bool,
+    pub ready: ReadyMode,
     pub ready_timeout: Duration,
+    pub listen: Vec<ListenAddr>,
     pub stop_signal: Signal,
     pub restart: Policy,
     pub min_workers: u32,
@@ -392,7 +413,12 @@ pub fn resolve(flags: RunFlags) -> Result<RunConfig, FlagError> {
         kill_timeout: flags.kill_timeout,
         observer,
         bpf_log: flags.bpf_log,
-        ready_timeout: flags.ready_timeout,
+        ready: flags.ready,
+        ready_timeout: flags.ready_timeout.unwrap_or(match flags.ready {
+            ReadyMode::Delay => Duration::from_secs(1),
+            ReadyMode::Notify => Duration::from_secs(60),
+        }),
+        listen: flags.listen,
         stop_signal: flags.stop_signal,
         restart: Policy {
             initial: flags.restart_delay,

@@ -24,7 +24,7 @@ use tokio::{
 };
 
 use crate::{
-    cli::{ObserverChoice, RunConfig},
+    cli::{ObserverChoice, ReadyMode, RunConfig},
     observe::{Counters, Observation, Observer, Source, Trigger, procfs::monotonic_ns},
     output::{
         event::{Event, LossStage, MemorySample, SCHEMA_VERSION},
@@ -35,6 +35,8 @@ use crate::{
         backoff::{Decision, Failures},
         cgroup::{Hierarchy, PoolCgroup, Version, WorkerCgroup},
         lifecycle::{Input, State, step},
+        listen::Listeners,
+        notify::{Notification, NotifySocket},
         reap::{self, Exit},
         spawn::{Spec, signal_group, spawn},
         watchdog,
@@ -79,6 +81,8 @@ struct Instance {
     series: Series,
     children: BTreeSet<u32>,
     cgroup: Option<WorkerCgroup>,
+    /// Killed for not saying READY=1 in time (`--ready notify`).
+    not_ready: bool,
 }
 
 /// A worker id's history across its processes.
@@ -117,6 +121,10 @@ struct Controller {
     cgroups: Option<PoolCgroup>,
     /// Worker cgroups being emptied and removed, off the control loop.
     cleanups: Vec<tokio::task::JoinHandle<()>>,
+    /// The sockets every worker gets (`--listen`).
+    listeners: Listeners,
+    /// Where workers say READY=1.
+    notify: NotifySocket,
 }
 
 /// Runs the pool until a signal, a closed stdout, or every worker errored.
@@ -163,6 +171,22 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         max_delay_ms: max_delay.as_millis() as u64,
     });
 
+    let listeners = Listeners::bind(&config.listen)?;
+    let notify = NotifySocket::bind(runtime_dir()?.join(format!(
+        "{}.{}.notify",
+        config.name,
+        std::process::id()
+    )))
+    .map_err(|e| anyhow::anyhow!("cannot create the notify socket: {e}"))?;
+    if !listeners.is_empty() {
+        output.emit(&Event::Listening {
+            addresses: listeners
+                .local_addrs()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        });
+    }
     let cgroups = pool_cgroup(&config.name, &output);
     // Held open until xypriss ends: then the watchdog cleans what is left.
     let _watchdog = match &cgroups {
@@ -178,6 +202,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         None => None,
     };
     let mut ctl = Controller {
+        listeners,
+        notify,
         cgroups,
         cleanups: Vec::new(),
         size: config.workers,
@@ -202,6 +228,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         tokio::select! {
             () = ctl.observer.next_batch(&mut batch) => ctl.observed(&mut batch),
             _ = sigchld.recv() => ctl.reaped(&mut batch),
+            message = ctl.notify.recv() => ctl.notified(message),
             () = sleep_until(timer.unwrap_or_else(far_future).into()), if timer.is_some() => ctl.timers(),
             _ = tick.tick() => ctl.tick(),
             _ = sighup.recv() => ctl.rolling_restart(),
@@ -286,6 +313,27 @@ fn pool_cgroup(name: &str, output: &Output) -> Option<PoolCgroup> {
     }
 }
 
+/// Where xypriss keeps its sockets: /run/xypriss as root, else the user's
+/// runtime directory. Workers that run as another user must reach them, so
+/// the directory is world-searchable; the sockets set their own modes.
+fn runtime_dir() -> anyhow::Result<std::path::PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    let dir = if nix::unistd::geteuid().is_root() {
+        std::path::PathBuf::from("/run/xypriss")
+    } else if let Some(runtime) = std::env::var_os("XDG_RUNTIME_DIR") {
+        std::path::PathBuf::from(runtime).join("xypriss")
+    } else {
+        std::env::temp_dir().join(format!("xypriss-{}", nix::unistd::geteuid()))
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    Ok(dir)
+}
+
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400)
 }
@@ -306,6 +354,7 @@ impl Controller {
             ("XYPRISS_WORKER_ID".into(), id.to_string().into()),
             ("XYPRISS_WORKER_COUNT".into(), self.size.to_string().into()),
             ("XYPRISS_GENERATION".into(), generation.to_string().into()),
+            ("NOTIFY_SOCKET".into(), self.notify.path().into()),
         ];
         env.extend(self.config.env.iter().cloned());
         let cgroup = match &self.cgroups {
@@ -323,7 +372,7 @@ impl Controller {
             env,
             cgroup_procs: procs.as_deref(),
             registration: self.observer.registration(slot),
-            listeners: None,
+            listeners: Some(&self.listeners),
         });
         let pid = match spawned {
             Ok(pid) => pid,
@@ -354,6 +403,7 @@ impl Controller {
             series: Series::default(),
             children: BTreeSet::new(),
             cgroup,
+            not_ready: false,
         };
         match self.observer.watch(slot, pid) {
             Ok(seed) => {
@@ -399,7 +449,7 @@ impl Controller {
         let ready = self
             .instances
             .values()
-            .filter(|i| i.state == State::Starting)
+            .filter(|i| i.state == State::Starting && !i.not_ready)
             .map(|i| i.started + self.config.ready_timeout);
         restarts.chain(ready).min()
     }
@@ -411,12 +461,29 @@ impl Controller {
             .instances
             .iter()
             .filter(|(_, i)| {
-                i.state == State::Starting && i.started + self.config.ready_timeout <= now
+                i.state == State::Starting
+                    && !i.not_ready
+                    && i.started + self.config.ready_timeout <= now
             })
             .map(|(&slot, _)| slot)
             .collect();
         for slot in due {
-            self.ready(slot);
+            match self.config.ready {
+                ReadyMode::Delay => self.ready(slot),
+                ReadyMode::Notify => {
+                    let i = self.instances.get_mut(&slot).expect("listed above");
+                    if !i.not_ready {
+                        tracing::warn!(
+                            "worker {} (pid {}) sent no READY=1 within --ready-timeout {:?}: killed",
+                            i.id,
+                            i.pid,
+                            self.config.ready_timeout
+                        );
+                        i.not_ready = true;
+                        signal_group(i.pid, Signal::SIGKILL);
+                    }
+                }
+            }
         }
         let restarts: Vec<(u32, &'static str)> = self
             .workers
@@ -718,6 +785,42 @@ impl Controller {
         }
     }
 
+    /// A datagram on NOTIFY_SOCKET: READY=1 from a worker, or one of its descendants.
+    fn notified(&mut self, message: std::io::Result<Notification>) {
+        let message = match message {
+            Ok(m) => m,
+            Err(err) => {
+                tracing::warn!("notify socket: {err}");
+                return;
+            }
+        };
+        let Some(sender) = message.pid else {
+            return;
+        };
+        let Some(slot) = self.instance_of(sender) else {
+            tracing::debug!("READY from pid {sender}, which is no worker's");
+            return;
+        };
+        if message.ready() {
+            self.ready(slot);
+        }
+    }
+
+    /// The instance whose process is `pid` or one of its ancestors.
+    fn instance_of(&self, mut pid: u32) -> Option<u32> {
+        for _ in 0..32 {
+            if let Some((&slot, _)) = self.instances.iter().find(|(_, i)| i.pid == pid) {
+                return Some(slot);
+            }
+            pid = procfs::process::Process::new(pid as i32)
+                .and_then(|p| p.stat())
+                .ok()
+                .and_then(|s| u32::try_from(s.ppid).ok())
+                .filter(|&ppid| ppid > 1)?;
+        }
+        None
+    }
+
     /// SIGCHLD: reaps every ended child, workers and orphaned descendants alike.
     fn reaped(&mut self, batch: &mut Vec<Observation>) {
         // What the kernel said before an exit (an OOM kill) comes first.
@@ -776,6 +879,8 @@ impl Controller {
         }
         let why = if i.oom_killed {
             "oom_killed"
+        } else if i.not_ready {
+            "not_ready"
         } else {
             "crashed"
         };

@@ -84,6 +84,11 @@ pub enum Event {
         to: u32,
         reason: String,
     },
+    /// The sockets bound for `--listen`, as bound (a port 0 shows the real port).
+    #[serde(rename_all = "camelCase")]
+    Listening {
+        addresses: Vec<String>,
+    },
     /// Where workers' cgroups are, or why there are none.
     #[serde(rename_all = "camelCase")]
     Cgroup {
