@@ -5,7 +5,8 @@
 //! - `leak` (the default): a 32 MiB baseline, a request-like sawtooth, and a
 //!   slow leak of `--leak` KiB/s (default 1024).
 //! - `steps MIB…`: touches memory up (or unmaps it down) to each size in turn,
-//!   printing `at N MiB` when there and waiting for SIGUSR1 to go on.
+//!   printing `at N MiB` when there and waiting for SIGUSR1 to go on. It
+//!   sends `READY=1` to `NOTIFY_SOCKET`, when set, once at its first size.
 //! - `fork MIB`: forks a child that holds MIB, printing `child PID at N MiB`.
 //! - `grow MIB_PER_S`: allocates at that rate until stopped or killed.
 //! - `oscillate LOW_MIB HIGH_MIB`: goes up to HIGH and down to LOW, again and
@@ -206,9 +207,12 @@ fn steps(targets: &[String], signals: &SigSet) -> Result<(), String> {
         .map(|t| parse(Some(t), "MIB"))
         .collect::<Result<_, _>>()?;
     let mut heap = Heap::default();
-    for target in targets {
+    for (i, target) in targets.into_iter().enumerate() {
         heap.resize(target);
         println!("at {target} MiB");
+        if i == 0 {
+            notify_ready();
+        }
         loop {
             match next_signal(signals, Duration::from_secs(3600)) {
                 Some(Signal::SIGUSR1) => break,
@@ -305,5 +309,15 @@ fn daemon(signals: &SigSet) {
             let _ = nix::sys::wait::waitpid(child, None);
             while !stopping(next_signal(signals, Duration::from_secs(3600))) {}
         }
+    }
+}
+
+/// systemd's notify protocol: one datagram to NOTIFY_SOCKET.
+fn notify_ready() {
+    if let Some(path) = std::env::var_os("NOTIFY_SOCKET")
+        && let Ok(socket) = std::os::unix::net::UnixDatagram::unbound()
+        && let Err(err) = socket.send_to(b"READY=1", &path)
+    {
+        eprintln!("xypriss-demo: READY=1 to {}: {err}", path.to_string_lossy());
     }
 }
