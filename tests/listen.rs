@@ -44,7 +44,7 @@ fn get(port: u16) -> std::io::Result<Value> {
     let (head, body) = response
         .split_once("\r\n\r\n")
         .ok_or_else(|| std::io::Error::other(format!("no HTTP response: {response:?}")))?;
-    if !head.starts_with("HTTP/1.0 200") {
+    if !(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200")) {
         return Err(std::io::Error::other(format!("not 200: {head}")));
     }
     serde_json::from_str(body).map_err(std::io::Error::other)
@@ -233,5 +233,79 @@ fn a_rolling_restart_refuses_no_connection() {
         new.iter().any(|p| pids.contains(p)),
         "no request reached the new generation"
     );
+    assert!(pool.stop().success());
+}
+
+/// `--ready socket` with `app…`: the worker must be seen waiting on the socket
+/// after its READY_DELAY_MS, and never earlier.
+fn ready_when_serving(app: &[&str]) {
+    let mut args = vec![
+        "run",
+        "--workers",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+        "--ready",
+        "socket",
+    ];
+    args.extend_from_slice(app);
+    let mut pool = Pool::start_command(
+        std::process::Command::new(support::XYPRISS)
+            .args(&args)
+            .env("READY_DELAY_MS", "800")
+            .env("READY_NEVER", "1"),
+    );
+    let port = port(&mut pool);
+    let ready = pool.wait_event("worker_ready", TIMEOUT, |_| true);
+    let startup = u64_of(&ready, "startupMs");
+    assert!(
+        (800..5000).contains(&startup),
+        "ready after {startup} ms; it serves after 800 ms"
+    );
+    let report = get(port).expect("it serves once ready");
+    assert_eq!(report["pid"], ready["pid"]);
+    assert!(pool.stop().success());
+}
+
+#[test]
+fn socket_readiness_sees_a_poll_server() {
+    if !root_or_skip("socket_readiness_sees_a_poll_server") {
+        return;
+    }
+    ready_when_serving(&["python3", SERVER]);
+}
+
+#[test]
+fn socket_readiness_sees_an_epoll_server() {
+    if !root_or_skip("socket_readiness_sees_an_epoll_server") {
+        return;
+    }
+    let node = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/apps/fd_http_server.js"
+    );
+    ready_when_serving(&["node", node]);
+}
+
+#[test]
+fn a_worker_that_never_serves_is_not_ready() {
+    if !root_or_skip("a_worker_that_never_serves_is_not_ready") {
+        return;
+    }
+    let mut pool = Pool::start(&[
+        "--workers",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+        "--ready",
+        "socket",
+        "--ready-timeout",
+        "700ms",
+        "/bin/sleep",
+        "60",
+    ]);
+    let restarted = pool.wait_event("worker_restarted", TIMEOUT, |_| true);
+    assert_eq!(restarted["reason"], "not_ready");
+    assert!(pool.events.iter().all(|e| e["event"] != "worker_ready"));
     assert!(pool.stop().success());
 }

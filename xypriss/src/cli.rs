@@ -114,11 +114,12 @@ pub struct RunFlags {
     pub listen: Vec<ListenAddr>,
 
     /// When a worker counts as ready: `delay` (after --ready-timeout, or at READY=1 if sooner),
-    /// or `notify` (only at READY=1 on NOTIFY_SOCKET; none within --ready-timeout is a failed start).
+    /// `notify` (only at READY=1 on NOTIFY_SOCKET), or `socket` (once it waits for connections
+    /// on the --listen socket). With notify and socket, none within --ready-timeout is a failed start.
     #[arg(long, value_enum, default_value = "delay", value_name = "MODE")]
     pub ready: ReadyMode,
 
-    /// The readiness delay (`--ready delay`, default 1s) or deadline (`--ready notify`, default 60s).
+    /// The readiness delay (`--ready delay`, default 1s) or deadline (`notify`, `socket`: default 60s).
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION", allow_hyphen_values = true)]
     pub ready_timeout: Option<Duration>,
 
@@ -208,6 +209,8 @@ pub enum ReadyMode {
     Delay,
     /// Ready at `READY=1` only.
     Notify,
+    /// Ready once it waits for connections on a `--listen` socket (or at `READY=1`).
+    Socket,
 }
 
 /// `--workers`: a count or `auto`.
@@ -304,6 +307,8 @@ pub enum FlagError {
     User { user: String, reason: String },
     #[error("--group {group}: {reason}")]
     Group { group: String, reason: String },
+    #[error("--ready socket needs a --listen socket to watch")]
+    SocketWithoutListen,
     #[error("--name {name:?}: use 1 to 64 letters, digits, `_` or `-`")]
     Name { name: String },
     #[error("--cwd {}: {reason}", dir.display())]
@@ -395,6 +400,9 @@ pub fn resolve(flags: RunFlags) -> Result<RunConfig, FlagError> {
         }
         WorkerCount::Fixed(_) => workers,
     };
+    if flags.ready == ReadyMode::Socket && flags.listen.is_empty() {
+        return Err(FlagError::SocketWithoutListen);
+    }
     let identity = identity(flags.user, flags.group, flags.cwd)?;
     let observer = match (flags.require_ebpf, flags.no_ebpf) {
         (true, _) => ObserverChoice::Require,
@@ -416,7 +424,7 @@ pub fn resolve(flags: RunFlags) -> Result<RunConfig, FlagError> {
         ready: flags.ready,
         ready_timeout: flags.ready_timeout.unwrap_or(match flags.ready {
             ReadyMode::Delay => Duration::from_secs(1),
-            ReadyMode::Notify => Duration::from_secs(60),
+            ReadyMode::Notify | ReadyMode::Socket => Duration::from_secs(60),
         }),
         listen: flags.listen,
         stop_signal: flags.stop_signal,

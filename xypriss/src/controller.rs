@@ -38,10 +38,14 @@ use crate::{
         listen::Listeners,
         notify::{Notification, NotifySocket},
         reap::{self, Exit},
+        socket_ready,
         spawn::{Spec, signal_group, spawn},
         watchdog,
     },
 };
+
+/// How often `--ready socket` looks at starting workers.
+const SOCKET_READY_POLL: Duration = Duration::from_millis(50);
 
 /// How long the last events may take to reach a stalled stdout at exit.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
@@ -125,6 +129,8 @@ struct Controller {
     listeners: Listeners,
     /// Where workers say READY=1.
     notify: NotifySocket,
+    /// The `--listen` sockets' inodes, for `--ready socket`.
+    listen_inodes: BTreeSet<u64>,
 }
 
 /// Runs the pool until a signal, a closed stdout, or every worker errored.
@@ -202,6 +208,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         None => None,
     };
     let mut ctl = Controller {
+        listen_inodes: listeners.inodes(),
         listeners,
         notify,
         cgroups,
@@ -446,17 +453,32 @@ impl Controller {
             .workers
             .values()
             .filter_map(|w| w.restart_at.map(|(at, _)| at));
-        let ready = self
-            .instances
-            .values()
-            .filter(|i| i.state == State::Starting && !i.not_ready)
-            .map(|i| i.started + self.config.ready_timeout);
-        restarts.chain(ready).min()
+        let starting = || {
+            self.instances
+                .values()
+                .filter(|i| i.state == State::Starting && !i.not_ready)
+        };
+        let deadlines = starting().map(|i| i.started + self.config.ready_timeout);
+        let poll = (self.config.ready == ReadyMode::Socket && starting().next().is_some())
+            .then(|| Instant::now() + SOCKET_READY_POLL);
+        restarts.chain(deadlines).chain(poll).min()
     }
 
     /// Fires the restart and readiness deadlines that are due.
     fn timers(&mut self) {
         let now = Instant::now();
+        if self.config.ready == ReadyMode::Socket {
+            let serving: Vec<u32> = self
+                .instances
+                .iter()
+                .filter(|(_, i)| i.state == State::Starting && !i.not_ready)
+                .filter(|(_, i)| socket_ready::waiting_on(i.pid, &self.listen_inodes))
+                .map(|(&slot, _)| slot)
+                .collect();
+            for slot in serving {
+                self.ready(slot);
+            }
+        }
         let due: Vec<u32> = self
             .instances
             .iter()
@@ -470,11 +492,11 @@ impl Controller {
         for slot in due {
             match self.config.ready {
                 ReadyMode::Delay => self.ready(slot),
-                ReadyMode::Notify => {
+                ReadyMode::Notify | ReadyMode::Socket => {
                     let i = self.instances.get_mut(&slot).expect("listed above");
                     if !i.not_ready {
                         tracing::warn!(
-                            "worker {} (pid {}) sent no READY=1 within --ready-timeout {:?}: killed",
+                            "worker {} (pid {}) was not ready within --ready-timeout {:?}: killed",
                             i.id,
                             i.pid,
                             self.config.ready_timeout

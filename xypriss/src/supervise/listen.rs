@@ -206,6 +206,15 @@ impl Listeners {
         })
     }
 
+    /// The sockets' inode numbers, by which `--ready socket` finds them in a worker.
+    pub fn inodes(&self) -> std::collections::BTreeSet<u64> {
+        self.fds
+            .iter()
+            .filter_map(|fd| nix::sys::stat::fstat(fd).ok())
+            .map(|st| st.st_ino)
+            .collect()
+    }
+
     /// Where each socket is bound, in fd order (fd 3 first).
     pub fn local_addrs(&self) -> &[ListenAddr] {
         &self.bound

@@ -8,6 +8,7 @@ pub mod lifecycle;
 pub mod listen;
 pub mod notify;
 pub mod reap;
+pub mod socket_ready;
 pub mod spawn;
 pub mod watchdog;
 pub mod workers;
