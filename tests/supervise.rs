@@ -331,6 +331,30 @@ fn workers_run_as_the_given_user_without_capabilities() {
 }
 
 #[test]
+fn workers_left_as_root_have_no_capabilities_either() {
+    if !root_or_skip("workers_left_as_root_have_no_capabilities_either") {
+        return;
+    }
+    let mut pool = Pool::start(&["--workers", "1", DEMO, "steps", "1"]);
+    let spawned = pool.wait_event("worker_spawned", TIMEOUT, |_| true);
+    pool.wait_log("at 1 MiB", TIMEOUT);
+    let status = fs::read_to_string(format!("/proc/{}/status", u64_of(&spawned, "pid"))).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(field("Uid:").split_whitespace().next(), Some("0"));
+    for caps in ["CapEff:", "CapPrm:", "CapInh:", "CapAmb:", "CapBnd:"] {
+        assert_eq!(field(caps), "0000000000000000", "{caps}");
+    }
+    assert!(pool.stop().success());
+}
+
+#[test]
 fn workers_get_their_environment_and_directory() {
     let dir = std::env::temp_dir();
     let mut pool = Pool::start(&[

@@ -2,9 +2,10 @@
 //!
 //! Each worker gets its own process group, so that a stop signal reaches
 //! everything it started, and a parent-death signal, so that it dies with
-//! xypriss even when xypriss is SIGKILLed. It may run as another user (the
-//! kernel then clears every capability: xypriss runs as root for eBPF, its
-//! workers need not). Its stdout and stderr are prefixed and forwarded to
+//! xypriss even when xypriss is SIGKILLed. It never keeps a capability:
+//! xypriss runs as root for eBPF, its workers need not. As another user
+//! (`--user`) the kernel clears them; as root, they are dropped for good
+//! (bounding set, ambient, securebits) before exec. Its stdout and stderr are prefixed and forwarded to
 //! xypriss's stderr: stdout is the NDJSON stream, and stays pure.
 //!
 //! Processes are spawned with std, not tokio: xypriss reaps every child
@@ -84,6 +85,10 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<u32> {
     }
     let (uid, gid) = (spec.identity.uid, spec.identity.gid);
     let registration = spec.registration;
+    let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse::<libc::c_ulong>().ok())
+        .unwrap_or(63);
     // SAFETY: between fork and exec the closure only makes system calls.
     unsafe {
         cmd.pre_exec(move || {
@@ -113,9 +118,11 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<u32> {
             if let Some(gid) = gid {
                 setgid(Gid::from_raw(gid))?;
             }
-            if let Some(uid) = uid {
+            match uid {
                 // From root to another user, the kernel clears every capability.
-                setuid(Uid::from_raw(uid))?;
+                Some(uid) => setuid(Uid::from_raw(uid))?,
+                // Still root: give up every capability, for good.
+                None => drop_capabilities(last_cap)?,
             }
             Ok(())
         });
@@ -143,6 +150,77 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<u32> {
         tokio::spawn(forward(receiver, id, generation, pid));
     }
     Ok(pid)
+}
+
+/// Leaves this process (about to exec a worker as root) with no capability:
+/// an empty bounding set, no ambient ones, empty effective, permitted and
+/// inheritable sets, and the securebits that stop exec from granting root's
+/// capabilities back. Only system calls: safe between fork and exec. Does
+/// nothing when the process has no capabilities to drop (not root).
+fn drop_capabilities(last_cap: libc::c_ulong) -> io::Result<()> {
+    // From <linux/securebits.h> and <linux/capability.h>.
+    const SECBIT_NOROOT: libc::c_ulong = 1 << 0;
+    const SECBIT_NOROOT_LOCKED: libc::c_ulong = 1 << 1;
+    const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
+    const SECBIT_NO_SETUID_FIXUP_LOCKED: libc::c_ulong = 1 << 3;
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: libc::c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let check = |ret: libc::c_long| {
+        if ret < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    // SAFETY: prctl and capset with the arguments their man pages document.
+    unsafe {
+        for cap in 0..=last_cap {
+            check(libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0).into())?;
+        }
+        check(
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            )
+            .into(),
+        )?;
+        let bits = SECBIT_NOROOT
+            | SECBIT_NOROOT_LOCKED
+            | SECBIT_NO_SETUID_FIXUP
+            | SECBIT_NO_SETUID_FIXUP_LOCKED;
+        check(libc::prctl(libc::PR_SET_SECUREBITS, bits, 0, 0, 0).into())?;
+        let header = Header {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
+        let data = [Data {
+            effective: 0,
+            permitted: 0,
+            inheritable: 0,
+        }; 2];
+        check(libc::syscall(
+            libc::SYS_capset,
+            &raw const header,
+            data.as_ptr(),
+        ))
+    }
 }
 
 /// Copies a worker's output to stderr, one prefixed line at a time.
