@@ -72,7 +72,10 @@ fn without_root_it_degrades_with_a_reason_or_refuses_when_required() {
     // Nor can it make cgroups: it says so and carries on.
     let cgroup = pool.wait_event("cgroup", TIMEOUT, |_| true);
     assert_eq!(cgroup["enabled"], false, "{cgroup}");
-    assert!(cgroup["reason"].as_str().is_some_and(|r| !r.is_empty()), "{cgroup}");
+    assert!(
+        cgroup["reason"].as_str().is_some_and(|r| !r.is_empty()),
+        "{cgroup}"
+    );
     assert!(pool.stop().success());
     let observers = pool
         .events
