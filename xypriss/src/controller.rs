@@ -25,6 +25,7 @@ use tokio::{
 
 use crate::{
     cli::{ObserverChoice, ReadyMode, RunConfig},
+    detect::threshold::{Alerts, Change},
     observe::{Counters, Observation, Observer, Source, Trigger, procfs::monotonic_ns},
     output::{
         event::{Event, LossStage, MemorySample, SCHEMA_VERSION},
@@ -43,6 +44,9 @@ use crate::{
         watchdog,
     },
 };
+
+/// An alert is lifted when memory falls this far below its threshold.
+const ALERT_MARGIN: f64 = 0.05;
 
 /// How often `--ready socket` looks at starting workers.
 const SOCKET_READY_POLL: Duration = Duration::from_millis(50);
@@ -87,6 +91,7 @@ struct Instance {
     cgroup: Option<WorkerCgroup>,
     /// Killed for not saying READY=1 in time (`--ready notify`).
     not_ready: bool,
+    alerts: Alerts,
 }
 
 /// A worker id's history across its processes.
@@ -411,6 +416,7 @@ impl Controller {
             children: BTreeSet::new(),
             cgroup,
             not_ready: false,
+            alerts: Alerts::default(),
         };
         match self.observer.watch(slot, pid) {
             Ok(seed) => {
@@ -741,6 +747,9 @@ impl Controller {
                 i.level = level;
                 let event = sample(i, &self.observer, at_ns, trigger);
                 self.output.emit(&event);
+                for alert in alerts(i, self.config.thresholds) {
+                    self.output.emit(&alert);
+                }
             }
             Observation::Fork { slot, pid, parent } => {
                 let Some(i) = self.instances.get_mut(&slot) else {
@@ -784,6 +793,9 @@ impl Controller {
                     i.counters = counters;
                     let event = sample(i, &self.observer, at_ns, Trigger::Granularity);
                     self.output.emit(&event);
+                    for alert in alerts(i, self.config.thresholds) {
+                        self.output.emit(&alert);
+                    }
                 }
             }
             Observation::OomVictim {
@@ -968,6 +980,41 @@ impl Controller {
             }
         }
     }
+}
+
+/// The alerts that `i`'s latest memory raised or lifted.
+fn alerts(i: &mut Instance, thresholds: [u64; 3]) -> Vec<Event> {
+    let usage = i.counters.rss();
+    i.alerts
+        .update(usage, thresholds, ALERT_MARGIN)
+        .into_iter()
+        .map(|change| match change {
+            Change::Raised { level, threshold } => Event::MemoryAlert {
+                kind: level,
+                scope: "worker",
+                worker_id: i.id,
+                pid: i.pid,
+                message: format!(
+                    "worker {} uses {} MiB, over its {:?} threshold of {} MiB",
+                    i.id,
+                    usage >> 20,
+                    level,
+                    threshold >> 20
+                ),
+                action: "none",
+                memory_usage: usage,
+                threshold,
+            },
+            Change::Recovered { level, threshold } => Event::MemoryRecovered {
+                kind: level,
+                scope: "worker",
+                worker_id: i.id,
+                pid: i.pid,
+                memory_usage: usage,
+                threshold,
+            },
+        })
+        .collect()
 }
 
 /// A `memory_sample` for `i` at `at_ns`, updating its series.

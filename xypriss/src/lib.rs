@@ -4,7 +4,8 @@
 //! The modules follow the data:
 //!
 //! kernel tracepoints → [`observe`] (BPF maps and ring buffer, or /proc) →
-//! [`decode`] → [`series`] (per-worker rates) → [`output`] (NDJSON), with
+//! [`decode`] → [`series`] (per-worker rates) → [`detect`] (threshold
+//! alerts) → [`output`] (NDJSON), with
 //! [`supervise`] starting and stopping the workers, and [`controller`]
 //! running the loop that ties them together. [`cli`] turns flags into a
 //! checked configuration first.
@@ -12,6 +13,7 @@
 pub mod cli;
 pub mod controller;
 pub mod decode;
+pub mod detect;
 pub mod observe;
 pub mod output;
 pub mod series;

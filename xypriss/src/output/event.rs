@@ -5,7 +5,10 @@
 
 use serde::Serialize;
 
-use crate::observe::{Source, Trigger};
+use crate::{
+    detect::threshold::Level,
+    observe::{Source, Trigger},
+};
 
 /// The version of the event schema, sent in `cluster_started`.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -110,6 +113,30 @@ pub enum Event {
         error: Option<String>,
     },
     MemorySample(Box<MemorySample>),
+    /// A threshold crossed going up (once per crossing; see `memory_recovered`).
+    #[serde(rename_all = "camelCase")]
+    MemoryAlert {
+        #[serde(rename = "type")]
+        kind: Level,
+        scope: &'static str,
+        worker_id: u32,
+        pid: u32,
+        message: String,
+        action: &'static str,
+        memory_usage: u64,
+        threshold: u64,
+    },
+    /// Memory fell back below a raised alert's threshold less the margin.
+    #[serde(rename_all = "camelCase")]
+    MemoryRecovered {
+        #[serde(rename = "type")]
+        kind: Level,
+        scope: &'static str,
+        worker_id: u32,
+        pid: u32,
+        memory_usage: u64,
+        threshold: u64,
+    },
     #[serde(rename_all = "camelCase")]
     ChildSpawned {
         worker_id: u32,

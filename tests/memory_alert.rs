@@ -1,0 +1,82 @@
+//! `memory_alert` and `memory_recovered` for the worker scope: each threshold
+//! crossing raises one alert, however the memory oscillates around it, and
+//! the alert is lifted once the memory is back below the threshold less 5%.
+
+mod support;
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use support::{DEMO, MIB, Pool, root_or_skip, signal, u64_of};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn of<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["event"] == name).collect()
+}
+
+#[test]
+fn each_threshold_alerts_once_then_recovers() {
+    if !root_or_skip("each_threshold_alerts_once_then_recovers") {
+        return;
+    }
+    // 64 MiB limit: warning at 51.2 MiB, critical at 60.8 MiB.
+    let steps = ["30", "56", "50", "56", "62", "70", "62", "70", "20"];
+    let mut args = vec![
+        "--workers",
+        "1",
+        "--max-memory-per-worker",
+        "64MiB",
+        DEMO,
+        "steps",
+    ];
+    args.extend(steps);
+    let mut pool = Pool::start(&args);
+    let pid = u64_of(&pool.wait_event("worker_spawned", TIMEOUT, |_| true), "pid") as u32;
+    for (n, step) in steps.iter().enumerate() {
+        if n > 0 {
+            signal(pid, Signal::SIGUSR1);
+        }
+        pool.wait_log(&format!("at {step} MiB"), TIMEOUT);
+        pool.collect_for(Duration::from_millis(100));
+    }
+    assert!(pool.stop().success());
+    let events = &pool.events;
+    let alerts = of(events, "memory_alert");
+    let types: Vec<&str> = alerts.iter().map(|a| a["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        ["warning", "critical", "limit_exceeded"],
+        "{alerts:#?}"
+    );
+    for (alert, threshold) in
+        alerts
+            .iter()
+            .zip([(64 * MIB) * 80 / 100, (64 * MIB) * 95 / 100, 64 * MIB])
+    {
+        assert_eq!(alert["scope"], "worker");
+        assert_eq!(alert["workerId"], 0);
+        assert_eq!(u64_of(alert, "threshold"), threshold);
+        assert!(u64_of(alert, "memoryUsage") >= threshold, "{alert}");
+        assert!(alert["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert!(alert["action"].is_string());
+    }
+    let recovered = of(events, "memory_recovered");
+    let types: Vec<&str> = recovered
+        .iter()
+        .map(|a| a["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        ["limit_exceeded", "critical", "warning"],
+        "{recovered:#?}"
+    );
+    for r in &recovered {
+        let threshold = u64_of(r, "threshold");
+        assert!(
+            u64_of(r, "memoryUsage") < threshold * 95 / 100,
+            "recovered within the margin: {r}"
+        );
+    }
+}
