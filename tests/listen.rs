@@ -27,6 +27,13 @@ const SERVER: &str = concat!(
     "/../tests/apps/fd_http_server.py"
 );
 
+/// `xypriss run ARGS…` with `env` for the workers.
+fn start_with(args: &[&str], env: &[(&str, &str)]) -> Pool {
+    let mut cmd = std::process::Command::new(support::XYPRISS);
+    cmd.arg("run").args(args).envs(env.iter().copied());
+    Pool::start_command(&mut cmd)
+}
+
 /// The port of the pool's first listener, from its `listening` event.
 fn port(pool: &mut Pool) -> u16 {
     let listening = pool.wait_event("listening", TIMEOUT, |_| true);
@@ -112,20 +119,18 @@ fn a_worker_is_ready_when_it_says_so() {
     if !root_or_skip("a_worker_is_ready_when_it_says_so") {
         return;
     }
-    let mut pool = Pool::start_command(
-        std::process::Command::new(support::XYPRISS)
-            .args([
-                "run",
-                "--workers",
-                "1",
-                "--listen",
-                "127.0.0.1:0",
-                "--ready",
-                "notify",
-                "python3",
-                SERVER,
-            ])
-            .env("READY_DELAY_MS", "600"),
+    let mut pool = start_with(
+        &[
+            "--workers",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--ready",
+            "notify",
+            "python3",
+            SERVER,
+        ],
+        &[("READY_DELAY_MS", "600")],
     );
     let ready = pool.wait_event("worker_ready", TIMEOUT, |_| true);
     let startup = u64_of(&ready, "startupMs");
@@ -141,22 +146,20 @@ fn a_worker_that_never_says_ready_is_restarted() {
     if !root_or_skip("a_worker_that_never_says_ready_is_restarted") {
         return;
     }
-    let mut pool = Pool::start_command(
-        std::process::Command::new(support::XYPRISS)
-            .args([
-                "run",
-                "--workers",
-                "1",
-                "--listen",
-                "127.0.0.1:0",
-                "--ready",
-                "notify",
-                "--ready-timeout",
-                "700ms",
-                "python3",
-                SERVER,
-            ])
-            .env("READY_NEVER", "1"),
+    let mut pool = start_with(
+        &[
+            "--workers",
+            "1",
+            "--listen",
+            "127.0.0.1:0",
+            "--ready",
+            "notify",
+            "--ready-timeout",
+            "700ms",
+            "python3",
+            SERVER,
+        ],
+        &[("READY_NEVER", "1")],
     );
     let exited = pool.wait_event("worker_exited", TIMEOUT, |_| true);
     assert_eq!(exited["signal"], "SIGKILL", "{exited}");
@@ -240,7 +243,6 @@ fn a_rolling_restart_refuses_no_connection() {
 /// after its READY_DELAY_MS, and never earlier.
 fn ready_when_serving(app: &[&str]) {
     let mut args = vec![
-        "run",
         "--workers",
         "1",
         "--listen",
@@ -249,12 +251,7 @@ fn ready_when_serving(app: &[&str]) {
         "socket",
     ];
     args.extend_from_slice(app);
-    let mut pool = Pool::start_command(
-        std::process::Command::new(support::XYPRISS)
-            .args(&args)
-            .env("READY_DELAY_MS", "800")
-            .env("READY_NEVER", "1"),
-    );
+    let mut pool = start_with(&args, &[("READY_DELAY_MS", "800"), ("READY_NEVER", "1")]);
     let port = port(&mut pool);
     let ready = pool.wait_event("worker_ready", TIMEOUT, |_| true);
     let startup = u64_of(&ready, "startupMs");

@@ -650,16 +650,13 @@ impl Controller {
         signal_group(i.pid, self.config.stop_signal);
     }
 
-    /// Adds `n` workers, up to `--max-workers`.
-    fn scale_up(&mut self, n: u32, reason: &str) {
+    /// Sets the wanted pool size to `to` and says so; `None` when it is the
+    /// size already (a bound was hit: `bound` says which).
+    fn resize(&mut self, to: u32, bound: &str, reason: &str) -> Option<u32> {
         let from = self.size;
-        let to = from.saturating_add(n).min(self.config.max_workers);
         if to == from {
-            tracing::warn!(
-                "scale up refused: the pool is at --max-workers {}",
-                self.config.max_workers
-            );
-            return;
+            tracing::warn!("scaling refused: the pool is at {bound}");
+            return None;
         }
         self.size = to;
         self.output.emit(&Event::Scale {
@@ -667,6 +664,16 @@ impl Controller {
             to,
             reason: reason.into(),
         });
+        Some(from)
+    }
+
+    /// Adds `n` workers, up to `--max-workers`.
+    fn scale_up(&mut self, n: u32, reason: &str) {
+        let to = self.size.saturating_add(n).min(self.config.max_workers);
+        let bound = format!("--max-workers {}", self.config.max_workers);
+        let Some(from) = self.resize(to, &bound, reason) else {
+            return;
+        };
         for _ in from..to {
             let id = (0..)
                 .find(|id| self.workers.get(id).is_none_or(|w| w.retired))
@@ -682,21 +689,11 @@ impl Controller {
     /// Removes `n` workers, down to `--min-workers`: the one named, or else
     /// the one using the most memory, stopped gracefully.
     fn scale_down(&mut self, n: u32, named: Option<u32>, reason: &str) {
-        let from = self.size;
-        let to = from.saturating_sub(n).max(self.config.min_workers);
-        if to == from {
-            tracing::warn!(
-                "scale down refused: the pool is at --min-workers {}",
-                self.config.min_workers
-            );
+        let to = self.size.saturating_sub(n).max(self.config.min_workers);
+        let bound = format!("--min-workers {}", self.config.min_workers);
+        let Some(from) = self.resize(to, &bound, reason) else {
             return;
-        }
-        self.size = to;
-        self.output.emit(&Event::Scale {
-            from,
-            to,
-            reason: reason.into(),
-        });
+        };
         for _ in to..from {
             let pick = named
                 .filter(|id| self.workers.get(id).is_some_and(|w| !w.retired))
