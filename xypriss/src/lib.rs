@@ -8,9 +8,11 @@
 //! alerts) → [`output`] (NDJSON), with
 //! [`supervise`] starting and stopping the workers, and [`controller`]
 //! running the loop that ties them together. [`cli`] turns flags into a
-//! checked configuration first.
+//! checked configuration first; [`config`] does the same for the memory
+//! options, from XyPriss's cluster configuration file and flags.
 
 pub mod cli;
+pub mod config;
 pub mod controller;
 pub mod decode;
 pub mod detect;
