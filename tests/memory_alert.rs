@@ -80,3 +80,57 @@ fn each_threshold_alerts_once_then_recovers() {
         );
     }
 }
+
+#[test]
+fn a_gc_hint_reaches_a_worker_and_never_kills_one_that_ignores_it() {
+    if !root_or_skip("a_gc_hint_reaches_a_worker_and_never_kills_one_that_ignores_it") {
+        return;
+    }
+    // Worker 0 reads its control channel; worker 1 never does, and crosses
+    // the critical threshold again and again.
+    let script = format!(
+        "if [ \"$XYPRISS_WORKER_ID\" = 0 ]; then exec {DEMO} steps 10 62; fi; exec {DEMO} oscillate 40 72"
+    );
+    let mut pool = Pool::start(&[
+        "--workers",
+        "2",
+        "--max-memory-per-worker",
+        "64MiB",
+        "--garbage-collection-hint",
+        "true",
+        "/bin/sh",
+        "-c",
+        &script,
+    ]);
+    let pid = u64_of(
+        &pool.wait_event("worker_spawned", TIMEOUT, |e| e["workerId"] == 0),
+        "pid",
+    ) as u32;
+    pool.wait_log("at 10 MiB", TIMEOUT);
+    signal(pid, Signal::SIGUSR1);
+    let alert = pool.wait_event("memory_alert", TIMEOUT, |e| {
+        e["workerId"] == 0 && e["type"] == "critical"
+    });
+    assert_eq!(alert["action"], "gc_hint", "{alert}");
+    let line = pool.wait_log("control: ", TIMEOUT);
+    let hint: Value = serde_json::from_str(line.split_once("control: ").unwrap().1).unwrap();
+    assert_eq!(hint["event"], "gc_hint");
+    assert_eq!(u64_of(&hint, "threshold"), u64_of(&alert, "threshold"));
+
+    pool.collect_for(Duration::from_secs(2));
+    let hints_to_1 = pool
+        .events
+        .iter()
+        .filter(|e| e["event"] == "memory_alert" && e["workerId"] == 1 && e["type"] == "critical")
+        .count();
+    assert!(
+        hints_to_1 >= 5,
+        "worker 1 crossed critical only {hints_to_1} times"
+    );
+    assert!(
+        of(&pool.events, "worker_exited").is_empty(),
+        "a worker was killed: {:#?}",
+        of(&pool.events, "worker_exited")
+    );
+    assert!(pool.stop().success());
+}

@@ -19,6 +19,7 @@ use nix::{
 use xypriss_ebpf::MAX_WORKERS;
 
 use crate::{
+    config::{self, ConfigError, MemoryConfig, MemoryFlags, Overrides},
     size::Size,
     supervise::{backoff::Policy, listen::ListenAddr, spawn::Identity, workers},
 };
@@ -52,14 +53,9 @@ Examples:
 
 #[derive(Args, Debug)]
 pub struct RunFlags {
-    /// How many workers: a number, or `auto` (from the CPUs and memory this process may use).
-    #[arg(
-        long,
-        default_value = "auto",
-        value_name = "N|auto",
-        allow_hyphen_values = true
-    )]
-    pub workers: WorkerCount,
+    /// How many workers: a number, or `auto` (default, unless the config file says).
+    #[arg(long, value_name = "N|auto", allow_hyphen_values = true)]
+    pub workers: Option<WorkerCount>,
 
     /// Report a worker's memory when it moved by at least this much (e.g. 1MiB, 512KB).
     #[arg(
@@ -70,27 +66,21 @@ pub struct RunFlags {
     )]
     pub granularity: Size,
 
-    /// Each worker's memory limit (e.g. 512MB). Warning and critical thresholds are percentages of it.
+    /// Each worker's memory limit (default 512MB). Warning and critical thresholds are percentages of it.
     #[arg(long, value_name = "SIZE", allow_hyphen_values = true)]
     pub max_memory_per_worker: Option<Size>,
 
-    /// Warning threshold, in percent of --max-memory-per-worker.
-    #[arg(
-        long,
-        default_value_t = 80.0,
-        value_name = "PERCENT",
-        allow_hyphen_values = true
-    )]
-    pub memory_warning_threshold: f64,
+    /// Warning threshold, in percent of --max-memory-per-worker (default 80).
+    #[arg(long, value_name = "PERCENT", allow_hyphen_values = true)]
+    pub memory_warning_threshold: Option<f64>,
 
-    /// Critical threshold, in percent of --max-memory-per-worker.
-    #[arg(
-        long,
-        default_value_t = 95.0,
-        value_name = "PERCENT",
-        allow_hyphen_values = true
-    )]
-    pub memory_critical_threshold: f64,
+    /// Critical threshold, in percent of --max-memory-per-worker (default 95).
+    #[arg(long, value_name = "PERCENT", allow_hyphen_values = true)]
+    pub memory_critical_threshold: Option<f64>,
+
+    /// The memory options of XyPriss's configuration, from `--config FILE` and their flags.
+    #[command(flatten)]
+    pub memory: MemoryFlags,
 
     /// Samples wake xypriss at most this often; threshold crossings always wake it at once.
     #[arg(long, default_value = "10ms", value_parser = humantime::parse_duration, value_name = "DURATION", allow_hyphen_values = true)]
@@ -275,6 +265,8 @@ pub struct RunConfig {
     pub identity: Identity,
     pub env: Vec<(OsString, OsString)>,
     pub name: String,
+    /// Everything the memory options say, checked.
+    pub memory: MemoryConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -283,26 +275,14 @@ pub enum FlagError {
     AppNotFound { app: String },
     #[error("APP `{}`: {reason}", app.display())]
     AppUnusable { app: PathBuf, reason: String },
-    #[error("--{flag} {value}: must be a percentage above 0 and at most 100")]
-    Percent { flag: &'static str, value: f64 },
-    #[error(
-        "--memory-critical-threshold {critical} must be above --memory-warning-threshold {warning}"
-    )]
-    ThresholdOrder { warning: f64, critical: f64 },
     #[error("--granularity {value}: must be at least 4KiB (one page)")]
     Granularity { value: Size },
     #[error("--{flag}: must be more than 0")]
     ZeroDuration { flag: &'static str },
-    #[error("--max-memory-per-worker {value}: must be at least 1MiB")]
-    Limit { value: Size },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("--restart-backoff {value}: must be a factor of at least 1")]
     Backoff { value: f64 },
-    #[error("--min-workers {min} is above --max-workers {max}")]
-    MinMax { min: u32, max: u32 },
-    #[error("--{flag} {value}: must be from 1 to {MAX_WORKERS}")]
-    PoolBound { flag: &'static str, value: u32 },
-    #[error("--workers {workers} is outside --min-workers {min} .. --max-workers {max}")]
-    OutsideBounds { workers: u32, min: u32, max: u32 },
     #[error("--user {user}: {reason}")]
     User { user: String, reason: String },
     #[error("--group {group}: {reason}")]
@@ -322,20 +302,6 @@ pub fn resolve(flags: RunFlags) -> Result<RunConfig, FlagError> {
     let app = find_app(&app)?;
     let args = command.collect();
 
-    for (flag, value) in [
-        ("memory-warning-threshold", flags.memory_warning_threshold),
-        ("memory-critical-threshold", flags.memory_critical_threshold),
-    ] {
-        if !(value > 0.0 && value <= 100.0) {
-            return Err(FlagError::Percent { flag, value });
-        }
-    }
-    if flags.memory_critical_threshold <= flags.memory_warning_threshold {
-        return Err(FlagError::ThresholdOrder {
-            warning: flags.memory_warning_threshold,
-            critical: flags.memory_critical_threshold,
-        });
-    }
     if flags.granularity.0 < 4096 {
         return Err(FlagError::Granularity {
             value: flags.granularity,
@@ -350,55 +316,43 @@ pub fn resolve(flags: RunFlags) -> Result<RunConfig, FlagError> {
             return Err(FlagError::ZeroDuration { flag });
         }
     }
-    let thresholds = match flags.max_memory_per_worker {
-        None => [0; 3],
-        Some(limit) if limit.0 < 1 << 20 => return Err(FlagError::Limit { value: limit }),
-        Some(limit) => {
-            let pct = |p: f64| (limit.0 as f64 * p / 100.0) as u64;
-            [
-                pct(flags.memory_warning_threshold),
-                pct(flags.memory_critical_threshold),
-                limit.0,
-            ]
-        }
-    };
-    let workers = match flags.workers {
-        WorkerCount::Fixed(n) => n,
-        WorkerCount::Auto => workers::auto(flags.max_memory_per_worker.map(|s| s.0)),
-    };
     if !(flags.restart_backoff >= 1.0 && flags.restart_backoff.is_finite()) {
         return Err(FlagError::Backoff {
             value: flags.restart_backoff,
         });
     }
-    for (flag, value) in [
-        ("min-workers", flags.min_workers),
-        ("max-workers", flags.max_workers),
-    ] {
-        if let Some(value) = value
-            && !(1..=MAX_WORKERS).contains(&value)
-        {
-            return Err(FlagError::PoolBound { flag, value });
+    let memory = config::resolve(
+        flags.memory,
+        Overrides {
+            workers: flags.workers,
+            max_memory_per_worker: flags.max_memory_per_worker.map(|s| s.0),
+            warning: flags.memory_warning_threshold,
+            critical: flags.memory_critical_threshold,
+            min_workers: flags.min_workers,
+            max_workers: flags.max_workers,
+        },
+    )?;
+    let management = &memory.memory_management;
+    let thresholds = if management.enabled {
+        let limit = memory.max_memory_per_worker;
+        let pct = |p: f64| (limit as f64 * p / 100.0) as u64;
+        [
+            pct(management.memory_warning_threshold),
+            pct(management.memory_critical_threshold),
+            limit,
+        ]
+    } else {
+        [0; 3]
+    };
+    let (min_workers, max_workers) = (
+        memory.auto_scaling.min_workers,
+        memory.auto_scaling.max_workers,
+    );
+    let workers = match memory.workers {
+        WorkerCount::Fixed(n) => n,
+        WorkerCount::Auto => {
+            workers::auto(Some(memory.max_memory_per_worker)).clamp(min_workers, max_workers)
         }
-    }
-    let min_workers = flags.min_workers.unwrap_or(1);
-    let max_workers = flags.max_workers.unwrap_or(MAX_WORKERS);
-    if min_workers > max_workers {
-        return Err(FlagError::MinMax {
-            min: min_workers,
-            max: max_workers,
-        });
-    }
-    let workers = match flags.workers {
-        WorkerCount::Auto => workers.clamp(min_workers, max_workers),
-        WorkerCount::Fixed(_) if !(min_workers..=max_workers).contains(&workers) => {
-            return Err(FlagError::OutsideBounds {
-                workers,
-                min: min_workers,
-                max: max_workers,
-            });
-        }
-        WorkerCount::Fixed(_) => workers,
     };
     if flags.ready == ReadyMode::Socket && flags.listen.is_empty() {
         return Err(FlagError::SocketWithoutListen);
@@ -440,6 +394,7 @@ pub fn resolve(flags: RunFlags) -> Result<RunConfig, FlagError> {
         identity,
         env: flags.env,
         name: check_name(flags.name)?,
+        memory,
     })
 }
 
@@ -612,7 +567,7 @@ mod tests {
         let Command::Run(run) = flags.command else {
             panic!("not run");
         };
-        assert_eq!(run.workers, WorkerCount::Fixed(2));
+        assert_eq!(run.workers, Some(WorkerCount::Fixed(2)));
         assert_eq!(
             run.command,
             ["node", "app.js", "--workers", "9", "--", "-x"]

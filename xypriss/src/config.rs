@@ -2279,12 +2279,11 @@ mod tests {
         );
     }
 
+    /// The run flags, which hold the memory flags.
     #[derive(Parser, Debug)]
     struct WithRun {
         #[command(flatten)]
         run: RunFlags,
-        #[command(flatten)]
-        memory: MemoryFlags,
     }
 
     #[derive(Parser, Debug)]
@@ -2369,8 +2368,8 @@ mod tests {
             "app.js",
         ])
         .unwrap();
-        assert_eq!(parsed.memory.config, Some(PathBuf::from("app.json")));
-        assert_eq!(parsed.memory.low_memory_mode, Some(true));
+        assert_eq!(parsed.run.memory.config, Some(PathBuf::from("app.json")));
+        assert_eq!(parsed.run.memory.low_memory_mode, Some(true));
         assert_eq!(parsed.run.command, ["node", "app.js"]);
     }
 

@@ -25,7 +25,7 @@ use tokio::{
 
 use crate::{
     cli::{ObserverChoice, ReadyMode, RunConfig},
-    detect::threshold::{Alerts, Change},
+    detect::threshold::{Alerts, Change, Level},
     observe::{Counters, Observation, Observer, Source, Trigger, procfs::monotonic_ns},
     output::{
         event::{Event, LossStage, MemorySample, SCHEMA_VERSION},
@@ -35,6 +35,7 @@ use crate::{
     supervise::{
         backoff::{Decision, Failures},
         cgroup::{Hierarchy, PoolCgroup, Version, WorkerCgroup},
+        control::{self, Control},
         lifecycle::{Input, State, step},
         listen::Listeners,
         notify::{Notification, NotifySocket},
@@ -92,6 +93,8 @@ struct Instance {
     /// Killed for not saying READY=1 in time (`--ready notify`).
     not_ready: bool,
     alerts: Alerts,
+    /// xypriss's end of the worker's control channel (`XYPRISS_CONTROL_FD`).
+    control: Control,
 }
 
 /// A worker id's history across its processes.
@@ -374,6 +377,10 @@ impl Controller {
             None => None,
         };
         let procs = cgroup.as_ref().map(|c| c.path().join("cgroup.procs"));
+        let (control, worker_end) = control::pair()?;
+        // After the --listen fds, which take 3, 4, ….
+        let control_fd = 3 + self.listeners.local_addrs().len() as i32;
+        env.push(("XYPRISS_CONTROL_FD".into(), control_fd.to_string().into()));
         self.observer.prepare(slot, self.config.thresholds)?;
         let spawned = spawn(Spec {
             app: &self.config.app,
@@ -385,7 +392,9 @@ impl Controller {
             cgroup_procs: procs.as_deref(),
             registration: self.observer.registration(slot),
             listeners: Some(&self.listeners),
+            control: Some((worker_end.raw(), control_fd)),
         });
+        drop(worker_end);
         let pid = match spawned {
             Ok(pid) => pid,
             Err(err) => {
@@ -417,6 +426,7 @@ impl Controller {
             cgroup,
             not_ready: false,
             alerts: Alerts::default(),
+            control,
         };
         match self.observer.watch(slot, pid) {
             Ok(seed) => {
@@ -744,7 +754,11 @@ impl Controller {
                 i.level = level;
                 let event = sample(i, &self.observer, at_ns, trigger);
                 self.output.emit(&event);
-                for alert in alerts(i, self.config.thresholds) {
+                for alert in alerts(
+                    i,
+                    self.config.thresholds,
+                    self.config.memory.memory_management.garbage_collection_hint,
+                ) {
                     self.output.emit(&alert);
                 }
             }
@@ -790,7 +804,11 @@ impl Controller {
                     i.counters = counters;
                     let event = sample(i, &self.observer, at_ns, Trigger::Granularity);
                     self.output.emit(&event);
-                    for alert in alerts(i, self.config.thresholds) {
+                    for alert in alerts(
+                        i,
+                        self.config.thresholds,
+                        self.config.memory.memory_management.garbage_collection_hint,
+                    ) {
                         self.output.emit(&alert);
                     }
                 }
@@ -979,29 +997,48 @@ impl Controller {
     }
 }
 
-/// The alerts that `i`'s latest memory raised or lifted.
-fn alerts(i: &mut Instance, thresholds: [u64; 3]) -> Vec<Event> {
+/// The alerts that `i`'s latest memory raised or lifted, and the one action
+/// this version takes: a garbage-collection hint on the control channel when
+/// the critical threshold is crossed and `garbageCollectionHint` is on.
+fn alerts(i: &mut Instance, thresholds: [u64; 3], gc_hint: bool) -> Vec<Event> {
     let usage = i.counters.rss();
     i.alerts
         .update(usage, thresholds, ALERT_MARGIN)
         .into_iter()
         .map(|change| match change {
-            Change::Raised { level, threshold } => Event::MemoryAlert {
-                kind: level,
-                scope: "worker",
-                worker_id: i.id,
-                pid: i.pid,
-                message: format!(
-                    "worker {} uses {} MiB, over its {:?} threshold of {} MiB",
-                    i.id,
-                    usage >> 20,
-                    level,
-                    threshold >> 20
-                ),
-                action: "none",
-                memory_usage: usage,
-                threshold,
-            },
+            Change::Raised { level, threshold } => {
+                let action = if gc_hint && level == Level::Critical {
+                    let hint = serde_json::json!({
+                        "event": "gc_hint",
+                        "reason": "critical",
+                        "memoryUsage": usage,
+                        "threshold": threshold,
+                    });
+                    if i.control.send(&hint) {
+                        "gc_hint"
+                    } else {
+                        "gc_hint_dropped"
+                    }
+                } else {
+                    "none"
+                };
+                Event::MemoryAlert {
+                    kind: level,
+                    scope: "worker",
+                    worker_id: i.id,
+                    pid: i.pid,
+                    message: format!(
+                        "worker {} uses {} MiB, over its {:?} threshold of {} MiB",
+                        i.id,
+                        usage >> 20,
+                        level,
+                        threshold >> 20
+                    ),
+                    action,
+                    memory_usage: usage,
+                    threshold,
+                }
+            }
             Change::Recovered { level, threshold } => Event::MemoryRecovered {
                 kind: level,
                 scope: "worker",

@@ -6,7 +6,8 @@
 //!   slow leak of `--leak` KiB/s (default 1024).
 //! - `steps MIB…`: touches memory up (or unmaps it down) to each size in turn,
 //!   printing `at N MiB` when there and waiting for SIGUSR1 to go on. It
-//!   sends `READY=1` to `NOTIFY_SOCKET`, when set, once at its first size.
+//!   sends `READY=1` to `NOTIFY_SOCKET`, when set, once at its first size, and
+//!   prints `control: LINE` for each line read on `XYPRISS_CONTROL_FD`.
 //! - `fork MIB`: forks a child that holds MIB, printing `child PID at N MiB`.
 //! - `grow MIB_PER_S`: allocates at that rate until stopped or killed.
 //! - `oscillate LOW_MIB HIGH_MIB`: goes up to HIGH and down to LOW, again and
@@ -206,6 +207,7 @@ fn steps(targets: &[String], signals: &SigSet) -> Result<(), String> {
         .iter()
         .map(|t| parse(Some(t), "MIB"))
         .collect::<Result<_, _>>()?;
+    print_control_lines();
     let mut heap = Heap::default();
     for (i, target) in targets.into_iter().enumerate() {
         heap.resize(target);
@@ -320,4 +322,25 @@ fn notify_ready() {
     {
         eprintln!("xypriss-demo: READY=1 to {}: {err}", path.to_string_lossy());
     }
+}
+
+/// Prints each line xypriss sends on the control channel, from a thread.
+fn print_control_lines() {
+    use std::{
+        io::{BufRead as _, BufReader},
+        os::fd::FromRawFd as _,
+    };
+    let Some(fd) = std::env::var("XYPRISS_CONTROL_FD")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+    else {
+        return;
+    };
+    // SAFETY: xypriss hands this fd to the worker, which owns it from then on.
+    let stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            println!("control: {line}");
+        }
+    });
 }

@@ -4,6 +4,7 @@
 
 pub mod backoff;
 pub mod cgroup;
+pub mod control;
 pub mod lifecycle;
 pub mod listen;
 pub mod notify;

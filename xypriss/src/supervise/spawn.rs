@@ -16,14 +16,14 @@ use std::{
     ffi::{CString, OsString},
     io::{self, Write as _},
     os::{
-        fd::OwnedFd,
+        fd::{OwnedFd, RawFd},
         unix::{ffi::OsStrExt as _, process::CommandExt as _},
     },
     path::PathBuf,
     process::{Command, Stdio},
 };
 
-use super::listen::Listeners;
+use super::{control, listen::Listeners};
 use crate::observe::ebpf::Registration;
 use nix::{
     fcntl::{OFlag, open},
@@ -63,6 +63,8 @@ pub struct Spec<'a> {
     pub registration: Option<Registration>,
     /// Sockets to hand over as fds 3, 4, … (systemd socket activation).
     pub listeners: Option<&'a Listeners>,
+    /// The worker's end of its control channel, and the fd number it gets.
+    pub control: Option<(RawFd, RawFd)>,
 }
 
 /// Spawns `spec`; returns its pid. The caller reaps it.
@@ -85,6 +87,7 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<u32> {
     }
     let (uid, gid) = (spec.identity.uid, spec.identity.gid);
     let registration = spec.registration;
+    let control = spec.control;
     let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse::<libc::c_ulong>().ok())
@@ -98,6 +101,9 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<u32> {
                 return Err(io::Error::other(
                     "xypriss exited while the worker was starting",
                 ));
+            }
+            if let Some((source, target)) = control {
+                control::install(source, target)?;
             }
             if let Some(registration) = &registration {
                 registration.register_self()?;
