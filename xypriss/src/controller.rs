@@ -31,6 +31,7 @@ use crate::{
         event::{Event, LossStage, MemorySample, SCHEMA_VERSION},
         ndjson::Output,
     },
+    policy::{self, Action},
     series::Series,
     supervise::{
         backoff::{Decision, Failures},
@@ -376,6 +377,15 @@ impl Controller {
             Some(pool) => Some(pool.worker(id, generation)?),
             None => None,
         };
+        let enforcement = &self.config.memory.enforcement;
+        if let Some(cgroup) = &cgroup
+            && enforcement.enabled
+            && enforcement.enforce_hard_limits
+            && self.config.thresholds[2] != 0
+        {
+            // The kernel's backstop, in case the worker outruns its graceful restart.
+            cgroup.set_max(Some(policy::backstop(self.config.thresholds[2])))?;
+        }
         let procs = cgroup.as_ref().map(|c| c.path().join("cgroup.procs"));
         let (control, worker_end) = control::pair()?;
         // After the --listen fds, which take 3, 4, ….
@@ -754,13 +764,7 @@ impl Controller {
                 i.level = level;
                 let event = sample(i, &self.observer, at_ns, trigger);
                 self.output.emit(&event);
-                for alert in alerts(
-                    i,
-                    self.config.thresholds,
-                    self.config.memory.memory_management.garbage_collection_hint,
-                ) {
-                    self.output.emit(&alert);
-                }
+                self.check_thresholds(slot);
             }
             Observation::Fork { slot, pid, parent } => {
                 let Some(i) = self.instances.get_mut(&slot) else {
@@ -804,13 +808,7 @@ impl Controller {
                     i.counters = counters;
                     let event = sample(i, &self.observer, at_ns, Trigger::Granularity);
                     self.output.emit(&event);
-                    for alert in alerts(
-                        i,
-                        self.config.thresholds,
-                        self.config.memory.memory_management.garbage_collection_hint,
-                    ) {
-                        self.output.emit(&alert);
-                    }
+                    self.check_thresholds(slot);
                 }
             }
             Observation::OomVictim {
@@ -868,6 +866,97 @@ impl Controller {
                 .filter(|&ppid| ppid > 1)?;
         }
         None
+    }
+
+    /// Raises or lifts instance `slot`'s alerts for its latest memory, and
+    /// carries out what the policy decides.
+    fn check_thresholds(&mut self, slot: u32) {
+        let Some(i) = self.instances.get_mut(&slot) else {
+            return;
+        };
+        let usage = i.counters.rss();
+        let memory = &self.config.memory;
+        let mut restart = false;
+        for change in i.alerts.update(usage, self.config.thresholds, ALERT_MARGIN) {
+            let event = match change {
+                Change::Raised { level, threshold } => {
+                    let (action, said) =
+                        policy::on_crossing(level, &memory.memory_management, &memory.enforcement);
+                    let done = match action {
+                        Action::None => "none",
+                        Action::GcHint => {
+                            let hint = serde_json::json!({
+                                "event": "gc_hint",
+                                "reason": "critical",
+                                "memoryUsage": usage,
+                                "threshold": threshold,
+                            });
+                            if i.control.send(&hint) {
+                                "gc_hint"
+                            } else {
+                                "gc_hint_dropped"
+                            }
+                        }
+                        Action::Restart => {
+                            restart = true;
+                            action.as_str()
+                        }
+                    };
+                    if !said {
+                        continue;
+                    }
+                    Event::MemoryAlert {
+                        kind: level,
+                        scope: "worker",
+                        worker_id: i.id,
+                        pid: i.pid,
+                        message: format!(
+                            "worker {} uses {} MiB, over its {} of {} MiB",
+                            i.id,
+                            usage >> 20,
+                            match level {
+                                Level::Warning => "warning threshold",
+                                Level::Critical => "critical threshold",
+                                Level::LimitExceeded => "limit",
+                            },
+                            threshold >> 20
+                        ),
+                        action: done,
+                        memory_usage: usage,
+                        threshold,
+                    }
+                }
+                Change::Recovered { level, threshold } => Event::MemoryRecovered {
+                    kind: level,
+                    scope: "worker",
+                    worker_id: i.id,
+                    pid: i.pid,
+                    memory_usage: usage,
+                    threshold,
+                },
+            };
+            self.output.emit(&event);
+        }
+        if restart {
+            let id = i.id;
+            self.replace(id);
+        }
+    }
+
+    /// Starts a new generation of worker `id`, unless one is already on its
+    /// way; the old one is stopped when the new one is ready.
+    fn replace(&mut self, id: u32) {
+        let processes = self
+            .instances
+            .values()
+            .filter(|i| i.id == id && i.state != State::Stopping)
+            .count();
+        if processes > 1 {
+            return;
+        }
+        if let Err(err) = self.start(id) {
+            tracing::error!("replacing worker {id}: {err:#}");
+        }
     }
 
     /// SIGCHLD: reaps every ended child, workers and orphaned descendants alike.
@@ -995,60 +1084,6 @@ impl Controller {
             }
         }
     }
-}
-
-/// The alerts that `i`'s latest memory raised or lifted, and the one action
-/// this version takes: a garbage-collection hint on the control channel when
-/// the critical threshold is crossed and `garbageCollectionHint` is on.
-fn alerts(i: &mut Instance, thresholds: [u64; 3], gc_hint: bool) -> Vec<Event> {
-    let usage = i.counters.rss();
-    i.alerts
-        .update(usage, thresholds, ALERT_MARGIN)
-        .into_iter()
-        .map(|change| match change {
-            Change::Raised { level, threshold } => {
-                let action = if gc_hint && level == Level::Critical {
-                    let hint = serde_json::json!({
-                        "event": "gc_hint",
-                        "reason": "critical",
-                        "memoryUsage": usage,
-                        "threshold": threshold,
-                    });
-                    if i.control.send(&hint) {
-                        "gc_hint"
-                    } else {
-                        "gc_hint_dropped"
-                    }
-                } else {
-                    "none"
-                };
-                Event::MemoryAlert {
-                    kind: level,
-                    scope: "worker",
-                    worker_id: i.id,
-                    pid: i.pid,
-                    message: format!(
-                        "worker {} uses {} MiB, over its {:?} threshold of {} MiB",
-                        i.id,
-                        usage >> 20,
-                        level,
-                        threshold >> 20
-                    ),
-                    action,
-                    memory_usage: usage,
-                    threshold,
-                }
-            }
-            Change::Recovered { level, threshold } => Event::MemoryRecovered {
-                kind: level,
-                scope: "worker",
-                worker_id: i.id,
-                pid: i.pid,
-                memory_usage: usage,
-                threshold,
-            },
-        })
-        .collect()
 }
 
 /// A `memory_sample` for `i` at `at_ns`, updating its series.

@@ -5,7 +5,8 @@
 //!
 //! kernel tracepoints → [`observe`] (BPF maps and ring buffer, or /proc) →
 //! [`decode`] → [`series`] (per-worker rates) → [`detect`] (threshold
-//! alerts) → [`output`] (NDJSON), with
+//! alerts) → [`policy`] (what to do) → actions (in [`controller`] and
+//! [`supervise`]) → [`output`] (NDJSON), with
 //! [`supervise`] starting and stopping the workers, and [`controller`]
 //! running the loop that ties them together. [`cli`] turns flags into a
 //! checked configuration first; [`config`] does the same for the memory
@@ -18,6 +19,7 @@ pub mod decode;
 pub mod detect;
 pub mod observe;
 pub mod output;
+pub mod policy;
 pub mod series;
 pub mod size;
 pub mod supervise;

@@ -1,0 +1,120 @@
+//! Policy: what xypriss does about what the detectors found. Pure: it reads
+//! the configuration's `enforcement` and `memoryManagement` blocks and returns
+//! decisions; the controller carries them out (the only side effects).
+
+use crate::{
+    config::{Enforcement, MemoryManagement},
+    detect::threshold::Level,
+};
+
+/// What to do when a worker crosses a threshold going up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Alert only.
+    None,
+    /// Write a `gc_hint` on the worker's control channel.
+    GcHint,
+    /// Replace the worker gracefully: a new process first, the old one
+    /// stopped once the new one is ready.
+    Restart,
+}
+
+impl Action {
+    /// The `action` field of `memory_alert`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::GcHint => "gc_hint",
+            Self::Restart => "restart",
+        }
+    }
+}
+
+/// The decision for a crossing of `level`: the action, and whether the
+/// alert is said (`memory_alert`).
+pub fn on_crossing(
+    level: Level,
+    management: &MemoryManagement,
+    enforcement: &Enforcement,
+) -> (Action, bool) {
+    let enforcing = enforcement.enabled && enforcement.enforce_hard_limits;
+    let action = match level {
+        Level::LimitExceeded if enforcing => Action::Restart,
+        Level::Critical if management.garbage_collection_hint => Action::GcHint,
+        _ => Action::None,
+    };
+    let said = match level {
+        // Quiet limit crossings unless asked, but they still act.
+        Level::LimitExceeded if !enforcement.alert_on_limit_reached => false,
+        // Without enforcement, a limit crossing is a soft-limit warning.
+        Level::LimitExceeded if !enforcing => enforcement.soft_limit_warnings,
+        _ => true,
+    };
+    (action, said)
+}
+
+/// The kernel-enforced backstop for a hard limit of `limit` bytes: slightly
+/// above it, so the graceful restart wins unless the worker runs away.
+pub fn backstop(limit: u64) -> u64 {
+    limit + (limit / 10).max(16 << 20)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MemoryConfig;
+
+    fn config() -> (MemoryManagement, Enforcement) {
+        let c = MemoryConfig::default();
+        (c.memory_management, c.enforcement)
+    }
+
+    #[test]
+    fn hard_limits_restart_and_soft_limits_warn() {
+        let (m, mut e) = config();
+        e.enforce_hard_limits = true;
+        assert_eq!(
+            on_crossing(Level::LimitExceeded, &m, &e),
+            (Action::Restart, true)
+        );
+        e.enforce_hard_limits = false;
+        e.soft_limit_warnings = true;
+        assert_eq!(
+            on_crossing(Level::LimitExceeded, &m, &e),
+            (Action::None, true)
+        );
+        e.soft_limit_warnings = false;
+        assert_eq!(
+            on_crossing(Level::LimitExceeded, &m, &e),
+            (Action::None, false)
+        );
+    }
+
+    #[test]
+    fn quiet_limits_still_act() {
+        let (m, mut e) = config();
+        e.enforce_hard_limits = true;
+        e.alert_on_limit_reached = false;
+        assert_eq!(
+            on_crossing(Level::LimitExceeded, &m, &e),
+            (Action::Restart, false)
+        );
+        assert_eq!(on_crossing(Level::Critical, &m, &e).1, true);
+    }
+
+    #[test]
+    fn gc_hints_go_with_critical_crossings_only() {
+        let (mut m, e) = config();
+        m.garbage_collection_hint = true;
+        assert_eq!(on_crossing(Level::Critical, &m, &e).0, Action::GcHint);
+        assert_eq!(on_crossing(Level::Warning, &m, &e).0, Action::None);
+        m.garbage_collection_hint = false;
+        assert_eq!(on_crossing(Level::Critical, &m, &e).0, Action::None);
+    }
+
+    #[test]
+    fn the_backstop_sits_slightly_above_the_limit() {
+        assert_eq!(backstop(64 << 20), 80 << 20);
+        assert_eq!(backstop(1 << 30), (1 << 30) + (1 << 30) / 10);
+    }
+}
