@@ -99,7 +99,7 @@ mod tests {
             on_crossing(Level::LimitExceeded, &m, &e),
             (Action::Restart, false)
         );
-        assert_eq!(on_crossing(Level::Critical, &m, &e).1, true);
+        assert!(on_crossing(Level::Critical, &m, &e).1);
     }
 
     #[test]
