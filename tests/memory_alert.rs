@@ -238,3 +238,56 @@ fn a_slow_leak_past_a_hard_limit_is_replaced_before_the_old_one_stops() {
     );
     assert!(pool.stop().success());
 }
+
+#[test]
+fn the_cluster_scope_alerts_on_the_pools_total() {
+    if !root_or_skip("the_cluster_scope_alerts_on_the_pools_total") {
+        return;
+    }
+    // maxTotalMemory 64 MiB: warning at 51.2 MiB, critical at 60.8 MiB.
+    let script = format!(
+        "if [ \"$XYPRISS_WORKER_ID\" = 0 ]; then exec {DEMO} steps 20 30 10; fi; exec {DEMO} steps 20"
+    );
+    let mut pool = Pool::start(&[
+        "--workers",
+        "2",
+        "--max-memory-per-worker",
+        "48MiB",
+        "--max-total-memory",
+        "64MiB",
+        "/bin/sh",
+        "-c",
+        &script,
+    ]);
+    let pid = u64_of(
+        &pool.wait_event("worker_spawned", TIMEOUT, |e| e["workerId"] == 0),
+        "pid",
+    ) as u32;
+    for id in 0..2 {
+        pool.wait_for_log(TIMEOUT, |l| {
+            l.starts_with(&format!("[worker {id}.1 ")) && l.ends_with("at 20 MiB")
+        });
+    }
+    pool.collect_for(Duration::from_millis(200));
+    assert!(
+        of(&pool.events, "memory_alert")
+            .iter()
+            .all(|e| e["scope"] != "cluster"),
+        "an alert below the threshold"
+    );
+    signal(pid, Signal::SIGUSR1);
+    let alert = pool.wait_event("memory_alert", TIMEOUT, |e| e["scope"] == "cluster");
+    assert_eq!(alert["type"], "warning", "{alert}");
+    assert!(alert.get("workerId").is_none());
+    assert_eq!(u64_of(&alert, "threshold"), 64 * MIB * 80 / 100);
+    signal(pid, Signal::SIGUSR1);
+    let recovered = pool.wait_event("memory_recovered", TIMEOUT, |e| e["scope"] == "cluster");
+    assert_eq!(recovered["type"], "warning");
+    assert!(pool.stop().success());
+    let cluster: Vec<_> = pool
+        .events
+        .iter()
+        .filter(|e| e["scope"] == "cluster" && e["event"] == "memory_alert")
+        .collect();
+    assert_eq!(cluster.len(), 1, "{cluster:#?}");
+}

@@ -154,8 +154,13 @@ impl Pool {
 
     /// Waits for a stderr line containing `text` (workers' output is forwarded there).
     pub fn wait_log(&mut self, text: &str, timeout: Duration) -> String {
+        self.wait_for_log(timeout, |line| line.contains(text))
+    }
+
+    /// Waits for a stderr line matching `pred`.
+    pub fn wait_for_log(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + timeout;
-        if let Some(line) = self.log.iter().find(|l| l.contains(text)) {
+        if let Some(line) = self.log.iter().find(|l| pred(l)) {
             return line.clone();
         }
         loop {
@@ -165,12 +170,12 @@ impl Pool {
             {
                 Ok(line) => {
                     self.log.push(line.clone());
-                    if line.contains(text) {
+                    if pred(&line) {
                         return line;
                     }
                 }
                 Err(_) => panic!(
-                    "no stderr line with `{text}` within {timeout:?}; stderr: {:#?}",
+                    "no matching stderr line within {timeout:?}; stderr: {:#?}",
                     self.log
                 ),
             }

@@ -130,6 +130,8 @@ struct Controller {
     /// Worker ids still to replace in the rolling restart under way.
     rolling: Vec<u32>,
     lost_reported: u64,
+    /// The cluster scope's alerts.
+    pool_alerts: Alerts,
     /// The pool's cgroup, when a memory controller is usable.
     cgroups: Option<PoolCgroup>,
     /// Worker cgroups being emptied and removed, off the control loop.
@@ -230,6 +232,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         instances: BTreeMap::new(),
         rolling: Vec::new(),
         lost_reported: 0,
+        pool_alerts: Alerts::default(),
     };
     for id in 0..ctl.size {
         ctl.workers.insert(id, Worker::default());
@@ -908,17 +911,13 @@ impl Controller {
                     Event::MemoryAlert {
                         kind: level,
                         scope: "worker",
-                        worker_id: i.id,
-                        pid: i.pid,
+                        worker_id: Some(i.id),
+                        pid: Some(i.pid),
                         message: format!(
                             "worker {} uses {} MiB, over its {} of {} MiB",
                             i.id,
                             usage >> 20,
-                            match level {
-                                Level::Warning => "warning threshold",
-                                Level::Critical => "critical threshold",
-                                Level::LimitExceeded => "limit",
-                            },
+                            level_name(level),
                             threshold >> 20
                         ),
                         action: done,
@@ -929,8 +928,8 @@ impl Controller {
                 Change::Recovered { level, threshold } => Event::MemoryRecovered {
                     kind: level,
                     scope: "worker",
-                    worker_id: i.id,
-                    pid: i.pid,
+                    worker_id: Some(i.id),
+                    pid: Some(i.pid),
                     memory_usage: usage,
                     threshold,
                 },
@@ -940,6 +939,51 @@ impl Controller {
         if restart {
             let id = i.id;
             self.replace(id);
+        }
+        self.check_pool();
+    }
+
+    /// The cluster scope: the pool's total against `maxTotalMemory`.
+    fn check_pool(&mut self) {
+        let management = &self.config.memory.memory_management;
+        if !management.enabled {
+            return;
+        }
+        let total = management.max_total_memory;
+        let pct = |p: f64| (total as f64 * p / 100.0) as u64;
+        let thresholds = [
+            pct(management.memory_warning_threshold),
+            pct(management.memory_critical_threshold),
+            total,
+        ];
+        let usage: u64 = self.instances.values().map(|i| i.counters.rss()).sum();
+        for change in self.pool_alerts.update(usage, thresholds, ALERT_MARGIN) {
+            let event = match change {
+                Change::Raised { level, threshold } => Event::MemoryAlert {
+                    kind: level,
+                    scope: "cluster",
+                    worker_id: None,
+                    pid: None,
+                    message: format!(
+                        "the pool uses {} MiB, over its {} of {} MiB (maxTotalMemory)",
+                        usage >> 20,
+                        level_name(level),
+                        threshold >> 20
+                    ),
+                    action: "none",
+                    memory_usage: usage,
+                    threshold,
+                },
+                Change::Recovered { level, threshold } => Event::MemoryRecovered {
+                    kind: level,
+                    scope: "cluster",
+                    worker_id: None,
+                    pid: None,
+                    memory_usage: usage,
+                    threshold,
+                },
+            };
+            self.output.emit(&event);
         }
     }
 
@@ -995,6 +1039,7 @@ impl Controller {
             Exit::Signal(signal) => (None, Some(signal.as_str().to_owned())),
         };
         let uptime = i.started.elapsed();
+        self.check_pool();
         self.output.emit(&Event::WorkerExited {
             worker_id: i.id,
             pid: i.pid,
@@ -1083,6 +1128,15 @@ impl Controller {
                 }
             }
         }
+    }
+}
+
+/// How a message names an alert level.
+fn level_name(level: Level) -> &'static str {
+    match level {
+        Level::Warning => "warning threshold",
+        Level::Critical => "critical threshold",
+        Level::LimitExceeded => "limit",
     }
 }
 

@@ -119,8 +119,11 @@ pub enum Event {
         #[serde(rename = "type")]
         kind: Level,
         scope: &'static str,
-        worker_id: u32,
-        pid: u32,
+        /// With the worker scope only.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        worker_id: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pid: Option<u32>,
         message: String,
         action: &'static str,
         memory_usage: u64,
@@ -132,8 +135,10 @@ pub enum Event {
         #[serde(rename = "type")]
         kind: Level,
         scope: &'static str,
-        worker_id: u32,
-        pid: u32,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        worker_id: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pid: Option<u32>,
         memory_usage: u64,
         threshold: u64,
     },
