@@ -132,6 +132,8 @@ struct Controller {
     lost_reported: u64,
     /// The cluster scope's alerts.
     pool_alerts: Alerts,
+    /// The system scope's alerts.
+    system_alerts: Alerts,
     /// The pool's cgroup, when a memory controller is usable.
     cgroups: Option<PoolCgroup>,
     /// Worker cgroups being emptied and removed, off the control loop.
@@ -233,6 +235,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         rolling: Vec::new(),
         lost_reported: 0,
         pool_alerts: Alerts::default(),
+        system_alerts: Alerts::default(),
     };
     for id in 0..ctl.size {
         ctl.workers.insert(id, Worker::default());
@@ -241,6 +244,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
 
     let mut tick = interval(ctl.config.sample_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut check = interval(ctl.config.memory.memory_management.memory_check_interval);
+    check.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut batch = Vec::new();
     let stop = loop {
         let timer = ctl.next_timer();
@@ -250,6 +255,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             message = ctl.notify.recv() => ctl.notified(message),
             () = sleep_until(timer.unwrap_or_else(far_future).into()), if timer.is_some() => ctl.timers(),
             _ = tick.tick() => ctl.tick(),
+            _ = check.tick() => ctl.check_system(),
             _ = sighup.recv() => ctl.rolling_restart(),
             _ = sigttin.recv() => ctl.scale_up(1, "SIGTTIN"),
             _ = sigttou.recv() => ctl.scale_down(1, None, "SIGTTOU"),
@@ -943,6 +949,42 @@ impl Controller {
         self.check_pool();
     }
 
+    /// The system scope, at `memoryCheckInterval`: the host's memory in use
+    /// against what it has less `memoryReservation`.
+    fn check_system(&mut self) {
+        let management = &self.config.memory.memory_management;
+        if !management.enabled {
+            return;
+        }
+        let Ok(meminfo) = <procfs::Meminfo as procfs::Current>::current() else {
+            return;
+        };
+        let Some(available) = meminfo.mem_available else {
+            return;
+        };
+        let used = meminfo.mem_total.saturating_sub(available);
+        let capacity = meminfo
+            .mem_total
+            .saturating_sub(management.memory_reservation)
+            .max(1);
+        let pct = |p: f64| (capacity as f64 * p / 100.0) as u64;
+        let thresholds = [
+            pct(management.memory_warning_threshold),
+            pct(management.memory_critical_threshold),
+            capacity,
+        ];
+        let changes = self.system_alerts.update(used, thresholds, ALERT_MARGIN);
+        for event in scope_events(
+            "system",
+            used,
+            changes,
+            "the host",
+            "memory less memoryReservation",
+        ) {
+            self.output.emit(&event);
+        }
+    }
+
     /// The cluster scope: the pool's total against `maxTotalMemory`.
     fn check_pool(&mut self) {
         let management = &self.config.memory.memory_management;
@@ -957,32 +999,8 @@ impl Controller {
             total,
         ];
         let usage: u64 = self.instances.values().map(|i| i.counters.rss()).sum();
-        for change in self.pool_alerts.update(usage, thresholds, ALERT_MARGIN) {
-            let event = match change {
-                Change::Raised { level, threshold } => Event::MemoryAlert {
-                    kind: level,
-                    scope: "cluster",
-                    worker_id: None,
-                    pid: None,
-                    message: format!(
-                        "the pool uses {} MiB, over its {} of {} MiB (maxTotalMemory)",
-                        usage >> 20,
-                        level_name(level),
-                        threshold >> 20
-                    ),
-                    action: "none",
-                    memory_usage: usage,
-                    threshold,
-                },
-                Change::Recovered { level, threshold } => Event::MemoryRecovered {
-                    kind: level,
-                    scope: "cluster",
-                    worker_id: None,
-                    pid: None,
-                    memory_usage: usage,
-                    threshold,
-                },
-            };
+        let changes = self.pool_alerts.update(usage, thresholds, ALERT_MARGIN);
+        for event in scope_events("cluster", usage, changes, "the pool", "maxTotalMemory") {
             self.output.emit(&event);
         }
     }
@@ -1129,6 +1147,44 @@ impl Controller {
             }
         }
     }
+}
+
+/// The events of a scope without workers (`cluster`, `system`).
+fn scope_events(
+    scope: &'static str,
+    usage: u64,
+    changes: Vec<Change>,
+    who: &str,
+    against: &str,
+) -> Vec<Event> {
+    changes
+        .into_iter()
+        .map(|change| match change {
+            Change::Raised { level, threshold } => Event::MemoryAlert {
+                kind: level,
+                scope,
+                worker_id: None,
+                pid: None,
+                message: format!(
+                    "{who} uses {} MiB, over its {} of {} MiB ({against})",
+                    usage >> 20,
+                    level_name(level),
+                    threshold >> 20
+                ),
+                action: "none",
+                memory_usage: usage,
+                threshold,
+            },
+            Change::Recovered { level, threshold } => Event::MemoryRecovered {
+                kind: level,
+                scope,
+                worker_id: None,
+                pid: None,
+                memory_usage: usage,
+                threshold,
+            },
+        })
+        .collect()
 }
 
 /// How a message names an alert level.
