@@ -915,7 +915,7 @@ impl Controller {
                         continue;
                     }
                     Event::MemoryAlert {
-                        kind: level,
+                        kind: level.into(),
                         scope: "worker",
                         worker_id: Some(i.id),
                         pid: Some(i.pid),
@@ -929,6 +929,9 @@ impl Controller {
                         action: done,
                         memory_usage: usage,
                         threshold,
+                        slope_bytes_per_sec: None,
+                        confidence: None,
+                        eta_to_limit_sec: None,
                     }
                 }
                 Change::Recovered { level, threshold } => Event::MemoryRecovered {
@@ -1161,7 +1164,7 @@ fn scope_events(
         .into_iter()
         .map(|change| match change {
             Change::Raised { level, threshold } => Event::MemoryAlert {
-                kind: level,
+                kind: level.into(),
                 scope,
                 worker_id: None,
                 pid: None,
@@ -1174,6 +1177,9 @@ fn scope_events(
                 action: "none",
                 memory_usage: usage,
                 threshold,
+                slope_bytes_per_sec: None,
+                confidence: None,
+                eta_to_limit_sec: None,
             },
             Change::Recovered { level, threshold } => Event::MemoryRecovered {
                 kind: level,

@@ -117,7 +117,7 @@ pub enum Event {
     #[serde(rename_all = "camelCase")]
     MemoryAlert {
         #[serde(rename = "type")]
-        kind: Level,
+        kind: AlertType,
         scope: &'static str,
         /// With the worker scope only.
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -127,7 +127,17 @@ pub enum Event {
         message: String,
         action: &'static str,
         memory_usage: u64,
+        /// The threshold crossed; for a leak, the worker's limit (0 if none).
         threshold: u64,
+        /// For `leak_detected`: the Theil–Sen slope of the worker's memory.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        slope_bytes_per_sec: Option<f64>,
+        /// For `leak_detected`: how sure the rise is not chance, 0 to 1.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        confidence: Option<f64>,
+        /// For `leak_detected`: seconds until the fitted line reaches the limit.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        eta_to_limit_sec: Option<f64>,
     },
     /// Memory fell back below a raised alert's threshold less the margin.
     #[serde(rename_all = "camelCase")]
@@ -192,6 +202,26 @@ pub struct MemorySample {
     pub source: Source,
     /// CLOCK_MONOTONIC nanoseconds when the kernel (or the poll) saw it.
     pub monotonic_ns: u64,
+}
+
+/// `memory_alert`'s `type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertType {
+    Warning,
+    Critical,
+    LimitExceeded,
+    LeakDetected,
+}
+
+impl From<Level> for AlertType {
+    fn from(level: Level) -> Self {
+        match level {
+            Level::Warning => Self::Warning,
+            Level::Critical => Self::Critical,
+            Level::LimitExceeded => Self::LimitExceeded,
+        }
+    }
 }
 
 /// Where events were lost.
