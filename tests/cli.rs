@@ -131,3 +131,39 @@ fn unknown_flags_and_subcommands() {
     rejected(&["run", "--no-such-flag", DEMO], "--no-such-flag");
     rejected(&["launch", DEMO], "launch");
 }
+
+/// Writes `json` to a temporary config file and runs `xypriss run --config` on it.
+fn with_config(json: &str, expected: &str) {
+    let dir = std::env::temp_dir().join(format!("xypriss-config-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(format!("{}.json", expected.len()));
+    fs::write(&file, json).unwrap();
+    rejected(&["run", "--config", file.to_str().unwrap(), DEMO], expected);
+    let _ = fs::remove_file(&file);
+}
+
+#[test]
+fn bad_configuration_files_name_the_json_path() {
+    with_config(
+        r#"{"cluster":{"enabled":true,"config":{"resources":{"memoryManagement":{"memoryWarningTreshold":70}}}}}"#,
+        "cluster.config.resources.memoryManagement.memoryWarningTreshold: unknown key; did you mean `memoryWarningThreshold`?",
+    );
+    with_config(
+        r#"{"resources":{"memoryManagement":{"memoryWarningThreshold":90,"memoryCriticalThreshold":80}}}"#,
+        "resources.memoryManagement.memoryCriticalThreshold",
+    );
+    with_config(
+        r#"{"autoScaling":{"minWorkers":5,"maxWorkers":2}}"#,
+        "autoScaling.minWorkers",
+    );
+    with_config(
+        r#"{"resources":{"maxMemoryPerWorker":"1GB","memoryManagement":{"maxTotalMemory":"1GB"}},"autoScaling":{"minWorkers":2}}"#,
+        "maxTotalMemory",
+    );
+    with_config(r#"{"workers":"many"}"#, "workers");
+    with_config(
+        r#"{"resources":{"maxMemoryPerWorker":"12 parsecs"}}"#,
+        "resources.maxMemoryPerWorker",
+    );
+    with_config(r#"{"resources":{"memoryManagement":"#, "is it truncated?");
+}
