@@ -5,6 +5,7 @@
 //!
 //! kernel tracepoints → [`observe`] (BPF maps and ring buffer, or /proc) →
 //! [`decode`] → [`series`] (per-worker rates) → [`output`] (NDJSON), with
+//! [`detect`] turning a worker's series into verdicts (is it leaking?),
 //! [`supervise`] starting and stopping the workers, and [`controller`]
 //! running the loop that ties them together. [`cli`] turns flags into a
 //! checked configuration first.
@@ -12,6 +13,7 @@
 pub mod cli;
 pub mod controller;
 pub mod decode;
+pub mod detect;
 pub mod observe;
 pub mod output;
 pub mod series;
