@@ -5,7 +5,7 @@
 //!
 //! kernel tracepoints → [`observe`] (BPF maps and ring buffer, or /proc) →
 //! [`decode`] → [`series`] (per-worker rates) → [`detect`] (threshold
-//! alerts) → [`policy`] (what to do) → actions (in [`controller`] and
+//! alerts, leaks) → [`policy`] (what to do) → actions (in [`controller`] and
 //! [`supervise`]) → [`output`] (NDJSON), with
 //! [`supervise`] starting and stopping the workers, and [`controller`]
 //! running the loop that ties them together. [`cli`] turns flags into a
