@@ -342,3 +342,46 @@ fn the_system_scope_alerts_on_the_hosts_memory_less_the_reservation() {
     );
     assert!(pool.stop().success());
 }
+
+#[test]
+fn a_leaking_worker_is_found_and_a_steady_one_is_not() {
+    if !root_or_skip("a_leaking_worker_is_found_and_a_steady_one_is_not") {
+        return;
+    }
+    // Worker 0 leaks 1 MiB/s under a request sawtooth; worker 1 holds 40 MiB.
+    let script = format!(
+        "if [ \"$XYPRISS_WORKER_ID\" = 0 ]; then exec {DEMO} leak; fi; exec {DEMO} steps 40"
+    );
+    let mut pool = Pool::start(&[
+        "--workers",
+        "2",
+        "--memory-leak-detection",
+        "true",
+        "/bin/sh",
+        "-c",
+        &script,
+    ]);
+    let started = std::time::Instant::now();
+    let alert = pool.wait_event("memory_alert", Duration::from_secs(60), |e| {
+        e["type"] == "leak_detected"
+    });
+    let took = started.elapsed();
+    assert_eq!(alert["workerId"], 0, "{alert}");
+    let slope = alert["slopeBytesPerSec"].as_f64().unwrap();
+    assert!(
+        (0.5 * MIB as f64..2.0 * MIB as f64).contains(&slope),
+        "slope {slope} B/s for a 1 MiB/s leak"
+    );
+    assert!(alert["confidence"].as_f64().unwrap() > 0.9, "{alert}");
+    assert!(alert["etaToLimitSec"].as_f64().unwrap() > 0.0, "{alert}");
+    assert_eq!(alert["action"], "none");
+    assert!(took < Duration::from_secs(40), "found after {took:?}");
+    pool.collect_for(Duration::from_secs(2));
+    assert!(
+        pool.events
+            .iter()
+            .all(|e| !(e["type"] == "leak_detected" && e["workerId"] == 1)),
+        "the steady worker was called leaking"
+    );
+    assert!(pool.stop().success());
+}

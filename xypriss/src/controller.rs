@@ -25,10 +25,13 @@ use tokio::{
 
 use crate::{
     cli::{ObserverChoice, ReadyMode, RunConfig},
-    detect::threshold::{Alerts, Change, Level},
+    detect::{
+        leak::{LeakDetector, Params as LeakParams},
+        threshold::{Alerts, Change, Level},
+    },
     observe::{Counters, Observation, Observer, Source, Trigger, procfs::monotonic_ns},
     output::{
-        event::{Event, LossStage, MemorySample, SCHEMA_VERSION},
+        event::{AlertType, Event, LossStage, MemorySample, SCHEMA_VERSION},
         ndjson::Output,
     },
     policy::{self, Action},
@@ -94,6 +97,9 @@ struct Instance {
     /// Killed for not saying READY=1 in time (`--ready notify`).
     not_ready: bool,
     alerts: Alerts,
+    /// Leak detection (`memoryLeakDetection`), and whether it said "leaking".
+    leak: Option<LeakDetector>,
+    leaking: bool,
     /// xypriss's end of the worker's control channel (`XYPRISS_CONTROL_FD`).
     control: Control,
 }
@@ -445,6 +451,13 @@ impl Controller {
             cgroup,
             not_ready: false,
             alerts: Alerts::default(),
+            leak: self
+                .config
+                .memory
+                .memory_management
+                .memory_leak_detection
+                .then(|| LeakDetector::new(LeakParams::default())),
+            leaking: false,
             control,
         };
         match self.observer.watch(slot, pid) {
@@ -880,6 +893,7 @@ impl Controller {
     /// Raises or lifts instance `slot`'s alerts for its latest memory, and
     /// carries out what the policy decides.
     fn check_thresholds(&mut self, slot: u32) {
+        self.check_leak(slot, monotonic_ns());
         let Some(i) = self.instances.get_mut(&slot) else {
             return;
         };
@@ -1008,6 +1022,48 @@ impl Controller {
         }
     }
 
+    /// Feeds instance `slot`'s memory at `at_ns` to its leak detector; a new
+    /// "leaking" verdict raises `leak_detected`, and acts as the policy says.
+    fn check_leak(&mut self, slot: u32, at_ns: u64) {
+        let limit = self.config.thresholds[2];
+        let Some(i) = self.instances.get_mut(&slot) else {
+            return;
+        };
+        let Some(detector) = i.leak.as_mut() else {
+            return;
+        };
+        detector.push(at_ns, i.counters.rss());
+        let verdict = detector.verdict((limit != 0).then_some(limit));
+        let rising = verdict.leaking && !i.leaking;
+        i.leaking = verdict.leaking;
+        if !rising {
+            return;
+        }
+        let action = policy::on_leak(&self.config.memory.enforcement);
+        let usage = i.counters.rss();
+        let id = i.id;
+        self.output.emit(&Event::MemoryAlert {
+            kind: AlertType::LeakDetected,
+            scope: "worker",
+            worker_id: Some(id),
+            pid: Some(i.pid),
+            message: format!(
+                "worker {id} grows steadily by {} KiB/s (confidence {:.3})",
+                (verdict.slope_bytes_per_sec / 1024.0).round(),
+                verdict.confidence
+            ),
+            action: action.as_str(),
+            memory_usage: usage,
+            threshold: limit,
+            slope_bytes_per_sec: Some(verdict.slope_bytes_per_sec.round()),
+            confidence: Some(verdict.confidence),
+            eta_to_limit_sec: verdict.eta_to_limit_sec.map(f64::round),
+        });
+        if action == Action::Restart {
+            self.replace(id);
+        }
+    }
+
     /// Starts a new generation of worker `id`, unless one is already on its
     /// way; the old one is stopped when the new one is ready.
     fn replace(&mut self, id: u32) {
@@ -1100,6 +1156,11 @@ impl Controller {
                 let event = sample(i, &self.observer, now, Trigger::Interval);
                 self.output.emit(&event);
             }
+        }
+        // The leak detectors want a point at least every second, quiet or not.
+        let slots: Vec<u32> = self.instances.keys().copied().collect();
+        for slot in slots {
+            self.check_leak(slot, now);
         }
         let lost = self.observer.lost();
         if lost > self.lost_reported {

@@ -53,6 +53,16 @@ pub fn on_crossing(
     (action, said)
 }
 
+/// The decision for a worker found leaking: a graceful restart when the
+/// enforcement allows it, otherwise an alert only.
+pub fn on_leak(enforcement: &Enforcement) -> Action {
+    if enforcement.enabled && enforcement.enforce_hard_limits {
+        Action::Restart
+    } else {
+        Action::None
+    }
+}
+
 /// The kernel-enforced backstop for a hard limit of `limit` bytes: slightly
 /// above it, so the graceful restart wins unless the worker runs away.
 pub fn backstop(limit: u64) -> u64 {
@@ -110,6 +120,15 @@ mod tests {
         assert_eq!(on_crossing(Level::Warning, &m, &e).0, Action::None);
         m.garbage_collection_hint = false;
         assert_eq!(on_crossing(Level::Critical, &m, &e).0, Action::None);
+    }
+
+    #[test]
+    fn leaks_restart_only_when_enforcement_allows() {
+        let (_, mut e) = config();
+        e.enforce_hard_limits = true;
+        assert_eq!(on_leak(&e), Action::Restart);
+        e.enabled = false;
+        assert_eq!(on_leak(&e), Action::None);
     }
 
     #[test]
