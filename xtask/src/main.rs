@@ -43,8 +43,11 @@ enum Task {
     },
     /// Run the benchmarks (as root) and print their figures; see BENCHMARKS.md.
     Bench {
-        /// Which (default: all): latency, overhead, throughput, footprint.
+        /// Which (default: all): latency, overhead, throughput, footprint, leak.
         names: Vec<String>,
+        /// How long the leak benchmark watches each steady scenario.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
     },
     /// Check formatting and lints, then run every test (unit and real-kernel integration).
     Test {
@@ -71,13 +74,13 @@ fn run(flags: Flags) -> Result<()> {
         Task::BuildEbpf => build_ebpf(&root),
         Task::Demo { args } => demo(&root, args),
         Task::Test { args } => test(&root, args),
-        Task::Bench { names } => {
+        Task::Bench { names, minutes } => {
             bootstrap::ensure(&root)?;
             cargo(
                 &root,
                 ["build", "--release", "--package", "xypriss", "--bins"],
             )?;
-            bench::run(&root, &names)
+            bench::run(&root, &names, minutes)
         }
     }
 }

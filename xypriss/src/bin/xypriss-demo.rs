@@ -12,6 +12,12 @@
 //! - `grow MIB_PER_S`: allocates at that rate until stopped or killed.
 //! - `oscillate LOW_MIB HIGH_MIB`: goes up to HIGH and down to LOW, again and
 //!   again, pausing 2 ms at each end (for threshold-latency benchmarks).
+//! - `pattern NAME`: a memory pattern for the leak-detection benchmark, on a
+//!   100 MiB baseline, until stopped: `leak1m` (1 MiB/s), `leak100k`
+//!   (100 KiB/s), `warmup` (a cache filling to +64 MiB, then holding),
+//!   `sawtooth` (+24 MiB and back every 4 s, as a garbage collector),
+//!   `step` (+64 MiB once, after 30 s) or `churn` (1 to 64 MiB held for a
+//!   few milliseconds, again and again).
 //! - `exit CODE [AFTER_MS]`: exits with CODE, at once or after AFTER_MS.
 //! - `daemon`: starts a daemon (a grandchild in a session of its own, as a
 //!   double fork makes), prints `daemon PID`, and waits.
@@ -129,6 +135,15 @@ fn main() -> ExitCode {
         }),
         Some("faultbench") => parse(args.get(1), "MIB")
             .and_then(|mib| parse(args.get(2), "ROUNDS").map(|rounds| faultbench(mib, rounds))),
+        Some("pattern") => match args.get(1).map(String::as_str) {
+            Some(name @ ("leak1m" | "leak100k" | "warmup" | "sawtooth" | "step" | "churn")) => {
+                pattern(name, &signals);
+                Ok(())
+            }
+            other => Err(format!(
+                "pattern {other:?}: leak1m, leak100k, warmup, sawtooth, step or churn"
+            )),
+        },
         Some("exit") => parse::<u8>(args.get(1), "CODE").and_then(|code| {
             let after = if args.len() > 2 {
                 parse(args.get(2), "AFTER_MS")?
@@ -343,4 +358,42 @@ fn print_control_lines() {
             println!("control: {line}");
         }
     });
+}
+
+/// The leak-detection benchmark's patterns; see the module header.
+fn pattern(name: &str, signals: &SigSet) {
+    println!("pattern {name}");
+    let mut base = Heap::default();
+    base.resize(100);
+    let mut extra = Heap::default();
+    // Sub-MiB leaks accumulate in small heap blocks.
+    let mut leaked: Vec<Vec<u8>> = Vec::new();
+    let start = Instant::now();
+    let mut rng: u64 = 0x9e37_79b9_7f4a_7c15;
+    loop {
+        let t = start.elapsed().as_secs_f64();
+        match name {
+            "leak1m" => extra.resize(t as usize),
+            "leak100k" => {
+                let due = (t * 100.0) as usize;
+                while leaked.len() < due {
+                    leaked.push(vec![1u8; 1024]);
+                }
+            }
+            "warmup" => extra.resize((64.0 * (1.0 - (-t / 5.0).exp())) as usize),
+            "sawtooth" => extra.resize(((t % 4.0) / 4.0 * 24.0) as usize),
+            "step" => extra.resize(if t >= 30.0 { 64 } else { 0 }),
+            _ => {
+                // churn: xorshift sizes from 1 to 64 MiB, held briefly.
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                extra.resize(1 + (rng % 64) as usize);
+                extra.resize(0);
+            }
+        }
+        if stopping(next_signal(signals, Duration::from_millis(10))) {
+            return;
+        }
+    }
 }
