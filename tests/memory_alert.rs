@@ -385,3 +385,53 @@ fn a_leaking_worker_is_found_and_a_steady_one_is_not() {
     );
     assert!(pool.stop().success());
 }
+
+#[test]
+fn critical_pool_memory_scales_down_the_biggest_worker() {
+    if !root_or_skip("critical_pool_memory_scales_down_the_biggest_worker") {
+        return;
+    }
+    let script = format!(
+        "if [ \"$XYPRISS_WORKER_ID\" = 0 ]; then exec {DEMO} steps 20 60; fi; exec {DEMO} steps 20"
+    );
+    let mut pool = Pool::start(&[
+        "--workers",
+        "2",
+        "--max-memory-per-worker",
+        "64MiB",
+        "--max-total-memory",
+        "64MiB",
+        "/bin/sh",
+        "-c",
+        &script,
+    ]);
+    let pid = u64_of(
+        &pool.wait_event("worker_spawned", TIMEOUT, |e| e["workerId"] == 0),
+        "pid",
+    ) as u32;
+    for id in 0..2 {
+        pool.wait_for_log(TIMEOUT, |l| {
+            l.starts_with(&format!("[worker {id}.1 ")) && l.ends_with("at 20 MiB")
+        });
+    }
+    signal(pid, Signal::SIGUSR1);
+    let critical = pool.wait_event("memory_alert", TIMEOUT, |e| {
+        e["scope"] == "cluster" && e["type"] == "critical"
+    });
+    assert_eq!(critical["action"], "scale_down", "{critical}");
+    let scale = pool.wait_event("scale", TIMEOUT, |_| true);
+    assert_eq!(
+        (scale["from"].as_u64(), scale["to"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(scale["reason"], "memory_critical");
+    let stopping = pool.wait_event("worker_stopping", TIMEOUT, |_| true);
+    assert_eq!(
+        stopping["workerId"], 0,
+        "the biggest worker goes: {stopping}"
+    );
+    assert_eq!(stopping["reason"], "scale_down");
+    pool.collect_for(Duration::from_millis(500));
+    assert_eq!(of(&pool.events, "scale").len(), 1, "one worker at a time");
+    assert!(pool.stop().success());
+}

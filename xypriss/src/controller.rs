@@ -140,6 +140,8 @@ struct Controller {
     pool_alerts: Alerts,
     /// The system scope's alerts.
     system_alerts: Alerts,
+    /// When critical memory last scaled the pool down.
+    last_memory_scale_down: Option<Instant>,
     /// The pool's cgroup, when a memory controller is usable.
     cgroups: Option<PoolCgroup>,
     /// Worker cgroups being emptied and removed, off the control loop.
@@ -242,6 +244,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         lost_reported: 0,
         pool_alerts: Alerts::default(),
         system_alerts: Alerts::default(),
+        last_memory_scale_down: None,
     };
     for id in 0..ctl.size {
         ctl.workers.insert(id, Worker::default());
@@ -991,15 +994,18 @@ impl Controller {
             capacity,
         ];
         let changes = self.system_alerts.update(used, thresholds, ALERT_MARGIN);
+        let action = self.memory_scaling(&changes);
         for event in scope_events(
             "system",
             used,
             changes,
             "the host",
             "memory less memoryReservation",
+            action,
         ) {
             self.output.emit(&event);
         }
+        self.scale_down_for_memory(action);
     }
 
     /// The cluster scope: the pool's total against `maxTotalMemory`.
@@ -1017,8 +1023,40 @@ impl Controller {
         ];
         let usage: u64 = self.instances.values().map(|i| i.counters.rss()).sum();
         let changes = self.pool_alerts.update(usage, thresholds, ALERT_MARGIN);
-        for event in scope_events("cluster", usage, changes, "the pool", "maxTotalMemory") {
+        let action = self.memory_scaling(&changes);
+        for event in scope_events(
+            "cluster",
+            usage,
+            changes,
+            "the pool",
+            "maxTotalMemory",
+            action,
+        ) {
             self.output.emit(&event);
+        }
+        self.scale_down_for_memory(action);
+    }
+
+    /// Whether this scope's new alerts scale the pool down (the policy's
+    /// `autoScaleOnMemory`, with its cooldown): the alerts' `action`.
+    fn memory_scaling(&self, changes: &[Change]) -> &'static str {
+        let memory = &self.config.memory;
+        let since = self.last_memory_scale_down.map(|t| t.elapsed());
+        let scale = changes.iter().any(|c| {
+            matches!(c, Change::Raised { level, .. }
+                if policy::scale_down_on(*level, &memory.memory_management, &memory.auto_scaling, since))
+        });
+        if scale && self.size > self.config.min_workers {
+            "scale_down"
+        } else {
+            "none"
+        }
+    }
+
+    fn scale_down_for_memory(&mut self, action: &str) {
+        if action == "scale_down" {
+            self.last_memory_scale_down = Some(Instant::now());
+            self.scale_down(1, None, "memory_critical");
         }
     }
 
@@ -1220,6 +1258,7 @@ fn scope_events(
     changes: Vec<Change>,
     who: &str,
     against: &str,
+    action: &'static str,
 ) -> Vec<Event> {
     changes
         .into_iter()
@@ -1235,7 +1274,11 @@ fn scope_events(
                     level_name(level),
                     threshold >> 20
                 ),
-                action: "none",
+                action: if level >= Level::Critical {
+                    action
+                } else {
+                    "none"
+                },
                 memory_usage: usage,
                 threshold,
                 slope_bytes_per_sec: None,

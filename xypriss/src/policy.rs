@@ -2,8 +2,10 @@
 //! the configuration's `enforcement` and `memoryManagement` blocks and returns
 //! decisions; the controller carries them out (the only side effects).
 
+use std::time::Duration;
+
 use crate::{
-    config::{Enforcement, MemoryManagement},
+    config::{AutoScaling, Enforcement, MemoryManagement},
     detect::threshold::Level,
 };
 
@@ -61,6 +63,30 @@ pub fn on_leak(enforcement: &Enforcement) -> Action {
     } else {
         Action::None
     }
+}
+
+/// How long after a memory scale-down before the next: `aggressiveMemoryScaling`
+/// shortens it.
+pub fn scale_down_cooldown(scaling: &AutoScaling) -> Duration {
+    if scaling.aggressive_memory_scaling {
+        Duration::from_secs(10)
+    } else {
+        Duration::from_secs(30)
+    }
+}
+
+/// Whether a crossing of `level` in the cluster or system scope scales the
+/// pool down by one worker (`autoScaleOnMemory`), `since_last` after the
+/// previous memory scale-down, if any.
+pub fn scale_down_on(
+    level: Level,
+    management: &MemoryManagement,
+    scaling: &AutoScaling,
+    since_last: Option<Duration>,
+) -> bool {
+    level >= Level::Critical
+        && management.auto_scale_on_memory
+        && since_last.is_none_or(|d| d >= scale_down_cooldown(scaling))
 }
 
 /// The kernel-enforced backstop for a hard limit of `limit` bytes: slightly
@@ -129,6 +155,37 @@ mod tests {
         assert_eq!(on_leak(&e), Action::Restart);
         e.enabled = false;
         assert_eq!(on_leak(&e), Action::None);
+    }
+
+    #[test]
+    fn critical_memory_scales_down_one_at_a_time_after_a_cooldown() {
+        let c = MemoryConfig::default();
+        let (m, mut a) = (c.memory_management, c.auto_scaling);
+        assert!(scale_down_on(Level::Critical, &m, &a, None));
+        assert!(scale_down_on(Level::LimitExceeded, &m, &a, None));
+        assert!(!scale_down_on(Level::Warning, &m, &a, None));
+        assert!(!scale_down_on(
+            Level::Critical,
+            &m,
+            &a,
+            Some(Duration::from_secs(29))
+        ));
+        assert!(scale_down_on(
+            Level::Critical,
+            &m,
+            &a,
+            Some(Duration::from_secs(30))
+        ));
+        a.aggressive_memory_scaling = true;
+        assert!(scale_down_on(
+            Level::Critical,
+            &m,
+            &a,
+            Some(Duration::from_secs(10))
+        ));
+        let mut off = m.clone();
+        off.auto_scale_on_memory = false;
+        assert!(!scale_down_on(Level::Critical, &off, &a, None));
     }
 
     #[test]
