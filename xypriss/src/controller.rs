@@ -931,34 +931,25 @@ impl Controller {
                     if !said {
                         continue;
                     }
-                    Event::MemoryAlert {
-                        kind: level.into(),
-                        scope: "worker",
-                        worker_id: Some(i.id),
-                        pid: Some(i.pid),
-                        message: format!(
-                            "worker {} uses {} MiB, over its {} of {} MiB",
-                            i.id,
-                            usage >> 20,
-                            level_name(level),
-                            threshold >> 20
-                        ),
-                        action: done,
-                        memory_usage: usage,
-                        threshold,
-                        slope_bytes_per_sec: None,
-                        confidence: None,
-                        eta_to_limit_sec: None,
-                    }
+                    threshold_event(
+                        "worker",
+                        Some((i.id, i.pid)),
+                        &format!("worker {}", i.id),
+                        None,
+                        usage,
+                        change,
+                        done,
+                    )
                 }
-                Change::Recovered { level, threshold } => Event::MemoryRecovered {
-                    kind: level,
-                    scope: "worker",
-                    worker_id: Some(i.id),
-                    pid: Some(i.pid),
-                    memory_usage: usage,
-                    threshold,
-                },
+                Change::Recovered { .. } => threshold_event(
+                    "worker",
+                    Some((i.id, i.pid)),
+                    "",
+                    None,
+                    usage,
+                    change,
+                    "none",
+                ),
             };
             self.output.emit(&event);
         }
@@ -1251,7 +1242,8 @@ impl Controller {
     }
 }
 
-/// The events of a scope without workers (`cluster`, `system`).
+/// The events of a scope without workers (`cluster`, `system`); `action`
+/// goes with its critical and limit alerts.
 fn scope_events(
     scope: &'static str,
     usage: u64,
@@ -1262,39 +1254,55 @@ fn scope_events(
 ) -> Vec<Event> {
     changes
         .into_iter()
-        .map(|change| match change {
-            Change::Raised { level, threshold } => Event::MemoryAlert {
-                kind: level.into(),
-                scope,
-                worker_id: None,
-                pid: None,
-                message: format!(
-                    "{who} uses {} MiB, over its {} of {} MiB ({against})",
-                    usage >> 20,
-                    level_name(level),
-                    threshold >> 20
-                ),
-                action: if level >= Level::Critical {
-                    action
-                } else {
-                    "none"
-                },
-                memory_usage: usage,
-                threshold,
-                slope_bytes_per_sec: None,
-                confidence: None,
-                eta_to_limit_sec: None,
-            },
-            Change::Recovered { level, threshold } => Event::MemoryRecovered {
-                kind: level,
-                scope,
-                worker_id: None,
-                pid: None,
-                memory_usage: usage,
-                threshold,
-            },
+        .map(|change| {
+            let action = match change {
+                Change::Raised { level, .. } if level >= Level::Critical => action,
+                _ => "none",
+            };
+            threshold_event(scope, None, who, Some(against), usage, change, action)
         })
         .collect()
+}
+
+/// One scope's `memory_alert` (going up) or `memory_recovered` for `change`.
+fn threshold_event(
+    scope: &'static str,
+    worker: Option<(u32, u32)>,
+    who: &str,
+    against: Option<&str>,
+    usage: u64,
+    change: Change,
+    action: &'static str,
+) -> Event {
+    match change {
+        Change::Raised { level, threshold } => Event::MemoryAlert {
+            kind: level.into(),
+            scope,
+            worker_id: worker.map(|(id, _)| id),
+            pid: worker.map(|(_, pid)| pid),
+            message: format!(
+                "{who} uses {} MiB, over its {} of {} MiB{}",
+                usage >> 20,
+                level_name(level),
+                threshold >> 20,
+                against.map(|a| format!(" ({a})")).unwrap_or_default()
+            ),
+            action,
+            memory_usage: usage,
+            threshold,
+            slope_bytes_per_sec: None,
+            confidence: None,
+            eta_to_limit_sec: None,
+        },
+        Change::Recovered { level, threshold } => Event::MemoryRecovered {
+            kind: level,
+            scope,
+            worker_id: worker.map(|(id, _)| id),
+            pid: worker.map(|(_, pid)| pid),
+            memory_usage: usage,
+            threshold,
+        },
+    }
 }
 
 /// How a message names an alert level.
