@@ -435,3 +435,40 @@ fn critical_pool_memory_scales_down_the_biggest_worker() {
     assert_eq!(of(&pool.events, "scale").len(), 1, "one worker at a time");
     assert!(pool.stop().success());
 }
+
+#[test]
+fn memory_caps_the_pool_at_what_fits_at_the_observed_size() {
+    if !root_or_skip("memory_caps_the_pool_at_what_fits_at_the_observed_size") {
+        return;
+    }
+    // Workers of about 22 MiB in a 64 MiB pool: two fit, not three.
+    let mut pool = Pool::start(&[
+        "--workers",
+        "1",
+        "--max-memory-per-worker",
+        "32MiB",
+        "--max-total-memory",
+        "64MiB",
+        DEMO,
+        "steps",
+        "20",
+    ]);
+    pool.wait_log("at 20 MiB", TIMEOUT);
+    pool.collect_for(Duration::from_millis(200));
+    signal(pool.pid(), Signal::SIGTTIN);
+    let scale = pool.wait_event("scale", TIMEOUT, |_| true);
+    assert_eq!(scale["to"], 2);
+    pool.wait_for_log(TIMEOUT, |l| {
+        l.starts_with("[worker 1.1 ") && l.ends_with("at 20 MiB")
+    });
+    pool.collect_for(Duration::from_millis(200));
+    signal(pool.pid(), Signal::SIGTTIN);
+    pool.collect_for(Duration::from_millis(500));
+    assert_eq!(
+        of(&pool.events, "scale").len(),
+        1,
+        "a third worker does not fit"
+    );
+    pool.wait_log("fit its memory budget", TIMEOUT);
+    assert!(pool.stop().success());
+}

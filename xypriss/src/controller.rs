@@ -35,6 +35,7 @@ use crate::{
         ndjson::Output,
     },
     policy::{self, Action},
+    recommend,
     series::Series,
     supervise::{
         backoff::{Decision, Failures},
@@ -46,7 +47,7 @@ use crate::{
         reap::{self, Exit},
         socket_ready,
         spawn::{Spec, signal_group, spawn},
-        watchdog,
+        watchdog, workers,
     },
 };
 
@@ -714,8 +715,17 @@ impl Controller {
 
     /// Adds `n` workers, up to `--max-workers`.
     fn scale_up(&mut self, n: u32, reason: &str) {
-        let to = self.size.saturating_add(n).min(self.config.max_workers);
-        let bound = format!("--max-workers {}", self.config.max_workers);
+        let mut to = self.size.saturating_add(n).min(self.config.max_workers);
+        let mut bound = format!("--max-workers {}", self.config.max_workers);
+        let management = &self.config.memory.memory_management;
+        if management.enabled && management.auto_scale_on_memory {
+            // Memory caps the pool: what fits at the workers' observed size.
+            let fits = recommend::optimal_worker_count(&self.memory_observed());
+            if fits < to {
+                to = fits.max(self.size);
+                bound = format!("the {fits} workers that fit its memory budget");
+            }
+        }
         let Some(from) = self.resize(to, &bound, reason) else {
             return;
         };
@@ -728,6 +738,26 @@ impl Controller {
                 tracing::error!("worker {id}: {err:#}");
                 self.failed(id, Duration::ZERO, "spawn_failed");
             }
+        }
+    }
+
+    /// What the memory recommendations are computed from, now.
+    fn memory_observed(&self) -> recommend::Observed {
+        let memory = &self.config.memory;
+        recommend::Observed {
+            worker_rss: self
+                .instances
+                .values()
+                .filter(|i| i.state != State::Stopping)
+                .map(|i| i.counters.rss())
+                .collect(),
+            available: workers::available_memory(),
+            max_total_memory: memory.memory_management.max_total_memory,
+            memory_reservation: memory.memory_management.memory_reservation,
+            max_memory_per_worker: memory.max_memory_per_worker,
+            min_workers: self.config.min_workers,
+            max_workers: self.config.max_workers,
+            low_memory_mode: memory.memory_management.low_memory_mode,
         }
     }
 

@@ -20,6 +20,7 @@ pub mod detect;
 pub mod observe;
 pub mod output;
 pub mod policy;
+pub mod recommend;
 pub mod series;
 pub mod size;
 pub mod supervise;
