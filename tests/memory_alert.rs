@@ -9,13 +9,9 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use support::{DEMO, MIB, Pool, root_or_skip, signal, u64_of};
+use support::{DEMO, MIB, Pool, of, root_or_skip, signal, u64_of};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
-
-fn of<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["event"] == name).collect()
-}
 
 #[test]
 fn each_threshold_alerts_once_then_recovers() {

@@ -8,13 +8,9 @@ use std::{fs, path::Path, thread, time::Duration};
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use support::{DEMO, Pool, root_or_skip, signal, u64_of};
+use support::{DEMO, Pool, of, root_or_skip, signal, u64_of};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
-
-fn of<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["event"] == name).collect()
-}
 
 fn alive(pid: u32) -> bool {
     // A zombie is dead for our purposes: it runs nothing and holds no memory.

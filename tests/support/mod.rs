@@ -254,3 +254,8 @@ pub fn u64_of(event: &Value, field: &str) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("`{field}` is not a number in {event}"))
 }
+
+/// The events named `name`, in order.
+pub fn of<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["event"] == name).collect()
+}
