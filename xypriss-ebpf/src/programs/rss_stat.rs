@@ -85,8 +85,8 @@ fn try_rss_stat(ctx: &RawTracePointContext) -> Option<()> {
             forget(task, state);
             let _ = MM_OWNERS.remove(&task.mm);
         }
-        // With `mm == 0` the counters are userspace's seed from /proc, or zero
-        // for a new child: both describe this mm.
+        // With `mm == 0` (a worker registered before exec, or a new child) the
+        // counters are still zero: nothing to take back.
         task.mm = mm;
         let _ = MM_OWNERS.insert(&mm, &tgid, 0);
     }

@@ -32,7 +32,6 @@ use xypriss_ebpf::{
 use super::{
     Counters, Observation,
     btf::{self, Btf, BtfError},
-    procfs,
     ring_buf::Reader,
     trace_point::{TraceFs, TraceFsError},
 };
@@ -204,40 +203,15 @@ impl EbpfObserver {
         }
     }
 
-    /// The worker's totals, now that its process runs; when it could not
-    /// register itself, it is registered here, seeded from /proc.
+    /// The worker's totals, now that its process runs. It registered itself
+    /// before exec (a failed registration fails the spawn), so a missing entry
+    /// means it has exited already: its exit is on its way.
     pub fn watch(&mut self, slot: u32, pid: u32) -> io::Result<Counters> {
-        if self.tasks.get(&pid, 0).is_ok() {
-            let state = self.workers.get(&slot, 0).map_err(io::Error::other)?;
-            return Ok(Counters::from_kernel(state.counters));
-        }
-        let seed = procfs::counters(pid)?;
-        let kernel = [
-            seed.file as i64,
-            seed.anon as i64,
-            seed.swap as i64,
-            seed.shmem as i64,
-        ];
-        let thresholds = self.thresholds.get(&slot, 0).map_err(io::Error::other)?;
-        let state = WorkerState {
-            counters: kernel,
-            reported_rss: seed.rss() as i64,
-            level: xypriss_ebpf::rss_stat::level(&thresholds, seed.rss() as i64),
-            _pad: 0,
-        };
-        self.workers
-            .set(slot, &state, 0)
-            .map_err(io::Error::other)?;
-        let entry = TaskEntry {
-            worker: slot,
-            _pad: 0,
-            mm: 0,
-            counters: kernel,
-        };
-        self.tasks
-            .insert(&pid, &entry, 0)
-            .map_err(io::Error::other)?;
-        Ok(seed)
+        self.tasks.get(&pid, 0).map_err(|_| {
+            io::Error::new(io::ErrorKind::NotFound, format!("process {pid} has exited"))
+        })?;
+        let state = self.workers.get(&slot, 0).map_err(io::Error::other)?;
+        Ok(Counters::from_kernel(state.counters))
     }
 
     pub fn unwatch(&mut self, slot: u32) {
