@@ -499,20 +499,26 @@ impl Controller {
         }
     }
 
+    /// The processes still waiting to be ready (and not already killed for it).
+    fn awaiting_ready(&self) -> impl Iterator<Item = (u32, &Instance)> {
+        self.instances
+            .iter()
+            .filter(|(_, i)| i.state == State::Starting && !i.not_ready)
+            .map(|(&slot, i)| (slot, i))
+    }
+
     /// The earliest of the restart and readiness deadlines.
     fn next_timer(&self) -> Option<Instant> {
         let restarts = self
             .workers
             .values()
             .filter_map(|w| w.restart_at.map(|(at, _)| at));
-        let starting = || {
-            self.instances
-                .values()
-                .filter(|i| i.state == State::Starting && !i.not_ready)
-        };
-        let deadlines = starting().map(|i| i.started + self.config.ready_timeout);
-        let poll = (self.config.ready == ReadyMode::Socket && starting().next().is_some())
-            .then(|| Instant::now() + SOCKET_READY_POLL);
+        let deadlines = self
+            .awaiting_ready()
+            .map(|(_, i)| i.started + self.config.ready_timeout);
+        let poll = (self.config.ready == ReadyMode::Socket
+            && self.awaiting_ready().next().is_some())
+        .then(|| Instant::now() + SOCKET_READY_POLL);
         restarts.chain(deadlines).chain(poll).min()
     }
 
@@ -521,41 +527,32 @@ impl Controller {
         let now = Instant::now();
         if self.config.ready == ReadyMode::Socket {
             let serving: Vec<u32> = self
-                .instances
-                .iter()
-                .filter(|(_, i)| i.state == State::Starting && !i.not_ready)
+                .awaiting_ready()
                 .filter(|(_, i)| socket_ready::waiting_on(i.pid, &self.listen_inodes))
-                .map(|(&slot, _)| slot)
+                .map(|(slot, _)| slot)
                 .collect();
             for slot in serving {
                 self.ready(slot);
             }
         }
         let due: Vec<u32> = self
-            .instances
-            .iter()
-            .filter(|(_, i)| {
-                i.state == State::Starting
-                    && !i.not_ready
-                    && i.started + self.config.ready_timeout <= now
-            })
-            .map(|(&slot, _)| slot)
+            .awaiting_ready()
+            .filter(|(_, i)| i.started + self.config.ready_timeout <= now)
+            .map(|(slot, _)| slot)
             .collect();
         for slot in due {
             match self.config.ready {
                 ReadyMode::Delay => self.ready(slot),
                 ReadyMode::Notify | ReadyMode::Socket => {
                     let i = self.instances.get_mut(&slot).expect("listed above");
-                    if !i.not_ready {
-                        tracing::warn!(
-                            "worker {} (pid {}) was not ready within --ready-timeout {:?}: killed",
-                            i.id,
-                            i.pid,
-                            self.config.ready_timeout
-                        );
-                        i.not_ready = true;
-                        signal_group(i.pid, Signal::SIGKILL);
-                    }
+                    tracing::warn!(
+                        "worker {} (pid {}) was not ready within --ready-timeout {:?}: killed",
+                        i.id,
+                        i.pid,
+                        self.config.ready_timeout
+                    );
+                    i.not_ready = true;
+                    signal_group(i.pid, Signal::SIGKILL);
                 }
             }
         }
