@@ -5,6 +5,7 @@
 
 use std::{
     ffi::OsString,
+    net::{Ipv4Addr, SocketAddr},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     str::FromStr,
@@ -175,6 +176,11 @@ pub struct RunFlags {
     #[arg(long, default_value = "default", value_name = "NAME")]
     pub name: String,
 
+    /// Serve status, metrics and the control API over HTTP on this address: PORT (on
+    /// 127.0.0.1) or HOST:PORT. Off by default; any address off loopback is your choice.
+    #[arg(long, value_name = "[HOST:]PORT", value_parser = parse_status_addr)]
+    pub status_addr: Option<SocketAddr>,
+
     /// Fail instead of falling back to /proc polling when eBPF cannot be used.
     #[arg(long, conflicts_with = "no_ebpf")]
     pub require_ebpf: bool,
@@ -265,6 +271,8 @@ pub struct RunConfig {
     pub identity: Identity,
     pub env: Vec<(OsString, OsString)>,
     pub name: String,
+    /// `--status-addr`.
+    pub status_addr: Option<SocketAddr>,
     /// Everything the memory options say, checked.
     pub memory: MemoryConfig,
 }
@@ -394,7 +402,18 @@ pub fn resolve(flags: RunFlags) -> Result<RunConfig, FlagError> {
         identity,
         env: flags.env,
         name: check_name(flags.name)?,
+        status_addr: flags.status_addr,
         memory,
+    })
+}
+
+/// `--status-addr`: a port alone means loopback.
+fn parse_status_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    }
+    s.parse().map_err(|_| {
+        format!("`{s}` is neither a port nor HOST:PORT (e.g. 9464, 127.0.0.1:9464, [::1]:9464)")
     })
 }
 
@@ -528,6 +547,24 @@ fn check_executable(path: &Path) -> Result<(), FlagError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_addr_is_a_port_on_loopback_or_an_address() {
+        assert_eq!(
+            parse_status_addr("9464").unwrap(),
+            "127.0.0.1:9464".parse().unwrap()
+        );
+        assert_eq!(
+            parse_status_addr("[::1]:80").unwrap(),
+            "[::1]:80".parse().unwrap()
+        );
+        for bad in ["", "-1", "70000", "localhost:80", "0.0.0.0"] {
+            assert!(
+                parse_status_addr(bad).unwrap_err().contains("neither"),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn worker_count_parses_auto_and_bounds() {

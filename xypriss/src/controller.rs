@@ -24,9 +24,10 @@ use tokio::{
 };
 
 use crate::{
+    api::{self, ApiError, Call, Reply, Request, Status, status},
     cli::{ObserverChoice, ReadyMode, RunConfig},
     detect::{
-        leak::{LeakDetector, Params as LeakParams},
+        leak::{LeakDetector, Params as LeakParams, Verdict},
         threshold::{Alerts, Change, Level},
     },
     observe::{Counters, Observation, Observer, Source, Trigger, procfs::monotonic_ns},
@@ -101,6 +102,10 @@ struct Instance {
     /// Leak detection (`memoryLeakDetection`), and whether it said "leaking".
     leak: Option<LeakDetector>,
     leaking: bool,
+    /// The leak detector's latest verdict.
+    verdict: Option<Verdict>,
+    /// How it is throttled (`resourceThrottling`), while it is.
+    throttle: Option<String>,
     /// xypriss's end of the worker's control channel (`XYPRISS_CONTROL_FD`).
     control: Control,
 }
@@ -118,6 +123,16 @@ struct Worker {
     retired: bool,
 }
 
+/// Low-memory mode, while it is on.
+struct LowMemory {
+    reason: String,
+    /// Turned on by an operator (or the configuration): only an operator
+    /// turns it off. Otherwise it ends when the pressure that started it does.
+    manual: bool,
+    /// The pool's ceiling meanwhile.
+    cap: u32,
+}
+
 /// Why the loop is stopping.
 enum Stop {
     Signal(&'static str),
@@ -127,6 +142,7 @@ enum Stop {
 
 struct Controller {
     config: RunConfig,
+    started: Instant,
     observer: Observer,
     output: Output,
     workers: BTreeMap<u32, Worker>,
@@ -141,6 +157,7 @@ struct Controller {
     pool_alerts: Alerts,
     /// The system scope's alerts.
     system_alerts: Alerts,
+    low_memory: Option<LowMemory>,
     /// When critical memory last scaled the pool down.
     last_memory_scale_down: Option<Instant>,
     /// The pool's cgroup, when a memory controller is usable.
@@ -162,7 +179,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             "cannot become a child subreaper ({err}): orphaned descendants of workers go to init"
         );
     }
-    let output = Output::stdout()?;
+    let mut output = Output::stdout()?;
+    let (api, mut calls) = api::channel();
+    output.follow_with(api.event_sender());
     let (observer, degraded) = Observer::start(&config)?;
     let mut sigchld = signal(SignalKind::child())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -235,6 +254,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         notify,
         cgroups,
         cleanups: Vec::new(),
+        started: Instant::now(),
         size: config.workers,
         config,
         observer,
@@ -246,7 +266,15 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         pool_alerts: Alerts::default(),
         system_alerts: Alerts::default(),
         last_memory_scale_down: None,
+        low_memory: None,
     };
+    let management = &ctl.config.memory.memory_management;
+    if management.enabled
+        && (management.low_memory_mode
+            || ctl.config.memory.performance_optimization.low_memory_mode)
+    {
+        ctl.set_low_memory(true, "lowMemoryMode is set in the configuration", true);
+    }
     for id in 0..ctl.size {
         ctl.workers.insert(id, Worker::default());
         ctl.start(id)?;
@@ -266,6 +294,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             () = sleep_until(timer.unwrap_or_else(far_future).into()), if timer.is_some() => ctl.timers(),
             _ = tick.tick() => ctl.tick(),
             _ = check.tick() => ctl.check_system(),
+            Some(call) = calls.recv() => ctl.answer(call),
             _ = sighup.recv() => ctl.rolling_restart(),
             _ = sigttin.recv() => ctl.scale_up(1, "SIGTTIN"),
             _ = sigttou.recv() => ctl.scale_down(1, None, "SIGTTOU"),
@@ -283,6 +312,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         Stop::StdoutClosed => "stdout was closed".into(),
         Stop::Errored => "every worker errored".into(),
     };
+    // Whoever asks from now on hears that the pool is stopping.
+    drop(calls);
     ctl.shutdown(&mut sigchld, &mut sigint, &mut batch).await;
     ctl.tick();
     for cleanup in ctl.cleanups.drain(..) {
@@ -391,6 +422,10 @@ impl Controller {
             ("XYPRISS_GENERATION".into(), generation.to_string().into()),
             ("NOTIFY_SOCKET".into(), self.notify.path().into()),
         ];
+        env.push((
+            "XYPRISS_LOW_MEMORY_MODE".into(),
+            if self.low_memory.is_some() { "1" } else { "0" }.into(),
+        ));
         env.extend(self.config.env.iter().cloned());
         let cgroup = match &self.cgroups {
             Some(pool) => Some(pool.worker(id, generation)?),
@@ -410,7 +445,7 @@ impl Controller {
         // After the --listen fds, which take 3, 4, ….
         let control_fd = 3 + self.listeners.local_addrs().len() as i32;
         env.push(("XYPRISS_CONTROL_FD".into(), control_fd.to_string().into()));
-        self.observer.prepare(slot, self.config.thresholds)?;
+        self.observer.prepare(slot, self.worker_thresholds())?;
         let spawned = spawn(Spec {
             app: &self.config.app,
             args: &self.config.args,
@@ -462,6 +497,8 @@ impl Controller {
                 .memory_leak_detection
                 .then(|| LeakDetector::new(LeakParams::default())),
             leaking: false,
+            verdict: None,
+            throttle: None,
             control,
         };
         match self.observer.watch(slot, pid) {
@@ -712,8 +749,13 @@ impl Controller {
 
     /// Adds `n` workers, up to `--max-workers`.
     fn scale_up(&mut self, n: u32, reason: &str) {
-        let mut to = self.size.saturating_add(n).min(self.config.max_workers);
-        let mut bound = format!("--max-workers {}", self.config.max_workers);
+        let cap = self.pool_cap();
+        let mut to = self.size.saturating_add(n).min(cap);
+        let mut bound = if self.low_memory.is_some() {
+            format!("its low-memory mode ceiling of {cap}")
+        } else {
+            format!("--max-workers {cap}")
+        };
         let management = &self.config.memory.memory_management;
         if management.enabled && management.auto_scale_on_memory {
             // Memory caps the pool: what fits at the workers' observed size.
@@ -924,13 +966,14 @@ impl Controller {
     /// carries out what the policy decides.
     fn check_thresholds(&mut self, slot: u32) {
         self.check_leak(slot, monotonic_ns());
+        let thresholds = self.worker_thresholds();
         let Some(i) = self.instances.get_mut(&slot) else {
             return;
         };
         let usage = i.counters.rss();
         let memory = &self.config.memory;
         let mut restart = false;
-        for change in i.alerts.update(usage, self.config.thresholds, ALERT_MARGIN) {
+        for change in i.alerts.update(usage, thresholds, ALERT_MARGIN) {
             let event = match change {
                 Change::Raised { level, threshold } => {
                     let (action, said) =
@@ -1092,6 +1135,7 @@ impl Controller {
         let verdict = detector.verdict((limit != 0).then_some(limit));
         let rising = verdict.leaking && !i.leaking;
         i.leaking = verdict.leaking;
+        i.verdict = Some(verdict);
         if !rising {
             return;
         }
@@ -1133,6 +1177,261 @@ impl Controller {
         }
         if let Err(err) = self.start(id) {
             tracing::error!("replacing worker {id}: {err:#}");
+        }
+    }
+
+    /// The most workers the pool may have now: `maxWorkers`, or less in
+    /// low-memory mode.
+    fn pool_cap(&self) -> u32 {
+        self.low_memory
+            .as_ref()
+            .map_or(self.config.max_workers, |l| l.cap)
+    }
+
+    /// The worker thresholds in force: tighter in low-memory mode.
+    fn worker_thresholds(&self) -> [u64; 3] {
+        if self.low_memory.is_some() {
+            policy::tightened(self.config.thresholds)
+        } else {
+            self.config.thresholds
+        }
+    }
+
+    /// Turns low-memory mode on or off, for `reason`; `manual` when an
+    /// operator (or the configuration) asks. Says so, tells the workers, and
+    /// applies its effects: the pool's ceiling, tighter worker thresholds.
+    fn set_low_memory(&mut self, enabled: bool, reason: &str, manual: bool) -> Reply {
+        if enabled == self.low_memory.is_some() {
+            if let Some(l) = self.low_memory.as_mut() {
+                l.manual |= manual;
+            }
+            return Reply::LowMemory {
+                enabled,
+                changed: false,
+            };
+        }
+        self.low_memory = enabled.then(|| LowMemory {
+            reason: reason.into(),
+            manual,
+            cap: self.config.min_workers.max(self.size.div_ceil(2)),
+        });
+        let cap = self.low_memory.as_ref().map(|l| l.cap);
+        self.output.emit(&Event::LowMemoryMode {
+            enabled,
+            reason: reason.into(),
+            pool_cap: cap,
+        });
+        let message = serde_json::json!({
+            "event": "low_memory_mode",
+            "enabled": enabled,
+            "reason": reason,
+        });
+        let thresholds = self.worker_thresholds();
+        for i in self.instances.values_mut() {
+            i.control.send(&message);
+            if let Err(err) = self.observer.retune(i.slot, thresholds) {
+                tracing::warn!("worker {}: new thresholds not set: {err}", i.id);
+            }
+        }
+        if let Some(cap) = cap
+            && self.size > cap
+        {
+            self.scale_down(self.size - cap, None, "low_memory_mode");
+        }
+        Reply::LowMemory {
+            enabled,
+            changed: true,
+        }
+    }
+
+    /// Answers an operator's request (HTTP or the control socket).
+    fn answer(&mut self, call: Call) {
+        let result = match call.request {
+            Request::Status => Ok(Reply::Status(Box::new(self.status()))),
+            Request::Scale { workers } => self.scale_to(workers),
+            Request::LowMemory { enabled } => {
+                Ok(self.set_low_memory(enabled, "asked by an operator", true))
+            }
+            Request::Restart { worker: Some(id) } => {
+                if self.live(id) {
+                    self.replace(id);
+                    Ok(Reply::Restarting { workers: vec![id] })
+                } else {
+                    Err(ApiError::UnknownWorker { id })
+                }
+            }
+            Request::Restart { worker: None } | Request::Reload => {
+                self.rolling_restart();
+                let mut workers = self.rolling.clone();
+                workers.extend(self.replacing_ids());
+                workers.sort_unstable();
+                workers.dedup();
+                Ok(Reply::Restarting { workers })
+            }
+        };
+        // The asker may have gone; nothing to do then.
+        let _ = call.reply.send(result);
+    }
+
+    /// Whether worker `id` runs (not retired, not errored).
+    fn live(&self, id: u32) -> bool {
+        self.workers
+            .get(&id)
+            .is_some_and(|w| !w.retired && !w.errored)
+    }
+
+    /// The workers with a replacement under way.
+    fn replacing_ids(&self) -> Vec<u32> {
+        let mut seen = BTreeSet::new();
+        self.instances
+            .values()
+            .filter(|i| i.state != State::Stopping)
+            .filter(|i| !seen.insert(i.id))
+            .map(|i| i.id)
+            .collect()
+    }
+
+    /// `POST /cluster/scale`, `xypriss scale N`.
+    fn scale_to(&mut self, workers: u32) -> Result<Reply, ApiError> {
+        let (min, max) = (self.config.min_workers, self.pool_cap());
+        if !(min..=max).contains(&workers) {
+            return Err(ApiError::OutOfRange {
+                requested: workers,
+                min,
+                max,
+            });
+        }
+        let from = self.size;
+        if workers > from {
+            self.scale_up(workers - from, "api");
+        } else if workers < from {
+            self.scale_down(from - workers, None, "api");
+        }
+        Ok(Reply::Scaled {
+            from,
+            to: self.size,
+        })
+    }
+
+    /// Everything about the pool now.
+    fn status(&self) -> Status {
+        let observed = self.memory_observed();
+        let recommendations = recommend::recommendations(&observed);
+        let management = &self.config.memory.memory_management;
+        let total_rss: u64 = self.instances.values().map(|i| i.counters.rss()).sum();
+        let workers: Vec<status::Worker> = self
+            .instances
+            .values()
+            .map(|i| self.worker_status(i))
+            .collect();
+        let mut details = Vec::new();
+        for w in &workers {
+            if w.health != "healthy" {
+                details.push(format!("worker {} (pid {}) is {}", w.id, w.pid, w.health));
+            }
+        }
+        let errored: Vec<u32> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| w.errored)
+            .map(|(&id, _)| id)
+            .collect();
+        if !errored.is_empty() {
+            details.push(format!("workers {errored:?} errored and are not restarted"));
+        }
+        let ready = workers.iter().filter(|w| w.status == "ready").count() as u32;
+        if ready < self.size {
+            details.push(format!("{ready} of {} workers are ready", self.size));
+        }
+        for (scope, alerts) in [
+            ("cluster", &self.pool_alerts),
+            ("system", &self.system_alerts),
+        ] {
+            if let Some(level) = alerts.highest().filter(|&l| l >= Level::Critical) {
+                details.push(format!("{scope} memory is over its {}", level_name(level)));
+            }
+        }
+        let healthy = details.is_empty();
+        let pressure = psi_memory_some_avg10();
+        Status {
+            pool: self.config.name.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            uptime_sec: self.started.elapsed().as_secs(),
+            observer: match self.observer.source() {
+                Source::Ebpf => "ebpf",
+                Source::Procfs => "procfs",
+            }
+            .into(),
+            low_memory_mode: self.low_memory.is_some(),
+            low_memory_reason: self.low_memory.as_ref().map(|l| l.reason.clone()),
+            workers_desired: self.size,
+            min_workers: self.config.min_workers,
+            max_workers: self.config.max_workers,
+            memory: status::Memory {
+                recommendations: recommendations.recommendations,
+                suggested_worker_count: recommendations.suggested_worker_count,
+                optimal_worker_count: recommend::optimal_worker_count(&observed),
+                can_enable_low_memory_mode: recommendations.can_enable_low_memory_mode,
+                current_usage: status::Usage {
+                    total_rss_bytes: total_rss,
+                    max_total_memory_bytes: management.max_total_memory,
+                    max_memory_per_worker_bytes: self.config.memory.max_memory_per_worker,
+                    system_available_bytes: observed.available,
+                    pressure_some_avg10: pressure,
+                },
+                healthy,
+            },
+            health: status::Health { healthy, details },
+            workers,
+            counters: {
+                let mut counters = self.output.counters();
+                counters.events_lost_kernel = self.observer.lost();
+                counters
+            },
+            timestamp: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        }
+    }
+
+    fn worker_status(&self, i: &Instance) -> status::Worker {
+        let rates = i.series.rates();
+        let health = if i.leaking {
+            "leaking"
+        } else {
+            match i.alerts.highest() {
+                None => "healthy",
+                Some(Level::Warning) => "warning",
+                Some(Level::Critical) => "critical",
+                Some(Level::LimitExceeded) => "limit_exceeded",
+            }
+        };
+        status::Worker {
+            id: i.id,
+            pid: i.pid,
+            generation: i.generation,
+            status: match i.state {
+                State::Starting => "starting",
+                State::Ready => "ready",
+                State::Stopping => "stopping",
+                _ => "stopped",
+            }
+            .into(),
+            health: health.into(),
+            rss_bytes: i.counters.rss(),
+            anon_bytes: i.counters.anon,
+            swap_bytes: i.counters.swap,
+            allocation_rate: rates.allocation.round(),
+            fault_rate: rates.faults.round(),
+            page_faults: self.observer.faults(i.slot),
+            restarts: i.generation.saturating_sub(1),
+            uptime_sec: i.started.elapsed().as_secs(),
+            throttled: i.throttle.is_some(),
+            leak: status::Leak {
+                leaking: i.leaking,
+                enabled: i.leak.is_some(),
+                slope_bytes_per_sec: i.verdict.map(|v| v.slope_bytes_per_sec.round()),
+                confidence: i.verdict.map(|v| v.confidence),
+            },
         }
     }
 
@@ -1363,6 +1662,13 @@ fn sample(i: &mut Instance, observer: &Observer, at_ns: u64, trigger: Trigger) -
         source: observer.source(),
         monotonic_ns: at_ns,
     }))
+}
+
+/// The host's memory pressure: PSI `some avg10` of /proc/pressure/memory,
+/// in percent; `None` without PSI.
+fn psi_memory_some_avg10() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/pressure/memory").ok()?;
+    policy::psi_some_avg10(&text)
 }
 
 /// Whether `pid` is a process (a thread-group leader) rather than a thread.

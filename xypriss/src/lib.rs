@@ -8,10 +8,12 @@
 //! alerts, leaks) → [`policy`] (what to do) → actions (in [`controller`] and
 //! [`supervise`]) → [`output`] (NDJSON), with
 //! [`supervise`] starting and stopping the workers, and [`controller`]
-//! running the loop that ties them together. [`cli`] turns flags into a
+//! running the loop that ties them together. Operators reach the loop
+//! through [`api`] (HTTP and the control socket). [`cli`] turns flags into a
 //! checked configuration first; [`config`] does the same for the memory
 //! options, from XyPriss's cluster configuration file and flags.
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod controller;

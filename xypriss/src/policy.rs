@@ -65,6 +65,42 @@ pub fn on_leak(enforcement: &Enforcement) -> Action {
     }
 }
 
+/// How far low-memory mode lowers the warning and critical thresholds, as
+/// a fraction of the limit (80 % → 70 %, 95 % → 85 %).
+pub const LOW_MEMORY_TIGHTENING: f64 = 0.10;
+
+/// The worker thresholds (warning, critical, limit in bytes; 0 = unset) in
+/// low-memory mode: warning and critical come [`LOW_MEMORY_TIGHTENING`] of
+/// the limit closer to zero, never below 1 % of it; the limit stays.
+pub fn tightened([warning, critical, limit]: [u64; 3]) -> [u64; 3] {
+    if limit == 0 {
+        return [warning, critical, limit];
+    }
+    let step = (limit as f64 * LOW_MEMORY_TIGHTENING) as u64;
+    let floor = (limit / 100).max(1);
+    let lower = |t: u64| {
+        if t == 0 {
+            0
+        } else {
+            t.saturating_sub(step).max(floor)
+        }
+    };
+    [
+        lower(warning),
+        lower(critical).max(lower(warning) + 1),
+        limit,
+    ]
+}
+
+/// PSI's `some avg10` (percent) from the text of /proc/pressure/memory.
+pub fn psi_some_avg10(text: &str) -> Option<f64> {
+    let some = text.lines().find(|l| l.starts_with("some "))?;
+    some.split_whitespace()
+        .find_map(|field| field.strip_prefix("avg10="))?
+        .parse()
+        .ok()
+}
+
 /// How long after a memory scale-down before the next: `aggressiveMemoryScaling`
 /// shortens it.
 pub fn scale_down_cooldown(scaling: &AutoScaling) -> Duration {
@@ -98,6 +134,24 @@ pub fn backstop(limit: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn low_memory_mode_lowers_warning_and_critical_by_a_tenth_of_the_limit() {
+        assert_eq!(tightened([800, 950, 1000]), [700, 850, 1000]);
+        assert_eq!(tightened([0, 0, 0]), [0, 0, 0]);
+        // Never below 1 % of the limit, and critical stays above warning.
+        assert_eq!(tightened([50, 60, 1000]), [10, 11, 1000]);
+    }
+
+    #[test]
+    fn psi_avg10_is_read_from_the_some_line() {
+        let text = "some avg10=12.34 avg60=1.00 avg300=0.00 total=44306\n\
+                    full avg10=3.00 avg60=0.00 avg300=0.00 total=11718\n";
+        assert_eq!(psi_some_avg10(text), Some(12.34));
+        assert_eq!(psi_some_avg10("full avg10=3.00\n"), None);
+        assert_eq!(psi_some_avg10("some avg10=x\n"), None);
+        assert_eq!(psi_some_avg10(""), None);
+    }
     use crate::config::MemoryConfig;
 
     fn config() -> (MemoryManagement, Enforcement) {

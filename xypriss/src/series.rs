@@ -48,7 +48,8 @@ impl Series {
         self.rates()
     }
 
-    fn rates(&self) -> Rates {
+    /// The rates at the latest point.
+    pub fn rates(&self) -> Rates {
         let (Some(first), Some(last)) = (self.points.front(), self.points.back()) else {
             return Rates::default();
         };

@@ -190,6 +190,14 @@ impl EbpfObserver {
         self.faults.set(slot, zero, 0).map_err(io::Error::other)
     }
 
+    /// New thresholds for a watched worker: the programs compare each update
+    /// with them from the next one on (one map entry, written at once).
+    pub fn retune(&mut self, slot: u32, thresholds: [u64; 3]) -> io::Result<()> {
+        self.thresholds
+            .set(slot, &Thresholds { bytes: thresholds }, 0)
+            .map_err(io::Error::other)
+    }
+
     /// What a new worker process runs between fork and exec to put itself in
     /// `TASKS` as worker `slot`: from then on the programs count its memory
     /// and follow its forks, before it can run a single instruction of the app.

@@ -136,6 +136,17 @@ impl Observer {
         }
     }
 
+    /// New thresholds for the watched worker of `slot`.
+    pub fn retune(&mut self, slot: u32, thresholds: [u64; 3]) -> std::io::Result<()> {
+        match self {
+            Self::Ebpf(o) => o.retune(slot, thresholds),
+            Self::Procfs(o) => {
+                o.retune(slot, thresholds);
+                Ok(())
+            }
+        }
+    }
+
     /// What the worker process of `slot` runs before exec to be watched from
     /// its first instruction (eBPF only).
     pub fn registration(&self, slot: u32) -> Option<ebpf::Registration> {

@@ -112,6 +112,13 @@ impl ProcfsObserver {
         self.watched.remove(&slot);
     }
 
+    /// New thresholds for a watched worker, from the next poll on.
+    pub fn retune(&mut self, slot: u32, thresholds: [u64; 3]) {
+        if let Some(w) = self.watched.get_mut(&slot) {
+            w.thresholds = thresholds;
+        }
+    }
+
     pub fn faults(&self, slot: u32) -> u64 {
         self.watched
             .get(&slot)

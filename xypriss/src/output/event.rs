@@ -139,6 +139,27 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         eta_to_limit_sec: Option<f64>,
     },
+    /// Low-memory mode entered or left.
+    #[serde(rename_all = "camelCase")]
+    LowMemoryMode {
+        enabled: bool,
+        reason: String,
+        /// The pool's ceiling while it is on.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pool_cap: Option<u32>,
+    },
+    /// A worker's throttle (`resourceThrottling`) applied or lifted.
+    #[serde(rename_all = "camelCase")]
+    MemoryThrottling {
+        /// `throttle` or `release`.
+        action: &'static str,
+        worker_id: u32,
+        pid: u32,
+        /// What the kernel was told, e.g. `memory.high`.
+        mechanism: String,
+        memory_usage: u64,
+        threshold: u64,
+    },
     /// Memory fell back below a raised alert's threshold less the margin.
     #[serde(rename_all = "camelCase")]
     MemoryRecovered {
@@ -212,6 +233,18 @@ pub enum AlertType {
     Critical,
     LimitExceeded,
     LeakDetected,
+}
+
+impl AlertType {
+    /// Its name in the stream.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Warning => "warning",
+            Self::Critical => "critical",
+            Self::LimitExceeded => "limit_exceeded",
+            Self::LeakDetected => "leak_detected",
+        }
+    }
 }
 
 impl From<Level> for AlertType {

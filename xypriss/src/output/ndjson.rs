@@ -5,8 +5,14 @@
 //! when a stalled consumer lets it fill, lines are counted as lost and an
 //! `events_lost` line says how many, once the queue drains. A closed stdout
 //! (EPIPE) is reported through [`Output::closed`], so xypriss stops gracefully.
+//!
+//! The same lines go to followers of the control socket (`xypriss events`)
+//! through a broadcast, which drops lines for a follower that falls behind
+//! rather than wait for it; and the output keeps the running totals of what
+//! it said (alerts, scalings), for the status API and `/metrics`.
 
 use std::{
+    cell::RefCell,
     io::{self, Write as _},
     sync::{
         Arc,
@@ -18,9 +24,10 @@ use std::{
 };
 
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use super::event::{Event, LossStage};
+use crate::api::status::Counters;
 
 /// Lines that may wait for stdout.
 const QUEUE_LINES: usize = 65_536;
@@ -50,6 +57,8 @@ pub struct Output {
     lost: Arc<AtomicU64>,
     closed: watch::Receiver<bool>,
     done: Receiver<()>,
+    followers: Option<broadcast::Sender<Arc<str>>>,
+    tally: RefCell<Counters>,
 }
 
 impl Output {
@@ -76,12 +85,34 @@ impl Output {
             lost,
             closed,
             done,
+            followers: None,
+            tally: RefCell::default(),
         })
+    }
+
+    /// Sends every line to `followers` too, from now on.
+    pub fn follow_with(&mut self, followers: broadcast::Sender<Arc<str>>) {
+        self.followers = Some(followers);
+    }
+
+    /// What was said so far, counted.
+    pub fn counters(&self) -> Counters {
+        let mut counters = self.tally.borrow().clone();
+        counters.events_lost_output = self.lost.load(Ordering::Relaxed);
+        counters
     }
 
     /// Queues `event`; never blocks.
     pub fn emit(&self, event: &Event) {
-        match self.queue.try_send(to_line(event)) {
+        count(&mut self.tally.borrow_mut(), event);
+        let line = to_line(event);
+        if let Some(followers) = &self.followers
+            && followers.receiver_count() > 0
+        {
+            // Nobody listening is not an error.
+            let _ = followers.send(Arc::from(line.as_str()));
+        }
+        match self.queue.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.lost.fetch_add(1, Ordering::Relaxed);
@@ -104,6 +135,28 @@ impl Output {
                 tracing::warn!("stdout did not take the last events within {timeout:?}");
             }
         }
+    }
+}
+
+/// Adds `event` to the running totals.
+fn count(counters: &mut Counters, event: &Event) {
+    match event {
+        Event::MemoryAlert { kind, scope, .. } => {
+            *counters
+                .alerts
+                .entry(kind.as_str().to_owned())
+                .or_default()
+                .entry((*scope).to_owned())
+                .or_default() += 1;
+        }
+        Event::Scale { from, to, .. } if to > from => counters.scale_ups += 1,
+        Event::Scale { .. } => counters.scale_downs += 1,
+        Event::EventsLost {
+            stage: LossStage::Kernel,
+            total,
+            ..
+        } => counters.events_lost_kernel = *total,
+        _ => {}
     }
 }
 

@@ -1,0 +1,131 @@
+//! The pool's status as the control loop reports it: one snapshot from which
+//! every view is cut (`/cluster/memory`, `/cluster/health`, `/workers`,
+//! `/metrics`, `xypriss status`, `xypriss top`). Field names are camelCase,
+//! as in XyPriss's vocabulary; the views keep the reference document's shape.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything about the pool at `timestamp`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// The pool's name (`--name`).
+    pub pool: String,
+    pub version: String,
+    /// xypriss's pid.
+    pub pid: u32,
+    pub uptime_sec: u64,
+    /// Where memory is observed from: `ebpf` or `procfs`.
+    pub observer: String,
+    pub low_memory_mode: bool,
+    /// Why low-memory mode is on, when it is.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub low_memory_reason: Option<String>,
+    /// The wanted pool size, and its bounds.
+    pub workers_desired: u32,
+    pub min_workers: u32,
+    pub max_workers: u32,
+    pub memory: Memory,
+    pub health: Health,
+    pub workers: Vec<Worker>,
+    pub counters: Counters,
+    /// RFC 3339, UTC.
+    pub timestamp: String,
+}
+
+/// `getMemoryRecommendations()`, `getOptimalWorkerCountForMemory()` and the
+/// pool's usage: the reference's `/cluster/memory` body, less its workers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Memory {
+    pub recommendations: Vec<String>,
+    pub suggested_worker_count: u32,
+    pub optimal_worker_count: u32,
+    pub can_enable_low_memory_mode: bool,
+    pub current_usage: Usage,
+    pub healthy: bool,
+}
+
+/// Memory in use, in bytes, against its limits.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    /// The pool's workers' resident memory, summed.
+    pub total_rss_bytes: u64,
+    /// `maxTotalMemory`.
+    pub max_total_memory_bytes: u64,
+    /// `maxMemoryPerWorker`.
+    pub max_memory_per_worker_bytes: u64,
+    /// What the host (or xypriss's cgroup) has available.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub system_available_bytes: Option<u64>,
+    /// The host's memory pressure (PSI `some avg10`, percent).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub pressure_some_avg10: Option<f64>,
+}
+
+/// `getClusterHealth()`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    pub healthy: bool,
+    /// One line per thing that is not well; empty when healthy.
+    pub details: Vec<String>,
+}
+
+/// One worker's process (two during its replacement: both are listed).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Worker {
+    pub id: u32,
+    pub pid: u32,
+    pub generation: u32,
+    /// `starting`, `ready` or `stopping`.
+    pub status: String,
+    /// `healthy`, `warning`, `critical` (its memory alert level), or
+    /// `leaking`.
+    pub health: String,
+    pub rss_bytes: u64,
+    pub anon_bytes: u64,
+    pub swap_bytes: u64,
+    /// Bytes per second, over the last second.
+    pub allocation_rate: f64,
+    /// Page faults per second, over the last second.
+    pub fault_rate: f64,
+    pub page_faults: u64,
+    /// Processes this worker had before this one: crash restarts and
+    /// replacements alike.
+    pub restarts: u32,
+    pub uptime_sec: u64,
+    pub throttled: bool,
+    pub leak: Leak,
+}
+
+/// The leak detector's verdict.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Leak {
+    /// `false` also when leak detection is off (`enabled` says).
+    pub leaking: bool,
+    pub enabled: bool,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub slope_bytes_per_sec: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub confidence: Option<f64>,
+}
+
+/// Running totals since xypriss started.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counters {
+    /// `memory_alert` events by `type` then `scope`.
+    pub alerts: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Records the kernel could not hand over (ring buffer full).
+    pub events_lost_kernel: u64,
+    /// Lines stdout's reader did not take in time.
+    pub events_lost_output: u64,
+    pub scale_ups: u64,
+    pub scale_downs: u64,
+}
