@@ -301,6 +301,10 @@ pub enum FlagError {
     Name { name: String },
     #[error("--cwd {}: {reason}", dir.display())]
     Cwd { dir: PathBuf, reason: String },
+    #[error(
+        "--bpf-log is a debug feature, and performanceOptimization.disableDebugFeatures turns those off"
+    )]
+    DebugDisabled,
 }
 
 /// Checks `flags` and fills in what they leave to the machine.
@@ -365,6 +369,10 @@ pub fn resolve(flags: RunFlags) -> Result<RunConfig, FlagError> {
     if flags.ready == ReadyMode::Socket && flags.listen.is_empty() {
         return Err(FlagError::SocketWithoutListen);
     }
+    let optimization = &memory.performance_optimization;
+    if flags.bpf_log && optimization.enabled && optimization.disable_debug_features {
+        return Err(FlagError::DebugDisabled);
+    }
     let identity = identity(flags.user, flags.group, flags.cwd)?;
     let observer = match (flags.require_ebpf, flags.no_ebpf) {
         (true, _) => ObserverChoice::Require,
@@ -405,6 +413,36 @@ pub fn resolve(flags: RunFlags) -> Result<RunConfig, FlagError> {
         status_addr: flags.status_addr,
         memory,
     })
+}
+
+impl RunConfig {
+    /// Whether `performanceOptimization` turns `flag` on.
+    pub fn optimizes(
+        &self,
+        flag: impl Fn(&crate::config::PerformanceOptimization) -> bool,
+    ) -> bool {
+        let optimization = &self.memory.performance_optimization;
+        optimization.enabled && flag(optimization)
+    }
+
+    /// The log level on stderr unless `XYPRISS_LOG` says: `warn` with
+    /// `reducedLogging`.
+    pub fn log_level(&self) -> &'static str {
+        if self.optimizes(|o| o.reduced_logging) {
+            "warn"
+        } else {
+            "info"
+        }
+    }
+
+    /// The most detailed log level allowed: `info` with `disableDebugFeatures`.
+    pub fn max_log_level(&self) -> tracing::level_filters::LevelFilter {
+        if self.optimizes(|o| o.disable_debug_features) {
+            tracing::level_filters::LevelFilter::INFO
+        } else {
+            tracing::level_filters::LevelFilter::TRACE
+        }
+    }
 }
 
 /// `--status-addr`: a port alone means loopback.

@@ -12,7 +12,7 @@
 //! one, as Einhorn and unicorn do.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     ffi::OsString,
     time::{Duration, Instant},
 };
@@ -33,7 +33,7 @@ use crate::{
     observe::{Counters, Observation, Observer, Source, Trigger, procfs::monotonic_ns},
     output::{
         event::{AlertType, Event, LossStage, MemorySample, SCHEMA_VERSION},
-        ndjson::Output,
+        ndjson::{Output, QUEUE_LINES, QUEUE_LINES_MINIMAL},
     },
     policy::{self, Action},
     recommend,
@@ -54,6 +54,13 @@ use crate::{
 
 /// An alert is lifted when memory falls this far below its threshold.
 const ALERT_MARGIN: f64 = 0.05;
+
+/// The span over which the workers' CPU use is averaged before load scales
+/// the pool.
+const LOAD_WINDOW: Duration = Duration::from_secs(10);
+
+/// How much coarser sampling is in low-memory mode.
+const COARSE_FACTOR: u64 = 4;
 
 /// How often `--ready socket` looks at starting workers.
 const SOCKET_READY_POLL: Duration = Duration::from_millis(50);
@@ -106,6 +113,10 @@ struct Instance {
     verdict: Option<Verdict>,
     /// How it is throttled (`resourceThrottling`), while it is.
     throttle: Option<String>,
+    /// CPU time used by it and its children (clock ticks) when last read.
+    cpu: Option<(u64, Instant)>,
+    /// Its CPU use over the last tick, percent of one core.
+    cpu_pct: Option<f64>,
     /// xypriss's end of the worker's control channel (`XYPRISS_CONTROL_FD`).
     control: Control,
 }
@@ -131,6 +142,8 @@ struct LowMemory {
     manual: bool,
     /// The pool's ceiling meanwhile.
     cap: u32,
+    /// The pool's size when it began, restored when it ends.
+    size_before: u32,
 }
 
 /// Why the loop is stopping.
@@ -158,6 +171,12 @@ struct Controller {
     /// The system scope's alerts.
     system_alerts: Alerts,
     low_memory: Option<LowMemory>,
+    /// The ready workers' mean CPU use at each tick, over the load window.
+    load: VecDeque<(Instant, f64)>,
+    /// When load last scaled the pool.
+    last_load_scale: Option<Instant>,
+    /// Periodic ticks so far.
+    ticks: u64,
     /// When critical memory last scaled the pool down.
     last_memory_scale_down: Option<Instant>,
     /// The pool's cgroup, when a memory controller is usable.
@@ -179,7 +198,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             "cannot become a child subreaper ({err}): orphaned descendants of workers go to init"
         );
     }
-    let mut output = Output::stdout()?;
+    let mut output = Output::stdout(if config.optimizes(|o| o.minimal_footprint) {
+        QUEUE_LINES_MINIMAL
+    } else {
+        QUEUE_LINES
+    })?;
     let (api, mut calls) = api::channel();
     output.follow_with(api.event_sender());
     let (observer, degraded) = Observer::start(&config)?;
@@ -267,7 +290,15 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         system_alerts: Alerts::default(),
         last_memory_scale_down: None,
         low_memory: None,
+        load: VecDeque::new(),
+        last_load_scale: None,
+        ticks: 0,
     };
+    let optimization = &ctl.config.memory.performance_optimization;
+    if optimization.enabled && optimization.lazy_worker_init {
+        // Start small; load grows the pool to --workers on demand.
+        ctl.size = ctl.config.min_workers.min(ctl.size);
+    }
     let management = &ctl.config.memory.memory_management;
     if management.enabled
         && (management.low_memory_mode
@@ -422,6 +453,18 @@ impl Controller {
             ("XYPRISS_GENERATION".into(), generation.to_string().into()),
             ("NOTIFY_SOCKET".into(), self.notify.path().into()),
         ];
+        let optimization = &self.config.memory.performance_optimization;
+        for (name, on) in [
+            ("XYPRISS_MEMORY_POOLING", optimization.memory_pooling),
+            ("XYPRISS_WORKER_POOLING", optimization.worker_pooling),
+            (
+                "XYPRISS_EFFICIENT_DATA_STRUCTURES",
+                optimization.efficient_data_structures,
+            ),
+        ] {
+            let on = optimization.enabled && on;
+            env.push((name.into(), if on { "1" } else { "0" }.into()));
+        }
         env.push((
             "XYPRISS_LOW_MEMORY_MODE".into(),
             if self.low_memory.is_some() { "1" } else { "0" }.into(),
@@ -499,6 +542,8 @@ impl Controller {
             leaking: false,
             verdict: None,
             throttle: None,
+            cpu: None,
+            cpu_pct: None,
             control,
         };
         match self.observer.watch(slot, pid) {
@@ -509,6 +554,7 @@ impl Controller {
                     &self.observer,
                     monotonic_ns(),
                     Trigger::Initial,
+                    self.config.optimizes(|o| o.compact_metrics),
                 );
                 self.output.emit(&event);
             }
@@ -856,8 +902,7 @@ impl Controller {
                 };
                 i.counters = counters;
                 i.level = level;
-                let event = sample(i, &self.observer, at_ns, trigger);
-                self.output.emit(&event);
+                self.report(slot, at_ns, trigger);
                 self.check_thresholds(slot);
             }
             Observation::Fork { slot, pid, parent } => {
@@ -900,8 +945,7 @@ impl Controller {
                 });
                 if counters != i.counters {
                     i.counters = counters;
-                    let event = sample(i, &self.observer, at_ns, Trigger::Granularity);
-                    self.output.emit(&event);
+                    self.report(slot, at_ns, Trigger::Granularity);
                     self.check_thresholds(slot);
                 }
             }
@@ -924,6 +968,30 @@ impl Controller {
                 });
             }
         }
+    }
+
+    /// Says instance `slot`'s memory at `at_ns` in a `memory_sample`. In
+    /// low-memory mode sampling is coarser: a move of less than
+    /// [`COARSE_FACTOR`] × the granularity since the last sample is only
+    /// recorded in the series (threshold crossings are always said).
+    fn report(&mut self, slot: u32, at_ns: u64, trigger: Trigger) {
+        let coarse_step = self.config.granularity.saturating_mul(COARSE_FACTOR);
+        let coarse = self.low_memory.is_some() && trigger == Trigger::Granularity;
+        let compact = self.config.optimizes(|o| o.compact_metrics);
+        let Some(i) = self.instances.get_mut(&slot) else {
+            return;
+        };
+        let rss = i.counters.rss();
+        if coarse
+            && i.series
+                .last_emitted_rss()
+                .is_some_and(|last| last.abs_diff(rss) < coarse_step)
+        {
+            i.series.push(at_ns, rss, self.observer.faults(i.slot));
+            return;
+        }
+        let event = sample(i, &self.observer, at_ns, trigger, compact);
+        self.output.emit(&event);
     }
 
     /// A datagram on NOTIFY_SOCKET: READY=1 from a worker, or one of its descendants.
@@ -1067,6 +1135,48 @@ impl Controller {
             self.output.emit(&event);
         }
         self.scale_down_for_memory(action);
+        let swap_used_pct = (meminfo.swap_total > 0).then(|| {
+            meminfo.swap_total.saturating_sub(meminfo.swap_free) as f64 * 100.0
+                / meminfo.swap_total as f64
+        });
+        let pressure = policy::HostPressure {
+            system_level: self.system_alerts.highest(),
+            psi_some_avg10: psi_memory_some_avg10(),
+            swap_used_pct,
+        };
+        self.degrade(&pressure, action);
+    }
+
+    /// Low-memory mode on host pressure, off when it eases (unless an
+    /// operator turned it on); and `gracefulDegradation`: while system memory
+    /// stays critical, one worker less per cooldown, down to `minWorkers`.
+    fn degrade(&mut self, pressure: &policy::HostPressure, scaled: &str) {
+        let swap_limit = self.config.memory.memory_management.swap_usage_limit;
+        let reason = policy::low_memory_reason(pressure, swap_limit, self.low_memory.is_some());
+        match (&self.low_memory, reason) {
+            (None, Some(reason)) => {
+                self.set_low_memory(true, &reason, false);
+            }
+            (Some(on), None) if !on.manual => {
+                self.set_low_memory(false, "memory pressure eased", false);
+            }
+            _ => {}
+        }
+        let enforcement = &self.config.memory.enforcement;
+        let critical = pressure.system_level.is_some_and(|l| l >= Level::Critical);
+        let cooled = self.last_memory_scale_down.is_none_or(|t| {
+            t.elapsed() >= policy::scale_down_cooldown(&self.config.memory.auto_scaling)
+        });
+        if enforcement.enabled
+            && enforcement.graceful_degradation
+            && critical
+            && scaled != "scale_down"
+            && cooled
+            && self.size > self.config.min_workers
+        {
+            self.last_memory_scale_down = Some(Instant::now());
+            self.scale_down(1, None, "graceful_degradation");
+        }
     }
 
     /// The cluster scope: the pool's total against `maxTotalMemory`.
@@ -1210,10 +1320,12 @@ impl Controller {
                 changed: false,
             };
         }
+        let size_before = self.low_memory.as_ref().map(|l| l.size_before);
         self.low_memory = enabled.then(|| LowMemory {
             reason: reason.into(),
             manual,
             cap: self.config.min_workers.max(self.size.div_ceil(2)),
+            size_before: self.size,
         });
         let cap = self.low_memory.as_ref().map(|l| l.cap);
         self.output.emit(&Event::LowMemoryMode {
@@ -1233,10 +1345,14 @@ impl Controller {
                 tracing::warn!("worker {}: new thresholds not set: {err}", i.id);
             }
         }
-        if let Some(cap) = cap
-            && self.size > cap
-        {
-            self.scale_down(self.size - cap, None, "low_memory_mode");
+        match (cap, size_before) {
+            (Some(cap), _) if self.size > cap => {
+                self.scale_down(self.size - cap, None, "low_memory_mode");
+            }
+            (None, Some(before)) if self.size < before => {
+                self.scale_up(before - self.size, "low_memory_mode_ended");
+            }
+            _ => {}
         }
         Reply::LowMemory {
             enabled,
@@ -1505,18 +1621,27 @@ impl Controller {
     /// The periodic refresh: fault counts and rates of quiet workers, and losses.
     fn tick(&mut self) {
         let now = monotonic_ns();
-        for i in self.instances.values_mut() {
-            let faults = self.observer.faults(i.slot);
-            if i.series.is_news(i.counters.rss(), faults) {
-                let event = sample(i, &self.observer, now, Trigger::Interval);
-                self.output.emit(&event);
+        self.ticks += 1;
+        // reducedLogging leaves the periodic samples out; low-memory mode
+        // sends one in COARSE_FACTOR.
+        let periodic = !self.config.optimizes(|o| o.reduced_logging)
+            && (self.low_memory.is_none() || self.ticks.is_multiple_of(COARSE_FACTOR));
+        let slots: Vec<u32> = self.instances.keys().copied().collect();
+        if periodic {
+            for &slot in &slots {
+                let i = &self.instances[&slot];
+                if i.series
+                    .is_news(i.counters.rss(), self.observer.faults(i.slot))
+                {
+                    self.report(slot, now, Trigger::Interval);
+                }
             }
         }
         // The leak detectors want a point at least every second, quiet or not.
-        let slots: Vec<u32> = self.instances.keys().copied().collect();
         for slot in slots {
             self.check_leak(slot, now);
         }
+        self.measure_load();
         let lost = self.observer.lost();
         if lost > self.lost_reported {
             self.output.emit(&Event::EventsLost {
@@ -1526,6 +1651,83 @@ impl Controller {
             });
             self.lost_reported = lost;
         }
+    }
+
+    /// Reads each worker's CPU use, and scales the pool on load when
+    /// `autoScaling` (or `lazyWorkerInit`) asks for it.
+    fn measure_load(&mut self) {
+        let now = Instant::now();
+        let per_second = procfs::ticks_per_second() as f64;
+        for i in self.instances.values_mut() {
+            let ticks = std::iter::once(i.pid)
+                .chain(i.children.iter().copied())
+                .filter_map(|pid| procfs::process::Process::new(pid as i32).ok()?.stat().ok())
+                .map(|stat| stat.utime + stat.stime)
+                .sum::<u64>();
+            if let Some((before, at)) = i.cpu {
+                let seconds = now.duration_since(at).as_secs_f64();
+                if seconds > 0.0 {
+                    i.cpu_pct =
+                        Some(ticks.saturating_sub(before) as f64 / per_second / seconds * 100.0);
+                }
+            }
+            i.cpu = Some((ticks, now));
+        }
+        let busy: Vec<f64> = self
+            .instances
+            .values()
+            .filter(|i| i.state == State::Ready)
+            .filter_map(|i| i.cpu_pct)
+            .collect();
+        if busy.is_empty() {
+            return;
+        }
+        self.load
+            .push_back((now, busy.iter().sum::<f64>() / busy.len() as f64));
+        while self
+            .load
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > LOAD_WINDOW)
+        {
+            self.load.pop_front();
+        }
+        let scaling = &self.config.memory.auto_scaling;
+        let lazy = self.config.memory.performance_optimization.enabled
+            && self.config.memory.performance_optimization.lazy_worker_init;
+        let spanned = self.load.front().is_some_and(|(at, _)| {
+            now.duration_since(*at) >= LOAD_WINDOW - self.config.sample_interval
+        });
+        if !(scaling.enabled || lazy) || !spanned || self.replacing() {
+            return;
+        }
+        let observed = self.memory_observed();
+        let load = policy::Load {
+            cpu_pct: self.load.iter().map(|(_, l)| l).sum::<f64>() / self.load.len() as f64,
+            memory_pct: recommend::memory_share(&observed, 0),
+            memory_pct_with_one_more: recommend::memory_share(&observed, 1),
+            size: self.size,
+            min_workers: self.config.min_workers,
+            cap: if scaling.enabled {
+                self.pool_cap()
+            } else {
+                self.pool_cap().min(self.config.workers)
+            },
+            since_last: self.last_load_scale.map(|t| t.elapsed()),
+        };
+        let mut settings = scaling.clone();
+        if !scaling.enabled {
+            // lazyWorkerInit alone grows on demand up to --workers, and never shrinks.
+            settings.scale_down_threshold.cpu = -1.0;
+        }
+        let step = policy::scale_on_load(&load, &settings);
+        let reason = format!("cpu {:.0}% over {}s", load.cpu_pct, LOAD_WINDOW.as_secs());
+        match step {
+            policy::Step::Hold => return,
+            policy::Step::Up(n) => self.scale_up(n, &reason),
+            policy::Step::Down(n) => self.scale_down(n, None, &reason),
+        }
+        self.last_load_scale = Some(now);
+        self.load.clear();
     }
 
     /// The stop signal to every worker, then SIGKILL after the kill timeout or
@@ -1640,21 +1842,29 @@ fn level_name(level: Level) -> &'static str {
     }
 }
 
-/// A `memory_sample` for `i` at `at_ns`, updating its series.
-fn sample(i: &mut Instance, observer: &Observer, at_ns: u64, trigger: Trigger) -> Event {
+/// A `memory_sample` for `i` at `at_ns`, updating its series; `compact`
+/// leaves the breakdown out (`compactMetrics`).
+fn sample(
+    i: &mut Instance,
+    observer: &Observer,
+    at_ns: u64,
+    trigger: Trigger,
+    compact: bool,
+) -> Event {
     let faults = observer.faults(i.slot);
     let rss = i.counters.rss();
     let rates = i.series.push(at_ns, rss, faults);
     i.series.emitted(rss, faults, rates);
+    let detail = |value: u64| (!compact).then_some(value);
     Event::MemorySample(Box::new(MemorySample {
         worker_id: i.id,
         pid: i.pid,
         rss_bytes: rss,
-        anon_bytes: i.counters.anon,
-        file_bytes: i.counters.file,
-        shmem_bytes: i.counters.shmem,
-        swap_bytes: i.counters.swap,
-        page_faults: faults,
+        anon_bytes: detail(i.counters.anon),
+        file_bytes: detail(i.counters.file),
+        shmem_bytes: detail(i.counters.shmem),
+        swap_bytes: detail(i.counters.swap),
+        page_faults: detail(faults),
         allocation_rate: rates.allocation.round(),
         fault_rate: rates.faults.round(),
         threshold_level: i.level,

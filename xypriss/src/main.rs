@@ -4,7 +4,9 @@
 use std::{io::IsTerminal as _, process::ExitCode};
 
 use clap::Parser as _;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{
+    EnvFilter, filter::LevelFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+};
 use xypriss::cli::{self, Command, Flags};
 
 fn main() -> ExitCode {
@@ -31,18 +33,30 @@ fn message(err: &anyhow::Error) -> String {
     text
 }
 
+/// Logs go to stderr, at `XYPRISS_LOG`'s levels (else `default`), never
+/// more detailed than `max`.
+fn init_tracing(default: &str, max: LevelFilter) {
+    let filter = EnvFilter::try_from_env("XYPRISS_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
+        .with(filter)
+        .with(max)
+        .init();
+}
+
 fn run() -> anyhow::Result<ExitCode> {
     let flags = Flags::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            EnvFilter::try_from_env("XYPRISS_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    if !matches!(flags.command, Command::Run(_)) {
+        init_tracing("info", LevelFilter::TRACE);
+    }
     match flags.command {
         Command::Run(run_flags) => {
             let config = cli::resolve(*run_flags)?;
+            init_tracing(config.log_level(), config.max_log_level());
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;

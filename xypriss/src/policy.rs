@@ -125,6 +125,121 @@ pub fn scale_down_on(
         && since_last.is_none_or(|d| d >= scale_down_cooldown(scaling))
 }
 
+/// PSI `some avg10` (percent) at which low-memory mode starts, and under
+/// which it may end.
+pub const PSI_ENTER: f64 = 10.0;
+pub const PSI_LEAVE: f64 = 5.0;
+
+/// How far under `swapUsageLimit` swap use must fall to end low-memory mode.
+pub const SWAP_MARGIN: f64 = 5.0;
+
+/// What the host says, at `memoryCheckInterval`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct HostPressure {
+    /// The system scope's highest raised alert (itself lifted with hysteresis).
+    pub system_level: Option<Level>,
+    /// PSI memory `some avg10`, percent; `None` without PSI.
+    pub psi_some_avg10: Option<f64>,
+    /// Swap in use, percent of the swap there is; `None` without swap.
+    pub swap_used_pct: Option<f64>,
+}
+
+/// Why low-memory mode should be on, or `None` when nothing calls for it.
+/// `on` says whether it is on already: staying takes less than entering
+/// (PSI under [`PSI_LEAVE`], swap [`SWAP_MARGIN`] under its limit), so the
+/// mode does not flap at a boundary.
+pub fn low_memory_reason(p: &HostPressure, swap_usage_limit: f64, on: bool) -> Option<String> {
+    if let Some(level) = p.system_level.filter(|&l| l >= Level::Critical) {
+        let what = if level == Level::LimitExceeded {
+            "over its limit"
+        } else {
+            "critical"
+        };
+        return Some(format!("system memory is {what}"));
+    }
+    let psi_bar = if on { PSI_LEAVE } else { PSI_ENTER };
+    if let Some(psi) = p.psi_some_avg10.filter(|&psi| psi >= psi_bar) {
+        return Some(format!("memory pressure: PSI some avg10 {psi:.1}%"));
+    }
+    let swap_bar = if on {
+        swap_usage_limit - SWAP_MARGIN
+    } else {
+        swap_usage_limit
+    };
+    if let Some(swap) = p.swap_used_pct.filter(|&swap| swap > swap_bar) {
+        return Some(format!(
+            "swap use {swap:.1}% is over swapUsageLimit {swap_usage_limit}%"
+        ));
+    }
+    None
+}
+
+/// How long load-driven scaling waits after a scaling before the next.
+pub fn load_cooldown(scaling: &AutoScaling) -> Duration {
+    scale_down_cooldown(scaling)
+}
+
+/// What load-driven scaling sees: the workers' CPU over the load window, and
+/// the pool's memory as a share of its budget (`maxTotalMemory`, or less
+/// when the host has less to give), now and with one more worker of the
+/// observed p95 size.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Load {
+    /// Mean CPU use of the ready workers over the window; 100 = one core each.
+    pub cpu_pct: f64,
+    pub memory_pct: f64,
+    pub memory_pct_with_one_more: f64,
+    pub size: u32,
+    pub min_workers: u32,
+    /// `maxWorkers`, or less in low-memory mode.
+    pub cap: u32,
+    /// Since the last load-driven scaling, if any.
+    pub since_last: Option<Duration>,
+}
+
+/// A change of the pool's size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    Hold,
+    Up(u32),
+    Down(u32),
+}
+
+/// Load-driven scaling (`autoScaling`): up when the workers' CPU is at
+/// `scaleUpThreshold.cpu` or more and one more worker keeps the pool's
+/// memory under `scaleUpThreshold.memory` (when `memoryBasedScaling`); down
+/// when an idle pool (CPU at `scaleDownThreshold.cpu` or less) is also small
+/// (memory at `scaleDownThreshold.memory` or less). One worker a step, two
+/// with `aggressiveMemoryScaling`, within `minWorkers` and the cap, and not
+/// within [`load_cooldown`] of the previous step.
+pub fn scale_on_load(load: &Load, scaling: &AutoScaling) -> Step {
+    if load
+        .since_last
+        .is_some_and(|since| since < load_cooldown(scaling))
+    {
+        return Step::Hold;
+    }
+    let step = if scaling.aggressive_memory_scaling {
+        2
+    } else {
+        1
+    };
+    let memory_allows_up = !scaling.memory_based_scaling
+        || load.memory_pct_with_one_more < scaling.scale_up_threshold.memory;
+    let memory_allows_down =
+        !scaling.memory_based_scaling || load.memory_pct <= scaling.scale_down_threshold.memory;
+    if load.cpu_pct >= scaling.scale_up_threshold.cpu && memory_allows_up && load.size < load.cap {
+        return Step::Up(step.min(load.cap - load.size));
+    }
+    if load.cpu_pct <= scaling.scale_down_threshold.cpu
+        && memory_allows_down
+        && load.size > load.min_workers
+    {
+        return Step::Down(step.min(load.size - load.min_workers));
+    }
+    Step::Hold
+}
+
 /// The kernel-enforced backstop for a hard limit of `limit` bytes: slightly
 /// above it, so the graceful restart wins unless the worker runs away.
 pub fn backstop(limit: u64) -> u64 {
@@ -134,6 +249,121 @@ pub fn backstop(limit: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn scaling() -> AutoScaling {
+        crate::config::MemoryConfig::default().auto_scaling
+    }
+
+    fn load(cpu_pct: f64, memory_pct: f64) -> Load {
+        Load {
+            cpu_pct,
+            memory_pct,
+            memory_pct_with_one_more: memory_pct + 10.0,
+            size: 2,
+            min_workers: 1,
+            cap: 4,
+            since_last: None,
+        }
+    }
+
+    #[test]
+    fn busy_workers_add_one_while_memory_allows() {
+        let s = scaling();
+        assert_eq!(scale_on_load(&load(90.0, 40.0), &s), Step::Up(1));
+        // One more worker would take the pool past scaleUpThreshold.memory (80 %).
+        assert_eq!(scale_on_load(&load(90.0, 75.0), &s), Step::Hold);
+        // …unless memory-based scaling is off.
+        let cpu_only = AutoScaling {
+            memory_based_scaling: false,
+            ..s.clone()
+        };
+        assert_eq!(scale_on_load(&load(90.0, 75.0), &cpu_only), Step::Up(1));
+        // At the cap, nothing more.
+        let full = Load {
+            size: 4,
+            ..load(90.0, 10.0)
+        };
+        assert_eq!(scale_on_load(&full, &s), Step::Hold);
+    }
+
+    #[test]
+    fn an_idle_small_pool_shrinks_to_its_minimum() {
+        let s = scaling();
+        assert_eq!(scale_on_load(&load(5.0, 10.0), &s), Step::Down(1));
+        // Idle but big: memory over scaleDownThreshold.memory (30 %) holds it.
+        assert_eq!(scale_on_load(&load(5.0, 50.0), &s), Step::Hold);
+        // Busy enough to keep: between the two CPU thresholds.
+        assert_eq!(scale_on_load(&load(50.0, 10.0), &s), Step::Hold);
+        let minimal = Load {
+            size: 1,
+            ..load(5.0, 10.0)
+        };
+        assert_eq!(scale_on_load(&minimal, &s), Step::Hold);
+    }
+
+    #[test]
+    fn scaling_waits_out_its_cooldown_and_aggressive_takes_two() {
+        let s = scaling();
+        let recent = Load {
+            since_last: Some(Duration::from_secs(29)),
+            ..load(90.0, 10.0)
+        };
+        assert_eq!(scale_on_load(&recent, &s), Step::Hold);
+        let aggressive = AutoScaling {
+            aggressive_memory_scaling: true,
+            ..s
+        };
+        // 10 s cooldown when aggressive, and two at a time, within the cap.
+        assert_eq!(scale_on_load(&recent, &aggressive), Step::Up(2));
+        let near_cap = Load { size: 3, ..recent };
+        assert_eq!(scale_on_load(&near_cap, &aggressive), Step::Up(1));
+    }
+
+    #[test]
+    fn low_memory_mode_starts_on_pressure_and_ends_with_hysteresis() {
+        let calm = HostPressure::default();
+        assert_eq!(low_memory_reason(&calm, 10.0, false), None);
+        let critical = HostPressure {
+            system_level: Some(Level::Critical),
+            ..calm
+        };
+        assert!(
+            low_memory_reason(&critical, 10.0, false)
+                .unwrap()
+                .contains("critical")
+        );
+        let warning = HostPressure {
+            system_level: Some(Level::Warning),
+            ..calm
+        };
+        assert_eq!(low_memory_reason(&warning, 10.0, false), None);
+        // PSI: on at 10 %, off under 5 %.
+        let psi = |v| HostPressure {
+            psi_some_avg10: Some(v),
+            ..calm
+        };
+        assert_eq!(low_memory_reason(&psi(7.0), 10.0, false), None);
+        assert!(
+            low_memory_reason(&psi(12.0), 10.0, false)
+                .unwrap()
+                .contains("PSI")
+        );
+        assert!(low_memory_reason(&psi(7.0), 10.0, true).is_some());
+        assert_eq!(low_memory_reason(&psi(4.0), 10.0, true), None);
+        // Swap: on over swapUsageLimit, off 5 points under it.
+        let swap = |v| HostPressure {
+            swap_used_pct: Some(v),
+            ..calm
+        };
+        assert!(
+            low_memory_reason(&swap(11.0), 10.0, false)
+                .unwrap()
+                .contains("swapUsageLimit")
+        );
+        assert_eq!(low_memory_reason(&swap(8.0), 10.0, false), None);
+        assert!(low_memory_reason(&swap(8.0), 10.0, true).is_some());
+        assert_eq!(low_memory_reason(&swap(4.0), 10.0, true), None);
+    }
 
     #[test]
     fn low_memory_mode_lowers_warning_and_critical_by_a_tenth_of_the_limit() {

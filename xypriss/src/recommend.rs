@@ -69,6 +69,15 @@ pub fn optimal_worker_count(o: &Observed) -> u32 {
     fits.clamp(o.min_workers, o.max_workers.max(o.min_workers))
 }
 
+/// The pool's memory with `extra` more workers of the observed p95 size, in
+/// percent of its budget.
+pub fn memory_share(o: &Observed, extra: u32) -> f64 {
+    let in_use: u64 = o.worker_rss.iter().sum();
+    let per_worker = p95(&o.worker_rss).unwrap_or(o.max_memory_per_worker);
+    let projected = in_use.saturating_add(per_worker.saturating_mul(u64::from(extra)));
+    projected as f64 * 100.0 / budget(o).max(1) as f64
+}
+
 /// `getMemoryRecommendations()`.
 pub fn recommendations(o: &Observed) -> Recommendations {
     let suggested = optimal_worker_count(o);
@@ -131,6 +140,14 @@ mod tests {
             max_workers: 64,
             low_memory_mode: false,
         }
+    }
+
+    #[test]
+    fn memory_share_counts_the_extra_workers_at_p95() {
+        // 4 × 256 MiB of a 4 GiB budget: 25 %; one more: 31.25 %.
+        let o = observed(&[256, 256, 256, 256]);
+        assert_eq!(memory_share(&o, 0), 25.0);
+        assert_eq!(memory_share(&o, 1), 31.25);
     }
 
     #[test]

@@ -76,6 +76,11 @@ impl Series {
         }
     }
 
+    /// The resident size the last emitted sample said.
+    pub fn last_emitted_rss(&self) -> Option<u64> {
+        self.last_emitted.map(|(rss, _, _)| rss)
+    }
+
     /// Records what a sample said.
     pub fn emitted(&mut self, rss: u64, faults: u64, rates: Rates) {
         self.last_emitted = Some((rss, faults, rates));

@@ -22,6 +22,7 @@
 //! - `daemon`: starts a daemon (a grandchild in a session of its own, as a
 //!   double fork makes), prints `daemon PID`, and waits.
 //! - `stubborn`: ignores SIGTERM and SIGINT (for kill-timeout tests).
+//! - `spin`: keeps one core busy until stopped (for load-driven scaling).
 //! - `faultbench MIB ROUNDS`: times the first touch of MIB, ROUNDS times, and
 //!   prints the nanoseconds per page fault of the first (cold) round and the
 //!   median of the others (warm).
@@ -157,6 +158,16 @@ fn main() -> ExitCode {
             daemon(&signals);
             Ok(())
         }
+        Some("spin") => {
+            println!("spinning");
+            while !stopping(next_signal(&signals, Duration::ZERO)) {
+                let until = Instant::now() + Duration::from_millis(50);
+                while Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+            }
+            Ok(())
+        }
         Some("stubborn") => {
             println!("ignoring SIGTERM and SIGINT");
             loop {
@@ -164,7 +175,7 @@ fn main() -> ExitCode {
             }
         }
         Some(other) => Err(format!(
-            "unknown mode `{other}`: leak, steps, fork, grow, oscillate, exit, daemon, stubborn or faultbench"
+            "unknown mode `{other}`: leak, steps, fork, grow, oscillate, pattern, exit, daemon, stubborn, spin or faultbench"
         )),
     };
     match result {

@@ -209,11 +209,17 @@ pub struct MemorySample {
     pub worker_id: u32,
     pub pid: u32,
     pub rss_bytes: u64,
-    pub anon_bytes: u64,
-    pub file_bytes: u64,
-    pub shmem_bytes: u64,
-    pub swap_bytes: u64,
-    pub page_faults: u64,
+    /// The breakdown and the fault count are left out with `compactMetrics`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub anon_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shmem_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub swap_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub page_faults: Option<u64>,
     /// Bytes per second the resident size grew over the last second (negative: shrank).
     pub allocation_rate: f64,
     /// User page faults per second over the last second.

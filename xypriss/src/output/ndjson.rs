@@ -30,7 +30,9 @@ use super::event::{Event, LossStage};
 use crate::api::status::Counters;
 
 /// Lines that may wait for stdout.
-const QUEUE_LINES: usize = 65_536;
+pub const QUEUE_LINES: usize = 65_536;
+/// …with `minimalFootprint`: at most a few MiB of waiting lines.
+pub const QUEUE_LINES_MINIMAL: usize = 4_096;
 
 #[derive(Serialize)]
 struct Line<'a> {
@@ -62,9 +64,10 @@ pub struct Output {
 }
 
 impl Output {
-    /// Starts the writer thread on stdout.
-    pub fn stdout() -> io::Result<Self> {
-        let (queue, lines) = mpsc::sync_channel(QUEUE_LINES);
+    /// Starts the writer thread on stdout, with room for `queue_lines`
+    /// lines waiting.
+    pub fn stdout(queue_lines: usize) -> io::Result<Self> {
+        let (queue, lines) = mpsc::sync_channel(queue_lines);
         let lost = Arc::new(AtomicU64::new(0));
         let (closed_tx, closed) = watch::channel(false);
         let (done_tx, done) = mpsc::channel();

@@ -1,0 +1,146 @@
+//! `low_memory_mode`: entered from the configuration or when the host's
+//! memory turns critical, left when the pressure eases; while it is on the
+//! pool is capped, worker thresholds are tighter, and workers are told (in
+//! their environment at spawn, and on their control channel).
+
+mod support;
+
+use std::{fs, time::Duration};
+
+use nix::sys::signal::Signal;
+use support::{DEMO, MIB, Pool, of, root_or_skip, signal, u64_of};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+fn environ(pid: u32) -> String {
+    fs::read(format!("/proc/{pid}/environ"))
+        .map(|bytes| String::from_utf8_lossy(&bytes).replace('\0', "\n"))
+        .unwrap_or_default()
+}
+
+#[test]
+fn configured_low_memory_mode_caps_the_pool_and_tightens_thresholds() {
+    // 4 workers asked, capped at 2. A 64 MiB limit warns at 80 % (51.2 MiB)
+    // normally, at 70 % (44.8 MiB) here: 48 MiB warns.
+    let mut pool = Pool::start(&[
+        "--workers",
+        "4",
+        "--low-memory-mode",
+        "true",
+        "--max-memory-per-worker",
+        "64MiB",
+        DEMO,
+        "steps",
+        "8",
+        "48",
+    ]);
+    let on = pool.wait_event("low_memory_mode", TIMEOUT, |_| true);
+    assert_eq!(on["enabled"], true, "{on}");
+    assert_eq!(on["poolCap"], 2, "{on}");
+    assert!(
+        on["reason"].as_str().unwrap().contains("configuration"),
+        "{on}"
+    );
+    let scale = pool.wait_event("scale", TIMEOUT, |_| true);
+    assert_eq!((u64_of(&scale, "from"), u64_of(&scale, "to")), (4, 2));
+    assert_eq!(scale["reason"], "low_memory_mode");
+    pool.wait_event("worker_spawned", TIMEOUT, |e| e["workerId"] == 1);
+    for _ in 0..2 {
+        pool.wait_log("at 8 MiB", TIMEOUT);
+    }
+    pool.collect_for(Duration::from_millis(300));
+    let mut pids = Vec::new();
+    for spawned in of(&pool.events, "worker_spawned") {
+        pids.push(u64_of(spawned, "pid") as u32);
+    }
+    assert_eq!(pids.len(), 2, "only the cap is started: {:#?}", pool.events);
+    for &pid in &pids {
+        assert!(
+            environ(pid)
+                .lines()
+                .any(|l| l == "XYPRISS_LOW_MEMORY_MODE=1"),
+            "worker {pid} is told in its environment"
+        );
+    }
+    signal(pids[0], Signal::SIGUSR1);
+    pool.wait_log("at 48 MiB", TIMEOUT);
+    let warning = pool.wait_event("memory_alert", TIMEOUT, |e| e["type"] == "warning");
+    let threshold = u64_of(&warning, "threshold");
+    assert!(
+        threshold.abs_diff(64 * MIB * 70 / 100) < 4,
+        "warning at 70 %: {warning}"
+    );
+    assert!(pool.stop().success());
+    assert_eq!(of(&pool.events, "worker_spawned").len(), 2);
+}
+
+#[test]
+fn host_pressure_enters_low_memory_mode_and_its_end_leaves_it() {
+    if !root_or_skip("host_pressure_enters_low_memory_mode_and_its_end_leaves_it") {
+        return;
+    }
+    // The host's capacity, as xypriss sees it, is what it has available less
+    // memoryReservation: reserve all but 2 GiB of what is available now, and
+    // a worker holding 3 GiB makes the system scope critical.
+    let meminfo = fs::read_to_string("/proc/meminfo").unwrap();
+    let available_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    let reservation = (available_kib * 1024).saturating_sub(2048 * MIB);
+    let reservation = reservation.to_string();
+    let mut pool = Pool::start(&[
+        "--workers",
+        "1",
+        "--memory-check-interval",
+        "200ms",
+        "--memory-reservation",
+        &reservation,
+        "--max-memory-per-worker",
+        "4GiB",
+        "--max-total-memory",
+        "8GiB",
+        DEMO,
+        "steps",
+        "8",
+        "3072",
+        "8",
+    ]);
+    let pid = u64_of(&pool.wait_event("worker_spawned", TIMEOUT, |_| true), "pid") as u32;
+    pool.wait_log("at 8 MiB", TIMEOUT);
+    pool.collect_for(Duration::from_millis(500));
+    assert!(
+        of(&pool.events, "low_memory_mode").is_empty(),
+        "not before the pressure: {:#?}",
+        pool.events
+    );
+    signal(pid, Signal::SIGUSR1);
+    pool.wait_log("at 3072 MiB", Duration::from_secs(60));
+    let on = pool.wait_event("low_memory_mode", TIMEOUT, |e| e["enabled"] == true);
+    assert!(
+        on["reason"].as_str().unwrap().contains("system memory"),
+        "{on}"
+    );
+    let critical = pool.wait_event("memory_alert", TIMEOUT, |e| {
+        e["scope"] == "system" && e["type"] == "critical"
+    });
+    assert!(critical.get("workerId").is_none(), "{critical}");
+    // The worker hears it on its control channel.
+    let told = pool.wait_log("control: ", TIMEOUT);
+    assert!(
+        told.contains("low_memory_mode") && told.contains("true"),
+        "{told}"
+    );
+    signal(pid, Signal::SIGUSR1);
+    pool.wait_log("at 8 MiB", TIMEOUT);
+    let off = pool.wait_event("low_memory_mode", TIMEOUT, |e| e["enabled"] == false);
+    assert!(off["reason"].as_str().unwrap().contains("eased"), "{off}");
+    assert!(pool.stop().success());
+    assert_eq!(
+        of(&pool.events, "low_memory_mode").len(),
+        2,
+        "entered once, left once: {:#?}",
+        of(&pool.events, "low_memory_mode")
+    );
+}
