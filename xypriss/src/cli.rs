@@ -46,6 +46,17 @@ Examples:
   sudo xypriss run --workers 4 --granularity 4MiB -- ./app --port 8080
   xypriss run --workers 2 ./app   # without root: /proc polling, said in an `observer` event")]
     Run(Box<RunFlags>),
+    /// Check what `run` needs from this machine, and say how to fix what is missing.
+    ///
+    /// Checks the kernel, privileges, lockdown, BTF, ring buffers, tracefs and each
+    /// tracepoint, the memory cgroup hierarchy and PSI. Exits 0 when `run` would work
+    /// fully, 1 when it would degrade (to /proc polling, or to workers without cgroups).
+    #[command(after_help = "\
+Examples:
+  sudo xypriss doctor
+  sudo xypriss doctor --json | jq '.checks[] | select(.status != \"ok\")'
+  xypriss doctor --tracefs /mnt/tracing --cgroup-root /sys/fs/cgroup")]
+    Doctor(crate::doctor::DoctorFlags),
     /// Internal: started by `run`; when its stdin closes (xypriss ended, however),
     /// kills and removes the cgroups of pools whose xypriss is gone.
     #[command(name = "__watchdog", hide = true)]

@@ -11,7 +11,8 @@
 //! running the loop that ties them together. Operators reach the loop
 //! through [`api`] (HTTP and the control socket). [`cli`] turns flags into a
 //! checked configuration first; [`config`] does the same for the memory
-//! options, from XyPriss's cluster configuration file and flags.
+//! options, from XyPriss's cluster configuration file and flags. [`doctor`]
+//! checks, before any of it runs, what the machine offers it.
 
 pub mod api;
 pub mod cli;
@@ -19,6 +20,7 @@ pub mod config;
 pub mod controller;
 pub mod decode;
 pub mod detect;
+pub mod doctor;
 pub mod observe;
 pub mod output;
 pub mod policy;

@@ -63,6 +63,7 @@ fn run() -> anyhow::Result<ExitCode> {
             runtime.block_on(xypriss::controller::run(config))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Doctor(doctor_flags) => Ok(xypriss::doctor::run(&doctor_flags)?),
         Command::Watchdog => {
             xypriss::supervise::watchdog::run()?;
             Ok(ExitCode::SUCCESS)

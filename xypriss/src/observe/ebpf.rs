@@ -33,7 +33,10 @@ use super::{
     Counters, Observation,
     btf::{self, Btf, BtfError},
     ring_buf::Reader,
-    trace_point::{TraceFs, TraceFsError},
+    trace_point::{
+        MARK_VICTIM, PAGE_FAULT_USER, RSS_STAT, SCHED_PROCESS_EXIT, SCHED_PROCESS_FORK, TraceFs,
+        TraceFsError, Tracepoint,
+    },
 };
 use crate::cli::RunConfig;
 
@@ -41,18 +44,10 @@ use crate::cli::RunConfig;
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xypriss"));
 
 /// The classic tracepoint programs and the tracepoints they attach to.
-const PROGRAMS: [(&str, &str, &str); 3] = [
-    (program_name::MARK_VICTIM, "oom", "mark_victim"),
-    (
-        program_name::SCHED_PROCESS_FORK,
-        "sched",
-        "sched_process_fork",
-    ),
-    (
-        program_name::SCHED_PROCESS_EXIT,
-        "sched",
-        "sched_process_exit",
-    ),
+const PROGRAMS: [(&str, Tracepoint); 3] = [
+    (program_name::MARK_VICTIM, MARK_VICTIM),
+    (program_name::SCHED_PROCESS_FORK, SCHED_PROCESS_FORK),
+    (program_name::SCHED_PROCESS_EXIT, SCHED_PROCESS_EXIT),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -134,16 +129,21 @@ impl EbpfObserver {
         if config.bpf_log {
             spawn_logger(&mut ebpf)?;
         }
-        for (program, category, name) in PROGRAMS {
-            attach(&mut ebpf, program, Some(category), name)?;
+        for (program, tracepoint) in PROGRAMS {
+            attach(
+                &mut ebpf,
+                program,
+                Some(tracepoint.category),
+                tracepoint.name,
+            )?;
         }
         drop(tracefs);
-        attach(&mut ebpf, program_name::RSS_STAT, None, "rss_stat")?;
+        attach(&mut ebpf, program_name::RSS_STAT, None, RSS_STAT.name)?;
         attach(
             &mut ebpf,
             program_name::PAGE_FAULT_USER,
             None,
-            "page_fault_user",
+            PAGE_FAULT_USER.name,
         )?;
         let ring: RingBuf<MapData> = take(&mut ebpf, map_name::EVENTS)?;
         let tasks_fd = match ebpf.map(map_name::TASKS) {
@@ -333,7 +333,7 @@ fn attach(
     })
 }
 
-fn page_size() -> u64 {
+pub(crate) fn page_size() -> u64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
         .ok()
         .flatten()

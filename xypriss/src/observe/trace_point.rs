@@ -12,6 +12,7 @@
 //! what it mounted), so none unmounts tracefs under another.
 
 use std::{
+    fmt,
     fs::{self, OpenOptions},
     io,
     os::unix::fs::OpenOptionsExt as _,
@@ -26,6 +27,9 @@ use xypriss_ebpf::trace_point::{HEADER_BYTES, Offsets};
 
 const TRACEFS: &str = "/sys/kernel/tracing";
 const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
+/// Where tracefs is looked for, in order; it is mounted at the first when it
+/// is at neither.
+pub const PLACES: [&str; 2] = [TRACEFS, DEBUGFS_TRACING];
 /// Serializes tracefs use between xypriss processes.
 const LOCK: &str = "/run/xypriss-tracefs.lock";
 
@@ -76,7 +80,7 @@ impl TraceFs {
                 source: errno.into(),
             }
         })?;
-        for path in [TRACEFS, DEBUGFS_TRACING] {
+        for path in PLACES {
             if Path::new(path).join("events").is_dir() {
                 return Ok(Self {
                     path: path.into(),
@@ -93,9 +97,7 @@ impl TraceFs {
             None::<&str>,
         )
         .map_err(|source| TraceFsError::Mount { source })?;
-        tracing::info!(
-            "mounted tracefs at {TRACEFS}; it is unmounted once the programs are attached"
-        );
+        tracing::info!("mounted tracefs at {TRACEFS}; it is unmounted when no longer needed");
         Ok(Self {
             path: TRACEFS.into(),
             mounted_here: true,
@@ -107,28 +109,28 @@ impl TraceFs {
         &self.path
     }
 
-    fn format(&self, category: &str, name: &str) -> Result<Vec<Field>, TraceFsError> {
-        let path = self
-            .path
-            .join("events")
-            .join(category)
-            .join(name)
-            .join("format");
-        let text =
-            fs::read_to_string(&path).map_err(|source| TraceFsError::Read { path, source })?;
-        Ok(parse_format(&text))
+    /// Whether it was not mounted before [`Self::open`] mounted it.
+    pub fn mounted_here(&self) -> bool {
+        self.mounted_here
+    }
+
+    /// The text of `tracepoint`'s format file.
+    pub fn format(&self, tracepoint: &Tracepoint) -> Result<String, TraceFsError> {
+        let path = self.path.join(tracepoint.format_path());
+        fs::read_to_string(&path).map_err(|source| TraceFsError::Read { path, source })
     }
 
     /// Reads every field offset the programs need.
     pub fn offsets(&self) -> Result<Offsets, TraceFsError> {
-        let victim = Event::new(self, "oom", "mark_victim")?;
-        let fork = Event::new(self, "sched", "sched_process_fork")?;
-        let exit = Event::new(self, "sched", "sched_process_exit")?;
+        let read = |tracepoint: &Tracepoint| tracepoint.offsets(&self.format(tracepoint)?);
+        let victim = read(&MARK_VICTIM)?;
+        let fork = read(&SCHED_PROCESS_FORK)?;
+        let exit = read(&SCHED_PROCESS_EXIT)?;
         Ok(Offsets {
-            victim_pid: victim.offset("pid", 4)?,
-            fork_child_pid: fork.offset("child_pid", 4)?,
-            exit_pid: exit.offset("pid", 4)?,
-            exit_group_dead: exit.offset("group_dead", 1)?,
+            victim_pid: victim[0],
+            fork_child_pid: fork[0],
+            exit_pid: exit[0],
+            exit_group_dead: exit[1],
         })
     }
 }
@@ -146,41 +148,92 @@ impl Drop for TraceFs {
     }
 }
 
-struct Event {
-    name: String,
-    fields: Vec<Field>,
+/// A tracepoint the programs attach to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tracepoint {
+    pub category: &'static str,
+    pub name: &'static str,
+    /// The fields of its record the program reads, with their sizes in
+    /// bytes. Empty for raw tracepoints: their programs get the kernel's
+    /// arguments, not a record.
+    pub fields: &'static [(&'static str, u32)],
 }
 
-impl Event {
-    fn new(fs: &TraceFs, category: &str, name: &str) -> Result<Self, TraceFsError> {
-        Ok(Self {
-            name: format!("{category}/{name}"),
-            fields: fs.format(category, name)?,
-        })
+pub const RSS_STAT: Tracepoint = Tracepoint {
+    category: "kmem",
+    name: "rss_stat",
+    fields: &[],
+};
+pub const PAGE_FAULT_USER: Tracepoint = Tracepoint {
+    category: "exceptions",
+    name: "page_fault_user",
+    fields: &[],
+};
+pub const MARK_VICTIM: Tracepoint = Tracepoint {
+    category: "oom",
+    name: "mark_victim",
+    fields: &[("pid", 4)],
+};
+pub const SCHED_PROCESS_FORK: Tracepoint = Tracepoint {
+    category: "sched",
+    name: "sched_process_fork",
+    fields: &[("child_pid", 4)],
+};
+pub const SCHED_PROCESS_EXIT: Tracepoint = Tracepoint {
+    category: "sched",
+    name: "sched_process_exit",
+    fields: &[("pid", 4), ("group_dead", 1)],
+};
+
+/// Attached by name: they need no tracefs.
+pub const RAW: [Tracepoint; 2] = [RSS_STAT, PAGE_FAULT_USER];
+/// Attached by the id tracefs gives, their fields read at the offsets it gives.
+pub const CLASSIC: [Tracepoint; 3] = [MARK_VICTIM, SCHED_PROCESS_FORK, SCHED_PROCESS_EXIT];
+
+impl Tracepoint {
+    /// Its format file, relative to tracefs.
+    pub fn format_path(&self) -> PathBuf {
+        Path::new("events")
+            .join(self.category)
+            .join(self.name)
+            .join("format")
     }
 
-    fn offset(&self, field: &'static str, size: u32) -> Result<u32, TraceFsError> {
-        let found = self
-            .fields
+    /// The offsets of [`Self::fields`] in its record, in their order, from
+    /// the text of its format file; each checked against what the programs
+    /// read.
+    pub fn offsets(&self, format: &str) -> Result<Vec<u32>, TraceFsError> {
+        let found = parse_format(format);
+        self.fields
             .iter()
-            .find(|f| f.name == field)
-            .ok_or_else(|| TraceFsError::MissingField {
-                event: self.name.clone(),
-                field,
-            })?;
-        let fits = found.size == size
-            && found.offset % size == 0
-            && (found.offset + size) as usize <= HEADER_BYTES;
-        if !fits {
-            return Err(TraceFsError::UnsupportedField {
-                event: self.name.clone(),
-                field,
-                offset: found.offset,
-                size: found.size,
-                expected: size,
-            });
-        }
-        Ok(found.offset)
+            .map(|&(field, size)| {
+                let at = found.iter().find(|f| f.name == field).ok_or_else(|| {
+                    TraceFsError::MissingField {
+                        event: self.to_string(),
+                        field,
+                    }
+                })?;
+                let fits = at.size == size
+                    && at.offset % size == 0
+                    && (at.offset + size) as usize <= HEADER_BYTES;
+                if !fits {
+                    return Err(TraceFsError::UnsupportedField {
+                        event: self.to_string(),
+                        field,
+                        offset: at.offset,
+                        size: at.size,
+                        expected: size,
+                    });
+                }
+                Ok(at.offset)
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for Tracepoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.category, self.name)
     }
 }
 
@@ -229,7 +282,7 @@ pub fn parse_format(text: &str) -> Vec<Field> {
 mod tests {
     use super::*;
 
-    const RSS_STAT: &str = "name: rss_stat
+    const RSS_STAT_FORMAT: &str = "name: rss_stat
 ID: 646
 format:
 \tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
@@ -245,7 +298,7 @@ print fmt: \"mm_id=%u curr=%d type=%s size=%ldB\"
 
     #[test]
     fn parses_field_lines() {
-        let fields = parse_format(RSS_STAT);
+        let fields = parse_format(RSS_STAT_FORMAT);
         assert_eq!(fields.len(), 6);
         assert_eq!(
             fields[5],
@@ -261,18 +314,29 @@ print fmt: \"mm_id=%u curr=%d type=%s size=%ldB\"
 
     #[test]
     fn offsets_are_checked_against_what_the_programs_read() {
-        let event = Event {
-            name: "kmem/rss_stat".into(),
-            fields: parse_format(RSS_STAT),
+        let reads = |fields| Tracepoint {
+            category: "kmem",
+            name: "rss_stat",
+            fields,
         };
-        assert_eq!(event.offset("size", 8).unwrap(), 24);
+        assert_eq!(
+            reads(&[("size", 8), ("mm_id", 4)])
+                .offsets(RSS_STAT_FORMAT)
+                .unwrap(),
+            [24, 8]
+        );
+        assert!(reads(&[]).offsets(RSS_STAT_FORMAT).unwrap().is_empty());
         assert!(matches!(
-            event.offset("size", 4),
-            Err(TraceFsError::UnsupportedField { .. })
+            reads(&[("size", 4)]).offsets(RSS_STAT_FORMAT),
+            Err(TraceFsError::UnsupportedField {
+                offset: 24,
+                size: 8,
+                ..
+            })
         ));
         assert!(matches!(
-            event.offset("nope", 4),
-            Err(TraceFsError::MissingField { .. })
+            reads(&[("nope", 4)]).offsets(RSS_STAT_FORMAT),
+            Err(TraceFsError::MissingField { field: "nope", .. })
         ));
     }
 }

@@ -136,13 +136,15 @@ pub struct Hierarchy {
 impl Hierarchy {
     /// Finds the memory hierarchy in this process's mounts.
     pub fn find() -> Result<Self, CgroupError> {
-        let mounts = Process::myself()
-            .and_then(|me| me.mountinfo())
-            .map_err(|source| CgroupError::MountInfo { source })?;
-        choose(&mounts.0, |dir| {
-            fs::read_to_string(dir.join("cgroup.controllers"))
-        })
-        .map_err(|reason| CgroupError::NoMemoryController { reason })
+        choose(&mounts()?, read_controllers)
+            .map_err(|reason| CgroupError::NoMemoryController { reason })
+    }
+
+    /// The memory hierarchy mounted at `root`, if that is one: for a look at
+    /// one place rather than the choice [`Self::find`] makes.
+    pub fn find_at(root: &Path) -> Result<Self, CgroupError> {
+        choose_at(&mounts()?, root, read_controllers)
+            .map_err(|reason| CgroupError::NoMemoryController { reason })
     }
 
     pub fn version(&self) -> Version {
@@ -154,11 +156,16 @@ impl Hierarchy {
         &self.path
     }
 
+    /// The directory every pool's cgroup is made in; it may not exist yet.
+    pub fn pools(&self) -> PathBuf {
+        self.path.join(TOP)
+    }
+
     /// Creates `xypriss/<name>.<our pid>`, with the memory controller enabled
     /// down to it on v2.
     pub fn pool(&self, name: &str) -> Result<PoolCgroup, CgroupError> {
         check_pool_name(name)?;
-        let top = self.path.join(TOP);
+        let top = self.pools();
         if self.version == Version::V2 {
             enable_memory(&self.path)?;
         }
@@ -343,6 +350,30 @@ impl WorkerCgroup {
     }
 }
 
+fn mounts() -> Result<Vec<MountInfo>, CgroupError> {
+    Process::myself()
+        .and_then(|me| me.mountinfo())
+        .map(|mounts| mounts.0)
+        .map_err(|source| CgroupError::MountInfo { source })
+}
+
+fn read_controllers(hierarchy: &Path) -> io::Result<String> {
+    fs::read_to_string(hierarchy.join("cgroup.controllers"))
+}
+
+/// Whether the hierarchy mounted at `root` (the last mount there hides the
+/// others) is one xypriss can use, and why not if it is not.
+fn choose_at(
+    mounts: &[MountInfo],
+    root: &Path,
+    controllers: impl Fn(&Path) -> io::Result<String>,
+) -> Result<Hierarchy, String> {
+    match mounts.iter().rfind(|m| m.mount_point == root) {
+        Some(mount) => judge(mount, controllers),
+        None => Err(format!("nothing is mounted at {}", root.display())),
+    }
+}
+
 /// Picks the memory hierarchy among `mounts`: cgroup v2 when its root's
 /// controllers (read by `controllers` from the mount point) include memory,
 /// otherwise cgroup v1's memory hierarchy. Read-only mounts are of no use.
@@ -351,53 +382,56 @@ fn choose(
     mounts: &[MountInfo],
     controllers: impl Fn(&Path) -> io::Result<String>,
 ) -> Result<Hierarchy, String> {
-    let read_only = |mount: &MountInfo| mount.mount_options.contains_key("ro");
-    let mut reasons = Vec::new();
-    for mount in mounts.iter().filter(|m| m.fs_type == "cgroup2") {
-        let at = mount.mount_point.display();
-        if read_only(mount) {
-            reasons.push(format!("cgroup2 at {at} is read-only"));
-            continue;
-        }
-        match controllers(&mount.mount_point) {
-            Ok(list) if list.split_whitespace().any(|c| c == "memory") => {
-                return Ok(Hierarchy {
-                    version: Version::V2,
-                    path: mount.mount_point.clone(),
-                });
-            }
-            Ok(list) => reasons.push(format!(
-                "cgroup2 at {at} does not offer memory (cgroup.controllers: {:?})",
-                list.trim()
-            )),
-            Err(err) => reasons.push(format!("cannot read {at}/cgroup.controllers: {err}")),
-        }
-    }
-    let mut v1_seen = false;
-    for mount in mounts
+    let v2 = mounts.iter().filter(|m| m.fs_type == "cgroup2");
+    let v1 = mounts
         .iter()
-        .filter(|m| m.fs_type == "cgroup" && m.super_options.contains_key("memory"))
-    {
-        v1_seen = true;
-        if read_only(mount) {
-            reasons.push(format!(
-                "the cgroup v1 memory hierarchy at {} is read-only",
-                mount.mount_point.display()
-            ));
-            continue;
+        .filter(|m| m.fs_type == "cgroup" && m.super_options.contains_key("memory"));
+    let mut reasons = Vec::new();
+    for mount in v2.clone().chain(v1.clone()) {
+        match judge(mount, &controllers) {
+            Ok(found) => return Ok(found),
+            Err(reason) => reasons.push(reason),
         }
-        return Ok(Hierarchy {
-            version: Version::V1,
-            path: mount.mount_point.clone(),
-        });
     }
-    if !v1_seen {
+    if v1.count() == 0 {
         reasons.push("no cgroup v1 memory hierarchy is mounted".to_owned());
     }
-    if !mounts.iter().any(|m| m.fs_type == "cgroup2") {
+    if v2.count() == 0 {
         reasons.push("no cgroup2 is mounted".to_owned());
     }
     Err(reasons.join("; "))
+}
+
+/// Whether `mount` is a memory hierarchy xypriss can use, or why not.
+fn judge(
+    mount: &MountInfo,
+    controllers: impl Fn(&Path) -> io::Result<String>,
+) -> Result<Hierarchy, String> {
+    let at = mount.mount_point.display();
+    let read_only = mount.mount_options.contains_key("ro");
+    let found = |version| Hierarchy {
+        version,
+        path: mount.mount_point.clone(),
+    };
+    match mount.fs_type.as_str() {
+        "cgroup2" if read_only => Err(format!("cgroup2 at {at} is read-only")),
+        "cgroup2" => match controllers(&mount.mount_point) {
+            Ok(list) if list.split_whitespace().any(|c| c == "memory") => Ok(found(Version::V2)),
+            Ok(list) => Err(format!(
+                "cgroup2 at {at} does not offer memory (cgroup.controllers: {:?})",
+                list.trim()
+            )),
+            Err(err) => Err(format!("cannot read {at}/cgroup.controllers: {err}")),
+        },
+        "cgroup" if !mount.super_options.contains_key("memory") => Err(format!(
+            "the cgroup v1 hierarchy at {at} has no memory controller"
+        )),
+        "cgroup" if read_only => Err(format!(
+            "the cgroup v1 memory hierarchy at {at} is read-only"
+        )),
+        "cgroup" => Ok(found(Version::V1)),
+        other => Err(format!("{at} is a {other} mount, not a cgroup hierarchy")),
+    }
 }
 
 fn check_pool_name(name: &str) -> Result<(), CgroupError> {
@@ -673,6 +707,31 @@ mod tests {
                 path: "/sys/fs/cgroup/memory".into()
             })
         );
+    }
+
+    #[test]
+    fn a_given_root_is_judged_alone() {
+        let v2 = controllers("/sys/fs/cgroup/unified", "hugetlb\n");
+        let at = |root: &str| choose_at(&mounts(HYBRID), Path::new(root), &v2);
+        assert_eq!(
+            at("/sys/fs/cgroup/memory"),
+            Ok(Hierarchy {
+                version: Version::V1,
+                path: "/sys/fs/cgroup/memory".into()
+            })
+        );
+        let unified = at("/sys/fs/cgroup/unified").unwrap_err();
+        assert!(unified.contains("does not offer memory"), "{unified}");
+        assert!(!unified.contains("/sys/fs/cgroup/memory"), "{unified}");
+        assert_eq!(
+            at("/sys/fs/cgroup"),
+            Err("/sys/fs/cgroup is a tmpfs mount, not a cgroup hierarchy".into())
+        );
+        assert_eq!(
+            at("/sys/fs/cgroup/cpu"),
+            Err("the cgroup v1 hierarchy at /sys/fs/cgroup/cpu has no memory controller".into())
+        );
+        assert_eq!(at("/srv"), Err("nothing is mounted at /srv".into()));
     }
 
     #[test]
