@@ -1,7 +1,8 @@
 //! Per-worker cgroups on the real kernel's memory hierarchy (v2, or v1 where
-//! memory is bound to v1): a process added to a worker cgroup is in it, limits
-//! reach the kernel's files, killing empties it, removal leaves nothing
-//! behind, and a pool left by an xypriss that is gone is killed and removed.
+//! memory is bound to v1) and, beside it, the cpu controller's: a process
+//! added to a worker cgroup is in it, limits reach the kernel's files, killing
+//! empties it, removal leaves nothing behind, and a pool left by an xypriss
+//! that is gone is killed and removed.
 //!
 //! Each test makes its own pool; guards kill and remove what it made even when
 //! an assertion fails.
@@ -12,7 +13,7 @@ use std::{
     fs,
     io::Write as _,
     os::unix::process::ExitStatusExt as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -162,6 +163,11 @@ fn a_worker_cgroup_holds_its_process_and_its_limits() {
         "{suffix} not in /proc/{pid}/cgroup:\n{cgroups}"
     );
     assert_eq!(worker.pids().expect("pids"), [pid]);
+    let cpu_twin = worker.cpu_path().map(Path::to_owned);
+    if let Some(cpu) = &cpu_twin {
+        let procs = fs::read_to_string(cpu.join("cgroup.procs")).expect("the cpu cgroup");
+        assert_eq!(procs.trim(), pid.to_string(), "{}", cpu.display());
+    }
 
     let (max_file, high_file) = match hierarchy.version() {
         Version::V2 => ("memory.max", "memory.high"),
@@ -196,6 +202,9 @@ fn a_worker_cgroup_holds_its_process_and_its_limits() {
     let path = worker.path().to_owned();
     assert_eq!(worker.remove().expect("the worker cgroup is removed"), 0);
     assert!(!path.exists(), "{} is left", path.display());
+    if let Some(cpu) = &cpu_twin {
+        assert!(!cpu.exists(), "{} is left", cpu.display());
+    }
     let pool_path = pool.get().path().to_owned();
     assert_eq!(pool.remove(), 0);
     assert!(!pool_path.exists(), "{} is left", pool_path.display());
@@ -215,12 +224,19 @@ fn removing_a_pool_kills_what_its_workers_left() {
         children.push(child);
     }
     let path = pool.get().path().to_owned();
+    let cpu_twin = cpu_twin_of(&Hierarchy::find().expect("a memory hierarchy"), &path);
+    if let Some(cpu) = &cpu_twin {
+        assert!(cpu.join("w1.g0").is_dir(), "{}", cpu.display());
+    }
 
     assert_eq!(pool.remove(), 2);
     for child in &mut children {
         assert_eq!(child.signal(), Some(SIGKILL));
     }
     assert!(!path.exists(), "{} is left", path.display());
+    if let Some(cpu) = &cpu_twin {
+        assert!(!cpu.exists(), "{} is left", cpu.display());
+    }
 }
 
 #[test]
@@ -237,18 +253,39 @@ fn a_pool_whose_xypriss_is_gone_is_killed_and_removed() {
         gone.wait().expect("true is reaped");
         gone.id()
     };
-    let stale = hierarchy
-        .path()
-        .join("xypriss")
-        .join(format!("test-stale.{dead}"));
-    let _stale_guard = StaleGuard(stale.clone());
-    fs::create_dir_all(stale.join("w0.g0")).expect("a stale pool");
+    // A stale pool as xypriss makes them: its worker in each hierarchy.
+    let stale_name = format!("test-stale.{dead}");
+    let stale = hierarchy.path().join("xypriss").join(&stale_name);
+    let stale_cpu = cpu_twin_of(&hierarchy, &stale);
+    let _stale_guards: Vec<_> = [Some(&stale), stale_cpu.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(|dir| StaleGuard(dir.clone()))
+        .collect();
     let mut child = ChildGuard::sleep();
-    fs::write(
-        stale.join("w0.g0").join("cgroup.procs"),
-        child.pid().to_string(),
-    )
-    .expect("the process is added");
+    for dir in [Some(&stale), stale_cpu.as_ref()].into_iter().flatten() {
+        fs::create_dir_all(dir.join("w0.g0")).expect("a stale pool");
+        fs::write(
+            dir.join("w0.g0").join("cgroup.procs"),
+            child.pid().to_string(),
+        )
+        .expect("the process is added");
+    }
+
+    // A pool whose memory part is gone, but not its cpu part.
+    let half_name = format!("test-half.{dead}");
+    let half = hierarchy.cpu_path().map(|cpu| {
+        let dir = cpu.join("xypriss").join(&half_name);
+        fs::create_dir_all(dir.join("w0.g0")).expect("a stale cpu pool");
+        (StaleGuard(dir.clone()), dir, ChildGuard::sleep())
+    });
+    if let Some((_, dir, child)) = &half {
+        fs::write(
+            dir.join("w0.g0").join("cgroup.procs"),
+            child.pid().to_string(),
+        )
+        .expect("the process is added");
+    }
 
     // A pool named after a running process that is not an xypriss: its pid was reused.
     let stranger = ChildGuard::sleep();
@@ -271,6 +308,20 @@ fn a_pool_whose_xypriss_is_gone_is_killed_and_removed() {
     assert!(entry.error.is_none(), "{entry:?}");
     assert_eq!(child.signal(), Some(SIGKILL));
     assert!(!stale.exists(), "{} is left", stale.display());
+    if let Some(cpu) = &stale_cpu {
+        assert!(!cpu.exists(), "{} is left", cpu.display());
+    }
+    if let Some((_, dir, mut child)) = half {
+        let memory_path = hierarchy.path().join("xypriss").join(&half_name);
+        let entry = removed
+            .iter()
+            .find(|s| s.path == memory_path)
+            .unwrap_or_else(|| panic!("{} is not reported: {removed:?}", dir.display()));
+        assert_eq!(entry.killed, 1, "{entry:?}");
+        assert!(entry.error.is_none(), "{entry:?}");
+        assert_eq!(child.signal(), Some(SIGKILL));
+        assert!(!dir.exists(), "{} is left", dir.display());
+    }
 
     assert!(!foreign.exists(), "{} is left", foreign.display());
     assert!(
@@ -280,4 +331,15 @@ fn a_pool_whose_xypriss_is_gone_is_killed_and_removed() {
 
     assert!(removed.iter().all(|s| s.path != live.get().path()));
     assert!(live.get().path().is_dir());
+    if let Some(cpu) = cpu_twin_of(&hierarchy, live.get().path()) {
+        assert!(cpu.is_dir(), "{} is removed", cpu.display());
+    }
+}
+
+/// Where `path`, in the memory hierarchy, has its twin in a v1 cpu hierarchy.
+fn cpu_twin_of(hierarchy: &Hierarchy, path: &Path) -> Option<PathBuf> {
+    let relative = path
+        .strip_prefix(hierarchy.path())
+        .expect("in the hierarchy");
+    hierarchy.cpu_path().map(|cpu| cpu.join(relative))
 }

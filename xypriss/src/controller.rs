@@ -405,7 +405,6 @@ impl Controller {
             // The kernel's backstop, in case the worker outruns its graceful restart.
             cgroup.set_max(Some(policy::backstop(self.config.thresholds[2])))?;
         }
-        let procs = cgroup.as_ref().map(|c| c.path().join("cgroup.procs"));
         let (control, worker_end) = control::pair()?;
         // After the --listen fds, which take 3, 4, ….
         let control_fd = 3 + self.listeners.local_addrs().len() as i32;
@@ -418,7 +417,7 @@ impl Controller {
             generation,
             identity: &self.config.identity,
             env,
-            cgroup_procs: procs.as_deref(),
+            cgroup: cgroup.as_ref(),
             registration: self.observer.registration(slot),
             listeners: Some(&self.listeners),
             control: Some((worker_end.raw(), control_fd)),

@@ -1,4 +1,4 @@
-//! Per-worker memory cgroups.
+//! Per-worker cgroups: memory, and CPU bandwidth beside it.
 //!
 //! Each worker runs in a cgroup of its own, under one cgroup per pool, so that
 //! the supervisor can throttle it (`memory.high`), have the kernel enforce its
@@ -20,12 +20,21 @@
 //! v1 and leave the v2 tree without it). Mount points come from
 //! /proc/self/mountinfo, never from a fixed path.
 //!
+//! v1 has no `memory.high`, and what slows a worker there is bounding its CPU
+//! time with the `cpu` controller. So each pool and worker cgroup has a twin
+//! with the same layout in the hierarchy holding the cpu controller: a v1
+//! `cpu` hierarchy of its own, or the memory cgroup itself where cpu sits
+//! beside memory (v2, or a v1 hierarchy mounting both). The worker joins both
+//! before exec, and both are made, removed and cleaned up together. The cpu
+//! controller is an extra: where its cgroups cannot be made, the pool goes on
+//! with memory alone.
+//!
 //! Killing and removing wait for the cgroup to empty, at most
 //! [`DRAIN_TIMEOUT`]: these calls block, so async code runs them with
 //! `spawn_blocking`.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeSet, HashSet},
     fs, io,
     path::{Path, PathBuf},
     thread,
@@ -126,15 +135,72 @@ impl Version {
     }
 }
 
-/// A mounted cgroup hierarchy with the memory controller.
+/// One cgroup's directories: in the memory hierarchy, and in the one with the
+/// cpu controller if there is one, which is the same directory where cpu sits
+/// beside memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Dirs {
+    memory: PathBuf,
+    cpu: Option<PathBuf>,
+}
+
+impl Dirs {
+    fn join(&self, name: impl AsRef<Path>) -> Self {
+        Self {
+            memory: self.memory.join(&name),
+            cpu: self.cpu.as_ref().map(|cpu| cpu.join(&name)),
+        }
+    }
+
+    /// The cpu directory when it is not the memory one.
+    fn cpu_twin(&self) -> Option<&Path> {
+        self.cpu.as_deref().filter(|cpu| *cpu != self.memory)
+    }
+
+    /// Each distinct directory, the memory one first.
+    fn each(&self) -> impl Iterator<Item = &Path> {
+        std::iter::once(self.memory.as_path()).chain(self.cpu_twin())
+    }
+
+    /// Creates each directory; on failure, removes those it made.
+    fn create(&self) -> Result<(), CgroupError> {
+        let mut made = Vec::new();
+        for dir in self.each() {
+            if let Err(err) = mkdir(dir) {
+                for dir in made {
+                    // Nothing runs in it yet.
+                    let _ = fs::remove_dir(dir);
+                }
+                return Err(err);
+            }
+            made.push(dir);
+        }
+        Ok(())
+    }
+
+    /// Kills everything in each directory and below, and removes them all.
+    /// Goes on past a failure, and returns the first.
+    fn drain(&self, version: Version, killed: &mut usize) -> Result<(), CgroupError> {
+        let mut first_error = None;
+        for dir in self.each() {
+            if let Err(err) = drain(dir, version, killed) {
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// A mounted cgroup hierarchy with the memory controller, and where the cpu
+/// controller is, if it is usable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hierarchy {
     version: Version,
-    path: PathBuf,
+    root: Dirs,
 }
 
 impl Hierarchy {
-    /// Finds the memory hierarchy in this process's mounts.
+    /// Finds the memory hierarchy, and the cpu controller, in this process's mounts.
     pub fn find() -> Result<Self, CgroupError> {
         let mounts = Process::myself()
             .and_then(|me| me.mountinfo())
@@ -149,71 +215,91 @@ impl Hierarchy {
         self.version
     }
 
-    /// Where the hierarchy is mounted.
+    /// Where the memory hierarchy is mounted.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.root.memory
     }
 
-    /// Creates `xypriss/<name>.<our pid>`, with the memory controller enabled
-    /// down to it on v2.
+    /// Where the v1 hierarchy with the cpu controller is mounted, when it is
+    /// another than the memory one.
+    pub fn cpu_path(&self) -> Option<&Path> {
+        self.root.cpu_twin()
+    }
+
+    /// Creates `xypriss/<name>.<our pid>`, with the memory controller (and
+    /// cpu, when there is one) enabled down to it on v2, and its twin in a v1
+    /// cpu hierarchy. Without its cpu part, the pool goes on with a warning.
     pub fn pool(&self, name: &str) -> Result<PoolCgroup, CgroupError> {
         check_pool_name(name)?;
-        let top = self.path.join(TOP);
-        if self.version == Version::V2 {
-            enable_memory(&self.path)?;
-        }
-        match mkdir(&top) {
-            Err(CgroupError::Exists { .. }) | Ok(()) => {}
-            Err(err) => return Err(err),
-        }
-        if self.version == Version::V2 {
-            enable_memory(&top)?;
-        }
-        let path = top.join(format!("{name}.{}", std::process::id()));
-        mkdir(&path)?;
+        let name = format!("{name}.{}", std::process::id());
+        let root = &self.root.memory;
+        let memory = make_pool(root, &name)?;
         if self.version == Version::V2
-            && let Err(err) = enable_memory(&path)
+            && let Err(err) = enable_down(root, &memory, "memory")
         {
             // Nothing runs in it yet.
-            let _ = fs::remove_dir(&path);
+            let _ = fs::remove_dir(&memory);
             return Err(err);
         }
+        let cpu = self.root.cpu.as_deref().and_then(|cpu_root| {
+            let made = match self.version {
+                Version::V2 => enable_down(cpu_root, &memory, "cpu").map(|()| memory.clone()),
+                Version::V1 if cpu_root == root => Ok(memory.clone()),
+                Version::V1 => make_pool(cpu_root, &name),
+            };
+            made.inspect_err(|err| tracing::warn!("workers' CPU time cannot be bounded: {err}"))
+                .ok()
+        });
         Ok(PoolCgroup {
             version: self.version,
-            path,
+            dirs: Dirs { memory, cpu },
         })
     }
 
     /// Kills and removes every pool whose xypriss is gone: its pid is not
     /// running, or runs something other than xypriss, or started after the
     /// pool was made (the pid was reused). Pools of a running xypriss,
-    /// this one's included, are left alone. Each pool is reported, with what
-    /// went wrong if it could not be removed whole.
+    /// this one's included, are left alone. A pool's cpu twin goes with it,
+    /// and one left without its memory part too. Each pool is reported, with
+    /// what went wrong if it could not be removed whole.
     pub fn remove_stale(&self) -> Result<Vec<Stale>, CgroupError> {
-        let top = self.path.join(TOP);
-        let entries = match fs::read_dir(&top) {
-            Ok(entries) => entries,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(CgroupError::Read { path: top, source }),
-        };
+        let top = self.root.join(TOP);
+        let mut names = BTreeSet::new();
+        for dir in top.each() {
+            let entries = match fs::read_dir(dir) {
+                Ok(entries) => entries,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    return Err(CgroupError::Read {
+                        path: dir.into(),
+                        source,
+                    });
+                }
+            };
+            for entry in entries {
+                let entry = entry.map_err(|source| CgroupError::Read {
+                    path: dir.into(),
+                    source,
+                })?;
+                names.insert(entry.file_name());
+            }
+        }
         let mut removed = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|source| CgroupError::Read {
-                path: top.clone(),
-                source,
-            })?;
-            let Some(pid) = entry.file_name().to_str().and_then(pool_pid) else {
+        for name in names {
+            let Some(pid) = name.to_str().and_then(pool_pid) else {
                 continue;
             };
-            let created = entry.metadata().and_then(|m| m.modified()).ok();
+            let pool = top.join(&name);
+            let created = pool
+                .each()
+                .find_map(|dir| fs::metadata(dir).and_then(|m| m.modified()).ok());
             if !is_stale(owner(pid).as_ref(), created) {
                 continue;
             }
-            let path = entry.path();
             let mut killed = 0;
-            let error = drain(&path, self.version, &mut killed).err();
+            let error = pool.drain(self.version, &mut killed).err();
             removed.push(Stale {
-                path,
+                path: pool.memory,
                 pid,
                 killed,
                 error,
@@ -226,6 +312,7 @@ impl Hierarchy {
 /// A pool left behind by an xypriss that is gone, and what removing it did.
 #[derive(Debug)]
 pub struct Stale {
+    /// Its directory in the memory hierarchy.
     pub path: PathBuf,
     /// The pid of the xypriss that made it.
     pub pid: u32,
@@ -239,7 +326,7 @@ pub struct Stale {
 #[derive(Debug)]
 pub struct PoolCgroup {
     version: Version,
-    path: PathBuf,
+    dirs: Dirs,
 }
 
 impl PoolCgroup {
@@ -252,17 +339,18 @@ impl PoolCgroup {
         self.version
     }
 
+    /// Its directory in the memory hierarchy.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.dirs.memory
     }
 
-    /// Creates the cgroup of worker `id`'s `generation`th process.
+    /// Creates the cgroup of worker `id`'s `generation`th process, in each hierarchy.
     pub fn worker(&self, id: u32, generation: u32) -> Result<WorkerCgroup, CgroupError> {
-        let path = self.path.join(format!("w{id}.g{generation}"));
-        mkdir(&path)?;
+        let dirs = self.dirs.join(format!("w{id}.g{generation}"));
+        dirs.create()?;
         Ok(WorkerCgroup {
             version: self.version,
-            path,
+            dirs,
         })
     }
 
@@ -270,33 +358,47 @@ impl PoolCgroup {
     /// them all. Returns how many processes were killed.
     pub fn remove(self) -> Result<usize, CgroupError> {
         let mut killed = 0;
-        drain(&self.path, self.version, &mut killed)?;
+        self.dirs.drain(self.version, &mut killed)?;
         Ok(killed)
     }
 }
 
-/// One worker's cgroup.
+/// One worker's cgroup: its memory one, and its cpu one if the pool has one.
 #[derive(Debug)]
 pub struct WorkerCgroup {
     version: Version,
-    path: PathBuf,
+    dirs: Dirs,
 }
 
 impl WorkerCgroup {
+    /// Its directory in the memory hierarchy.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.dirs.memory
     }
 
-    /// Moves process `pid` (all its threads) into this cgroup. Its children
-    /// are born in it from then on.
+    /// Its directory in a v1 cpu hierarchy, when it has one apart from [`Self::path`].
+    pub fn cpu_path(&self) -> Option<&Path> {
+        self.dirs.cpu_twin()
+    }
+
+    /// The `cgroup.procs` files a process writes itself (`0`) into to join
+    /// this cgroup, one per hierarchy.
+    pub(crate) fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs.each().map(|dir| dir.join(PROCS)).collect()
+    }
+
+    /// Moves process `pid` (all its threads) into this cgroup, in each
+    /// hierarchy. Its children are born in it from then on.
     pub fn add(&self, pid: u32) -> Result<(), CgroupError> {
-        write(&self.path.join(PROCS), &pid.to_string())
+        self.procs_files()
+            .iter()
+            .try_for_each(|procs| write(procs, &pid.to_string()))
     }
 
     /// The processes in this cgroup, as our pid namespace numbers them; those
     /// outside it (the kernel lists them as 0) are left out.
     pub fn pids(&self) -> Result<Vec<u32>, CgroupError> {
-        let mut pids = read_procs(&self.path)?;
+        let mut pids = read_procs(&self.dirs.memory)?;
         pids.retain(|&pid| pid != 0);
         Ok(pids)
     }
@@ -304,7 +406,13 @@ impl WorkerCgroup {
     /// SIGKILLs every process in this cgroup, again until it is empty, for at
     /// most [`DRAIN_TIMEOUT`]. Returns how many processes were killed.
     pub fn kill_all(&self) -> Result<usize, CgroupError> {
-        kill_all(&self.path, self.version)
+        kill_all(&self.dirs.memory, self.version)
+    }
+
+    /// Sets the hard limit (v2 `memory.max`, v1 `memory.limit_in_bytes`):
+    /// past it, the kernel's OOM killer acts within this cgroup. `None` removes it.
+    pub fn set_max(&self, bytes: Option<u64>) -> Result<(), CgroupError> {
+        self.set(self.version.max_file(), bytes)
     }
 
     /// Sets the soft limit (v2 `memory.high`: above it the cgroup is throttled
@@ -314,39 +422,37 @@ impl WorkerCgroup {
         self.set(self.version.high_file(), bytes)
     }
 
-    /// Sets the hard limit (v2 `memory.max`, v1 `memory.limit_in_bytes`):
-    /// past it, the kernel's OOM killer acts within this cgroup. `None` removes it.
-    pub fn set_max(&self, bytes: Option<u64>) -> Result<(), CgroupError> {
-        self.set(self.version.max_file(), bytes)
-    }
-
     fn set(&self, file: &str, bytes: Option<u64>) -> Result<(), CgroupError> {
-        write(&self.path.join(file), &self.version.limit_value(bytes))
+        write(
+            &self.dirs.memory.join(file),
+            &self.version.limit_value(bytes),
+        )
     }
 
     /// The memory charged to this cgroup, in bytes (v2 `memory.current`, v1
     /// `memory.usage_in_bytes`).
     pub fn memory_current(&self) -> Result<u64, CgroupError> {
-        let path = self.path.join(self.version.current_file());
+        let path = self.dirs.memory.join(self.version.current_file());
         let text = read(&path)?;
         text.trim()
             .parse()
             .map_err(|_| CgroupError::Parse { path, text })
     }
 
-    /// Kills whatever is left in it, and removes it. Returns how many
-    /// processes were killed.
+    /// Kills whatever is left in it, and removes it, in each hierarchy.
+    /// Returns how many processes were killed.
     pub fn remove(self) -> Result<usize, CgroupError> {
         let mut killed = 0;
-        drain(&self.path, self.version, &mut killed)?;
+        self.dirs.drain(self.version, &mut killed)?;
         Ok(killed)
     }
 }
 
 /// Picks the memory hierarchy among `mounts`: cgroup v2 when its root's
 /// controllers (read by `controllers` from the mount point) include memory,
-/// otherwise cgroup v1's memory hierarchy. Read-only mounts are of no use.
-/// The error says why nothing fits.
+/// otherwise cgroup v1's memory hierarchy; and the cpu controller beside it:
+/// v2's own, or a v1 hierarchy with cpu (perhaps the memory one). Read-only
+/// mounts are of no use. The error says why no memory hierarchy fits.
 fn choose(
     mounts: &[MountInfo],
     controllers: impl Fn(&Path) -> io::Result<String>,
@@ -361,9 +467,13 @@ fn choose(
         }
         match controllers(&mount.mount_point) {
             Ok(list) if list.split_whitespace().any(|c| c == "memory") => {
+                let cpu = list.split_whitespace().any(|c| c == "cpu");
                 return Ok(Hierarchy {
                     version: Version::V2,
-                    path: mount.mount_point.clone(),
+                    root: Dirs {
+                        memory: mount.mount_point.clone(),
+                        cpu: cpu.then(|| mount.mount_point.clone()),
+                    },
                 });
             }
             Ok(list) => reasons.push(format!(
@@ -386,9 +496,15 @@ fn choose(
             ));
             continue;
         }
+        let cpu = mounts.iter().find(|m| {
+            m.fs_type == "cgroup" && m.super_options.contains_key("cpu") && !read_only(m)
+        });
         return Ok(Hierarchy {
             version: Version::V1,
-            path: mount.mount_point.clone(),
+            root: Dirs {
+                memory: mount.mount_point.clone(),
+                cpu: cpu.map(|m| m.mount_point.clone()),
+            },
         });
     }
     if !v1_seen {
@@ -553,13 +669,33 @@ fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, CgroupError> {
     Ok(dirs)
 }
 
-/// Enables the memory controller for `dir`'s children (v2).
-fn enable_memory(dir: &Path) -> Result<(), CgroupError> {
+/// Makes `<root>/xypriss/<pool>`; the shared `xypriss` may exist already.
+fn make_pool(root: &Path, pool: &str) -> Result<PathBuf, CgroupError> {
+    let top = root.join(TOP);
+    match mkdir(&top) {
+        Err(CgroupError::Exists { .. }) | Ok(()) => {}
+        Err(err) => return Err(err),
+    }
+    let path = top.join(pool);
+    mkdir(&path)?;
+    Ok(path)
+}
+
+/// Enables `controller` for the children of `root`, of its `xypriss` and of
+/// `pool` in it (v2), so that the pool's workers have it.
+fn enable_down(root: &Path, pool: &Path, controller: &str) -> Result<(), CgroupError> {
+    [root, &root.join(TOP), pool]
+        .into_iter()
+        .try_for_each(|dir| enable(dir, controller))
+}
+
+/// Enables `controller` for `dir`'s children (v2).
+fn enable(dir: &Path, controller: &str) -> Result<(), CgroupError> {
     let path = dir.join("cgroup.subtree_control");
-    if read(&path)?.split_whitespace().any(|c| c == "memory") {
+    if read(&path)?.split_whitespace().any(|c| c == controller) {
         return Ok(());
     }
-    write(&path, "+memory")
+    write(&path, &format!("+{controller}"))
 }
 
 fn mkdir(path: &Path) -> Result<(), CgroupError> {
@@ -655,9 +791,19 @@ mod tests {
             found,
             Ok(Hierarchy {
                 version: Version::V2,
-                path: "/sys/fs/cgroup".into()
+                root: Dirs {
+                    memory: "/sys/fs/cgroup".into(),
+                    cpu: Some("/sys/fs/cgroup".into()),
+                },
             })
         );
+        let without_cpu = choose(
+            &mounts(PURE_V2),
+            controllers("/sys/fs/cgroup", "io memory pids\n"),
+        )
+        .unwrap();
+        assert_eq!(without_cpu.root.cpu, None);
+        assert_eq!(without_cpu.cpu_path(), None);
     }
 
     #[test]
@@ -670,9 +816,69 @@ mod tests {
             found,
             Ok(Hierarchy {
                 version: Version::V1,
-                path: "/sys/fs/cgroup/memory".into()
+                root: Dirs {
+                    memory: "/sys/fs/cgroup/memory".into(),
+                    cpu: Some("/sys/fs/cgroup/cpu".into()),
+                },
             })
         );
+    }
+
+    #[test]
+    fn the_v1_cpu_hierarchy_is_found_however_it_is_mounted() {
+        let cpu_of = |text: &str| {
+            choose(&mounts(text), controllers("/sys/fs/cgroup/unified", ""))
+                .unwrap()
+                .root
+                .cpu
+        };
+        let with_cpuacct = HYBRID.replace(
+            "/cpu rw,relatime - cgroup cgroup rw,cpu",
+            "/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct",
+        );
+        assert_eq!(
+            cpu_of(&with_cpuacct),
+            Some("/sys/fs/cgroup/cpu,cpuacct".into())
+        );
+        let cpuset_only = HYBRID.replace("rw,cpu\n", "rw,cpuset\n");
+        assert_eq!(cpu_of(&cpuset_only), None);
+        let read_only = HYBRID.replace("/cpu rw,", "/cpu ro,");
+        assert_eq!(cpu_of(&read_only), None);
+
+        // Mounted with memory: the worker's memory cgroup is its cpu one too.
+        let together = HYBRID
+            .lines()
+            .filter(|l| !l.contains("rw,cpu"))
+            .map(|l| l.replace("rw,memory", "rw,cpu,memory"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let found = choose(&mounts(&together), controllers("/", "")).unwrap();
+        assert_eq!(found.root.cpu.as_deref(), Some(found.path()));
+        assert_eq!(found.cpu_path(), None, "no twin to make or remove");
+    }
+
+    #[test]
+    fn a_cgroup_has_one_directory_per_hierarchy() {
+        let apart = Dirs {
+            memory: "/m".into(),
+            cpu: Some("/c".into()),
+        }
+        .join("xypriss");
+        assert_eq!(
+            apart.each().collect::<Vec<_>>(),
+            [Path::new("/m/xypriss"), Path::new("/c/xypriss")]
+        );
+        let together = Dirs {
+            memory: "/m".into(),
+            cpu: Some("/m".into()),
+        }
+        .join("p");
+        assert_eq!(together.each().collect::<Vec<_>>(), [Path::new("/m/p")]);
+        let memory_only = Dirs {
+            memory: "/m".into(),
+            cpu: None,
+        };
+        assert_eq!(memory_only.each().collect::<Vec<_>>(), [Path::new("/m")]);
     }
 
     #[test]
