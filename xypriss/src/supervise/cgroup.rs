@@ -1,8 +1,8 @@
-//! Per-worker cgroups: memory, and CPU bandwidth beside it.
+//! Per-worker cgroups: memory, and CPU bandwidth where it throttles.
 //!
 //! Each worker runs in a cgroup of its own, under one cgroup per pool, so that
-//! the supervisor can throttle it (`memory.high`), have the kernel enforce its
-//! limit (`memory.max`), read its memory as the kernel charges it, and kill
+//! the supervisor can throttle it, have the kernel enforce its limit
+//! (`memory.max`), read its memory as the kernel charges it, and kill
 //! everything it started, whatever process group or session it moved to: a
 //! process group is left with one `setsid`, a cgroup only by a process allowed
 //! to write to another cgroup's `cgroup.procs`.
@@ -20,14 +20,20 @@
 //! v1 and leave the v2 tree without it). Mount points come from
 //! /proc/self/mountinfo, never from a fixed path.
 //!
-//! v1 has no `memory.high`, and what slows a worker there is bounding its CPU
-//! time with the `cpu` controller. So each pool and worker cgroup has a twin
-//! with the same layout in the hierarchy holding the cpu controller: a v1
-//! `cpu` hierarchy of its own, or the memory cgroup itself where cpu sits
-//! beside memory (v2, or a v1 hierarchy mounting both). The worker joins both
-//! before exec, and both are made, removed and cleaned up together. The cpu
-//! controller is an extra: where its cgroups cannot be made, the pool goes on
-//! with memory alone.
+//! Throttling slows a worker down instead of killing it
+//! ([`WorkerCgroup::throttle`]). On v2 that is `memory.high`: past it the
+//! kernel reclaims from the worker and stalls its allocations. v1 has no
+//! `memory.high`: its soft limit acts only under global memory pressure, and
+//! without swap its hard limit can only OOM-kill. What does slow an allocating
+//! worker on v1 is bounding its CPU time, page faults included, with the `cpu`
+//! controller's bandwidth (`cpu.cfs_quota_us`), while the soft limit makes it
+//! the first to be reclaimed from when the host runs short. So each pool and
+//! worker cgroup has a twin with the same layout in the hierarchy holding the
+//! cpu controller: a v1 `cpu` hierarchy of its own, or the memory cgroup
+//! itself where cpu sits beside memory (v2, where it adds `cpu.max`, or a v1
+//! hierarchy mounting both). The worker joins both before exec, and both are
+//! made, removed and cleaned up together. The cpu controller is an extra:
+//! where its cgroups cannot be made, the pool goes on with memory alone.
 //!
 //! Killing and removing wait for the cgroup to empty, at most
 //! [`DRAIN_TIMEOUT`]: these calls block, so async code runs them with
@@ -57,6 +63,8 @@ const TOP: &str = "xypriss";
 /// The `comm` of a running xypriss.
 const XYPRISS_COMM: &str = "xypriss";
 const PROCS: &str = "cgroup.procs";
+/// The smallest CPU quota the kernel takes, in microseconds.
+const MIN_QUOTA_US: u64 = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -90,6 +98,13 @@ pub enum CgroupError {
     StillPopulated { path: PathBuf, pids: Vec<u32> },
     #[error("cannot remove {}: {source}", path.display())]
     Remove { path: PathBuf, source: io::Error },
+    #[error(
+        "cannot throttle {}: cgroup v1 has no memory.high, and the worker has no cgroup in a v1 cpu hierarchy to bound its CPU time",
+        path.display()
+    )]
+    NoThrottle { path: PathBuf },
+    #[error("invalid cpu_fraction {fraction}: it must be a positive number of CPUs")]
+    CpuFraction { fraction: f64 },
 }
 
 /// Which cgroup interface a hierarchy speaks.
@@ -133,6 +148,93 @@ impl Version {
             (Self::V2, None) => "max".to_owned(),
         }
     }
+
+    /// The CPU bandwidth's quota: the CPU time the cgroup may use each period.
+    fn quota_file(self) -> &'static str {
+        match self {
+            Self::V1 => "cpu.cfs_quota_us",
+            Self::V2 => "cpu.max",
+        }
+    }
+
+    /// The CPU bandwidth's period (v2 keeps it in the quota's file).
+    fn period_file(self) -> &'static str {
+        match self {
+            Self::V1 => "cpu.cfs_period_us",
+            Self::V2 => "cpu.max",
+        }
+    }
+
+    /// The period, in microseconds, in the text of [`Self::period_file`]:
+    /// v2's `cpu.max` is `<quota|max> <period>`.
+    fn parse_period(self, text: &str) -> Option<u64> {
+        match self {
+            Self::V1 => text.trim().parse().ok(),
+            Self::V2 => text.split_whitespace().nth(1)?.parse().ok(),
+        }
+    }
+
+    /// What the quota file is given for `(quota, period)` in microseconds,
+    /// or for no bound. v2's `max` alone keeps the period as it is.
+    fn quota_value(self, bandwidth: Option<(u64, u64)>) -> String {
+        match (self, bandwidth) {
+            (Self::V1, Some((quota, _))) => quota.to_string(),
+            (Self::V2, Some((quota, period))) => format!("{quota} {period}"),
+            (Self::V1, None) => "-1".to_owned(),
+            (Self::V2, None) => "max".to_owned(),
+        }
+    }
+}
+
+/// What [`WorkerCgroup::throttle`] applied, to name it in the `memory_throttling` event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Throttle {
+    /// v2 `memory.high`: above it the kernel reclaims from the worker and
+    /// stalls its allocations (the pool has no cpu controller).
+    MemoryHigh,
+    /// v2 `memory.high`, and `cpu.max` bounding the worker's CPU time.
+    MemoryHighCpuMax,
+    /// v1 `cpu.cfs_quota_us` bounding the worker's CPU time, page faults
+    /// included, and `memory.soft_limit_in_bytes`, so that reclaim under host
+    /// pressure takes from the worker first.
+    CfsQuotaSoftLimit,
+}
+
+impl Throttle {
+    /// How a cgroup of `version`, with or without a cpu controller, throttles.
+    fn of(version: Version, cpu: bool) -> Option<Self> {
+        match (version, cpu) {
+            (Version::V2, false) => Some(Self::MemoryHigh),
+            (Version::V2, true) => Some(Self::MemoryHighCpuMax),
+            (Version::V1, true) => Some(Self::CfsQuotaSoftLimit),
+            (Version::V1, false) => None,
+        }
+    }
+
+    /// The cgroup files written, joined by `+`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MemoryHigh => "memory.high",
+            Self::MemoryHighCpuMax => "memory.high+cpu.max",
+            Self::CfsQuotaSoftLimit => "cpu.cfs_quota_us+memory.soft_limit_in_bytes",
+        }
+    }
+}
+
+/// `fraction` of one CPU, if it is a positive number.
+fn check_fraction(fraction: f64) -> Result<f64, CgroupError> {
+    if fraction.is_finite() && fraction > 0.0 {
+        Ok(fraction)
+    } else {
+        Err(CgroupError::CpuFraction { fraction })
+    }
+}
+
+/// The CPU quota, in microseconds per `period` ones, for a checked `fraction`
+/// of one CPU, raised to the kernel's smallest. A huge fraction saturates to
+/// a huge quota, which the kernel refuses with a write error.
+fn quota_us(period: u64, fraction: f64) -> u64 {
+    ((period as f64 * fraction).round() as u64).max(MIN_QUOTA_US)
 }
 
 /// One cgroup's directories: in the memory hierarchy, and in the one with the
@@ -415,11 +517,51 @@ impl WorkerCgroup {
         self.set(self.version.max_file(), bytes)
     }
 
-    /// Sets the soft limit (v2 `memory.high`: above it the cgroup is throttled
-    /// and reclaimed; v1 `memory.soft_limit_in_bytes`, which acts only under
-    /// global memory pressure). `None` removes it.
-    pub fn set_high(&self, bytes: Option<u64>) -> Result<(), CgroupError> {
-        self.set(self.version.high_file(), bytes)
+    /// Slows the worker down instead of killing it: `memory_high` bytes as
+    /// v2 `memory.high` or v1 `memory.soft_limit_in_bytes`, and its CPU time
+    /// bounded to `cpu_fraction` of one CPU (0.1: 10 ms each 100 ms period,
+    /// never less than the kernel's 1 ms) through v2 `cpu.max` or v1
+    /// `cpu.cfs_quota_us`, when it has a cpu controller. Returns what was
+    /// applied. On v1 without a cpu controller nothing would slow it, which is
+    /// [`CgroupError::NoThrottle`]. After an error, [`Self::unthrottle`]
+    /// undoes what was written.
+    pub fn throttle(&self, memory_high: u64, cpu_fraction: f64) -> Result<Throttle, CgroupError> {
+        let throttle = Throttle::of(self.version, self.dirs.cpu.is_some()).ok_or_else(|| {
+            CgroupError::NoThrottle {
+                path: self.dirs.memory.clone(),
+            }
+        })?;
+        let fraction = check_fraction(cpu_fraction)?;
+        let bandwidth = match &self.dirs.cpu {
+            Some(dir) => {
+                let path = dir.join(self.version.period_file());
+                let text = read(&path)?;
+                let period = self
+                    .version
+                    .parse_period(&text)
+                    .ok_or(CgroupError::Parse { path, text })?;
+                Some((dir, quota_us(period, fraction), period))
+            }
+            None => None,
+        };
+        self.set(self.version.high_file(), Some(memory_high))?;
+        if let Some((dir, quota, period)) = bandwidth {
+            let value = self.version.quota_value(Some((quota, period)));
+            write(&dir.join(self.version.quota_file()), &value)?;
+        }
+        Ok(throttle)
+    }
+
+    /// Lifts [`Self::throttle`]: no `memory.high` (or soft limit), no CPU bound.
+    pub fn unthrottle(&self) -> Result<(), CgroupError> {
+        self.set(self.version.high_file(), None)?;
+        match &self.dirs.cpu {
+            Some(dir) => write(
+                &dir.join(self.version.quota_file()),
+                &self.version.quota_value(None),
+            ),
+            None => Ok(()),
+        }
     }
 
     fn set(&self, file: &str, bytes: Option<u64>) -> Result<(), CgroupError> {
@@ -879,6 +1021,57 @@ mod tests {
             cpu: None,
         };
         assert_eq!(memory_only.each().collect::<Vec<_>>(), [Path::new("/m")]);
+    }
+
+    #[test]
+    fn throttling_picks_what_each_cgroup_offers() {
+        assert_eq!(Throttle::of(Version::V2, false), Some(Throttle::MemoryHigh));
+        assert_eq!(
+            Throttle::of(Version::V2, true),
+            Some(Throttle::MemoryHighCpuMax)
+        );
+        assert_eq!(
+            Throttle::of(Version::V1, true),
+            Some(Throttle::CfsQuotaSoftLimit)
+        );
+        assert_eq!(Throttle::of(Version::V1, false), None);
+        assert_eq!(
+            Throttle::CfsQuotaSoftLimit.as_str(),
+            "cpu.cfs_quota_us+memory.soft_limit_in_bytes"
+        );
+        assert_eq!(Throttle::MemoryHighCpuMax.as_str(), "memory.high+cpu.max");
+    }
+
+    #[test]
+    fn a_cpu_fraction_becomes_a_quota_of_the_period() {
+        assert_eq!(quota_us(100_000, 0.25), 25_000);
+        assert_eq!(quota_us(100_000, 1.5), 150_000);
+        assert_eq!(quota_us(100_000, 0.001), MIN_QUOTA_US, "the kernel's least");
+        assert_eq!(check_fraction(0.5).ok(), Some(0.5));
+        for bad in [0.0, -0.5, f64::NAN, f64::INFINITY] {
+            assert!(
+                matches!(check_fraction(bad), Err(CgroupError::CpuFraction { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn cpu_bandwidth_is_written_as_each_version_reads_it() {
+        assert_eq!(Version::V1.parse_period("100000\n"), Some(100_000));
+        assert_eq!(Version::V2.parse_period("max 100000\n"), Some(100_000));
+        assert_eq!(Version::V2.parse_period("5000 20000\n"), Some(20_000));
+        assert_eq!(Version::V2.parse_period("max\n"), None);
+        assert_eq!(Version::V1.quota_value(Some((5000, 100_000))), "5000");
+        assert_eq!(
+            Version::V2.quota_value(Some((5000, 100_000))),
+            "5000 100000"
+        );
+        assert_eq!(Version::V1.quota_value(None), "-1");
+        assert_eq!(Version::V2.quota_value(None), "max");
+        assert_eq!(Version::V1.quota_file(), "cpu.cfs_quota_us");
+        assert_eq!(Version::V1.period_file(), "cpu.cfs_period_us");
+        assert_eq!(Version::V2.quota_file(), "cpu.max");
     }
 
     #[test]
