@@ -1,7 +1,10 @@
 //! Per-worker cgroups on the real kernel's memory hierarchy (v2, or v1 where
-//! memory is bound to v1): a process added to a worker cgroup is in it, limits
-//! reach the kernel's files, killing empties it, removal leaves nothing
-//! behind, and a pool left by an xypriss that is gone is killed and removed.
+//! memory is bound to v1) and, beside it, the cpu controller's: a process
+//! added to a worker cgroup is in it, limits reach the kernel's files, killing
+//! empties it, removal leaves nothing behind, and a pool left by an xypriss
+//! that is gone is killed and removed. A worker spawned as xypriss spawns it
+//! joins its cgroup in each hierarchy, and throttling its cgroup slows its
+//! allocations until it is lifted.
 //!
 //! Each test makes its own pool; guards kill and remove what it made even when
 //! an assertion fails.
@@ -12,18 +15,24 @@ use std::{
     fs,
     io::Write as _,
     os::unix::process::ExitStatusExt as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use nix::{
-    sys::signal::{Signal, kill},
+    sys::{
+        signal::{Signal, kill},
+        wait::{WaitStatus, waitpid},
+    },
     unistd::Pid,
 };
-use support::{MIB, root_or_skip};
-use xypriss::supervise::cgroup::{Hierarchy, PoolCgroup, Version};
+use support::{DEMO, MIB, proc_status, root_or_skip};
+use xypriss::supervise::{
+    cgroup::{CgroupError, Hierarchy, PoolCgroup, Throttle, Version},
+    spawn::{Identity, Spec, spawn},
+};
 
 const SIGKILL: i32 = Signal::SIGKILL as i32;
 
@@ -162,10 +171,15 @@ fn a_worker_cgroup_holds_its_process_and_its_limits() {
         "{suffix} not in /proc/{pid}/cgroup:\n{cgroups}"
     );
     assert_eq!(worker.pids().expect("pids"), [pid]);
+    let cpu_twin = worker.cpu_path().map(Path::to_owned);
+    if let Some(cpu) = &cpu_twin {
+        let procs = fs::read_to_string(cpu.join("cgroup.procs")).expect("the cpu cgroup");
+        assert_eq!(procs.trim(), pid.to_string(), "{}", cpu.display());
+    }
 
-    let (max_file, high_file) = match hierarchy.version() {
-        Version::V2 => ("memory.max", "memory.high"),
-        Version::V1 => ("memory.limit_in_bytes", "memory.soft_limit_in_bytes"),
+    let max_file = match hierarchy.version() {
+        Version::V2 => "memory.max",
+        Version::V1 => "memory.limit_in_bytes",
     };
     let read = |file: &str| {
         fs::read_to_string(worker.path().join(file))
@@ -179,12 +193,8 @@ fn a_worker_cgroup_holds_its_process_and_its_limits() {
     };
     worker.set_max(Some(64 * MIB)).expect("memory.max set");
     assert_eq!(read(max_file), (64 * MIB).to_string());
-    worker.set_high(Some(32 * MIB)).expect("memory.high set");
-    assert_eq!(read(high_file), (32 * MIB).to_string());
     worker.set_max(None).expect("memory.max unset");
     assert!(unlimited(read(max_file)), "{}", read(max_file));
-    worker.set_high(None).expect("memory.high unset");
-    assert!(unlimited(read(high_file)), "{}", read(high_file));
 
     let current = worker.memory_current().expect("memory.current");
     assert!(current > 0, "sleep's memory is charged to its cgroup");
@@ -196,6 +206,9 @@ fn a_worker_cgroup_holds_its_process_and_its_limits() {
     let path = worker.path().to_owned();
     assert_eq!(worker.remove().expect("the worker cgroup is removed"), 0);
     assert!(!path.exists(), "{} is left", path.display());
+    if let Some(cpu) = &cpu_twin {
+        assert!(!cpu.exists(), "{} is left", cpu.display());
+    }
     let pool_path = pool.get().path().to_owned();
     assert_eq!(pool.remove(), 0);
     assert!(!pool_path.exists(), "{} is left", pool_path.display());
@@ -215,12 +228,19 @@ fn removing_a_pool_kills_what_its_workers_left() {
         children.push(child);
     }
     let path = pool.get().path().to_owned();
+    let cpu_twin = cpu_twin_of(&Hierarchy::find().expect("a memory hierarchy"), &path);
+    if let Some(cpu) = &cpu_twin {
+        assert!(cpu.join("w1.g0").is_dir(), "{}", cpu.display());
+    }
 
     assert_eq!(pool.remove(), 2);
     for child in &mut children {
         assert_eq!(child.signal(), Some(SIGKILL));
     }
     assert!(!path.exists(), "{} is left", path.display());
+    if let Some(cpu) = &cpu_twin {
+        assert!(!cpu.exists(), "{} is left", cpu.display());
+    }
 }
 
 #[test]
@@ -237,18 +257,39 @@ fn a_pool_whose_xypriss_is_gone_is_killed_and_removed() {
         gone.wait().expect("true is reaped");
         gone.id()
     };
-    let stale = hierarchy
-        .path()
-        .join("xypriss")
-        .join(format!("test-stale.{dead}"));
-    let _stale_guard = StaleGuard(stale.clone());
-    fs::create_dir_all(stale.join("w0.g0")).expect("a stale pool");
+    // A stale pool as xypriss makes them: its worker in each hierarchy.
+    let stale_name = format!("test-stale.{dead}");
+    let stale = hierarchy.path().join("xypriss").join(&stale_name);
+    let stale_cpu = cpu_twin_of(&hierarchy, &stale);
+    let _stale_guards: Vec<_> = [Some(&stale), stale_cpu.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(|dir| StaleGuard(dir.clone()))
+        .collect();
     let mut child = ChildGuard::sleep();
-    fs::write(
-        stale.join("w0.g0").join("cgroup.procs"),
-        child.pid().to_string(),
-    )
-    .expect("the process is added");
+    for dir in [Some(&stale), stale_cpu.as_ref()].into_iter().flatten() {
+        fs::create_dir_all(dir.join("w0.g0")).expect("a stale pool");
+        fs::write(
+            dir.join("w0.g0").join("cgroup.procs"),
+            child.pid().to_string(),
+        )
+        .expect("the process is added");
+    }
+
+    // A pool whose memory part is gone, but not its cpu part.
+    let half_name = format!("test-half.{dead}");
+    let half = hierarchy.cpu_path().map(|cpu| {
+        let dir = cpu.join("xypriss").join(&half_name);
+        fs::create_dir_all(dir.join("w0.g0")).expect("a stale cpu pool");
+        (StaleGuard(dir.clone()), dir, ChildGuard::sleep())
+    });
+    if let Some((_, dir, child)) = &half {
+        fs::write(
+            dir.join("w0.g0").join("cgroup.procs"),
+            child.pid().to_string(),
+        )
+        .expect("the process is added");
+    }
 
     // A pool named after a running process that is not an xypriss: its pid was reused.
     let stranger = ChildGuard::sleep();
@@ -271,6 +312,20 @@ fn a_pool_whose_xypriss_is_gone_is_killed_and_removed() {
     assert!(entry.error.is_none(), "{entry:?}");
     assert_eq!(child.signal(), Some(SIGKILL));
     assert!(!stale.exists(), "{} is left", stale.display());
+    if let Some(cpu) = &stale_cpu {
+        assert!(!cpu.exists(), "{} is left", cpu.display());
+    }
+    if let Some((_, dir, mut child)) = half {
+        let memory_path = hierarchy.path().join("xypriss").join(&half_name);
+        let entry = removed
+            .iter()
+            .find(|s| s.path == memory_path)
+            .unwrap_or_else(|| panic!("{} is not reported: {removed:?}", dir.display()));
+        assert_eq!(entry.killed, 1, "{entry:?}");
+        assert!(entry.error.is_none(), "{entry:?}");
+        assert_eq!(child.signal(), Some(SIGKILL));
+        assert!(!dir.exists(), "{} is left", dir.display());
+    }
 
     assert!(!foreign.exists(), "{} is left", foreign.display());
     assert!(
@@ -280,4 +335,216 @@ fn a_pool_whose_xypriss_is_gone_is_killed_and_removed() {
 
     assert!(removed.iter().all(|s| s.path != live.get().path()));
     assert!(live.get().path().is_dir());
+    if let Some(cpu) = cpu_twin_of(&hierarchy, live.get().path()) {
+        assert!(cpu.is_dir(), "{} is removed", cpu.display());
+    }
+}
+
+/// A process spawned as xypriss spawns workers, killed and reaped on drop.
+struct Spawned(u32);
+
+impl Spawned {
+    /// Reaps it, and returns the signal that ended it.
+    fn signal(&self) -> Option<Signal> {
+        match waitpid(Pid::from_raw(self.0 as i32), None) {
+            Ok(WaitStatus::Signaled(_, signal, _)) => Some(signal),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.0 as i32), Signal::SIGKILL);
+        let _ = waitpid(Pid::from_raw(self.0 as i32), None);
+    }
+}
+
+/// How long each phase's allocations are measured.
+const WINDOW: Duration = Duration::from_secs(1);
+/// How fast the allocator allocates when nothing holds it back: a few
+/// percent of a CPU in page faults, far more than 1% of one allows.
+const RATE_MIB_S: &str = "200";
+/// The CPU a throttled worker may use: 1 ms each 100 ms period.
+const CPU_FRACTION: f64 = 0.01;
+
+/// How much `pid`'s resident memory grows over [`WINDOW`].
+async fn growth(pid: u32) -> u64 {
+    let before = proc_status(pid, "VmRSS");
+    tokio::time::sleep(WINDOW).await;
+    proc_status(pid, "VmRSS").saturating_sub(before)
+}
+
+/// The cgroup `pid` is in, in the v1 hierarchy holding `controller`, or in v2.
+fn cgroup_of(pid: u32, version: Version, controller: &str) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    text.lines().find_map(|line| {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+        let here = match version {
+            Version::V2 => controllers.is_empty(),
+            Version::V1 => controllers.split(',').any(|c| c == controller),
+        };
+        here.then(|| path.to_owned())
+    })
+}
+
+// The spawned worker's output is forwarded by tasks on this runtime.
+#[tokio::test]
+async fn throttling_slows_an_allocating_worker_until_it_is_lifted() {
+    if !root_or_skip("throttling_slows_an_allocating_worker_until_it_is_lifted") {
+        return;
+    }
+    let hierarchy = Hierarchy::find().expect("a memory hierarchy");
+    let pool = PoolGuard::create("test-throttle");
+    let worker = pool.get().worker(0, 1).expect("a worker cgroup");
+    let args = ["grow".into(), RATE_MIB_S.into()];
+    let pid = spawn(Spec {
+        app: Path::new(DEMO),
+        args: &args,
+        id: 0,
+        generation: 1,
+        identity: &Identity::default(),
+        env: Vec::new(),
+        cgroup: Some(&worker),
+        registration: None,
+        listeners: None,
+        control: None,
+    })
+    .expect("the allocator starts");
+    let allocator = Spawned(pid);
+
+    // It joined its cgroup in each hierarchy before exec.
+    let relative = |dir: &Path, root: &Path| {
+        format!(
+            "/{}",
+            dir.strip_prefix(root).expect("in its hierarchy").display()
+        )
+    };
+    assert_eq!(
+        cgroup_of(pid, hierarchy.version(), "memory"),
+        Some(relative(worker.path(), hierarchy.path()))
+    );
+    if let (Some(cpu), Some(root)) = (worker.cpu_path(), hierarchy.cpu_path()) {
+        assert_eq!(
+            cgroup_of(pid, Version::V1, "cpu"),
+            Some(relative(cpu, root))
+        );
+    }
+
+    let throttled = worker.throttle(64 * MIB, CPU_FRACTION);
+    if hierarchy.version() == Version::V1 && hierarchy.cpu_path().is_none() {
+        assert!(
+            matches!(throttled, Err(CgroupError::NoThrottle { .. })),
+            "{throttled:?}"
+        );
+        return;
+    }
+    worker.unthrottle().expect("unthrottled");
+    assert!(matches!(
+        worker.throttle(64 * MIB, f64::NAN),
+        Err(CgroupError::CpuFraction { .. })
+    ));
+    worker.unthrottle().expect("unthrottled");
+
+    let read = |dir: &Path, file: &str| {
+        fs::read_to_string(dir.join(file))
+            .expect("a cgroup file")
+            .trim()
+            .to_owned()
+    };
+    let quota = |period: &str| {
+        let period: f64 = period.parse().expect("a period in µs");
+        ((period * CPU_FRACTION) as u64).max(1000)
+    };
+    // What throttling writes, where.
+    let cpu_dir = worker.cpu_path().unwrap_or(worker.path());
+    let (kind, cpu_file) = match hierarchy.version() {
+        Version::V1 => (Throttle::CfsQuotaSoftLimit, "cpu.cfs_quota_us"),
+        Version::V2 if cpu_dir.join("cpu.max").exists() => (Throttle::MemoryHighCpuMax, "cpu.max"),
+        Version::V2 => (Throttle::MemoryHigh, "cpu.max"),
+    };
+    let mut expected = vec![match hierarchy.version() {
+        Version::V1 => (
+            worker.path(),
+            "memory.soft_limit_in_bytes",
+            (64 * MIB).to_string(),
+        ),
+        Version::V2 => (worker.path(), "memory.high", (64 * MIB).to_string()),
+    }];
+    match kind {
+        Throttle::MemoryHigh => {}
+        Throttle::MemoryHighCpuMax => {
+            let max = read(cpu_dir, cpu_file);
+            let period = max.split_whitespace().nth(1).expect("a period");
+            expected.push((cpu_dir, cpu_file, format!("{} {period}", quota(period))));
+        }
+        Throttle::CfsQuotaSoftLimit => {
+            let period = read(cpu_dir, "cpu.cfs_period_us");
+            expected.push((cpu_dir, cpu_file, quota(&period).to_string()));
+        }
+    }
+
+    // It allocates before anything is held back.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proc_status(pid, "VmRSS") < 16 * MIB {
+        assert!(
+            Instant::now() < deadline,
+            "the allocator allocates within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let free = growth(pid).await;
+
+    let throttle = worker.throttle(64 * MIB, CPU_FRACTION).expect("throttled");
+    assert_eq!(throttle, kind);
+    for (dir, file, value) in &expected {
+        assert_eq!(&read(dir, file), value, "{}/{file}", dir.display());
+    }
+    let slowed = growth(pid).await;
+
+    worker.unthrottle().expect("unthrottled");
+    // Lifted, each file reads as in the pool's cgroup, which is never limited.
+    for (dir, file, _) in &expected {
+        let pool = dir.parent().expect("a pool above");
+        assert_eq!(
+            read(dir, file),
+            read(pool, file),
+            "{}/{file}",
+            dir.display()
+        );
+    }
+    let lifted = growth(pid).await;
+
+    eprintln!(
+        "{}: {} MiB/s free, {} MiB/s throttled, {} MiB/s lifted",
+        throttle.as_str(),
+        free / MIB,
+        slowed / MIB,
+        lifted / MIB
+    );
+    assert!(
+        slowed * 3 < free,
+        "throttled {slowed} B against {free} B free"
+    );
+    assert!(
+        lifted * 3 > free * 2,
+        "lifted {lifted} B against {free} B free"
+    );
+
+    let cpu_twin = worker.cpu_path().map(Path::to_owned);
+    let path = worker.path().to_owned();
+    assert_eq!(worker.remove().expect("the worker cgroup is removed"), 1);
+    assert_eq!(allocator.signal(), Some(Signal::SIGKILL));
+    for dir in [Some(path), cpu_twin].into_iter().flatten() {
+        assert!(!dir.exists(), "{} is left", dir.display());
+    }
+}
+
+/// Where `path`, in the memory hierarchy, has its twin in a v1 cpu hierarchy.
+fn cpu_twin_of(hierarchy: &Hierarchy, path: &Path) -> Option<PathBuf> {
+    let relative = path
+        .strip_prefix(hierarchy.path())
+        .expect("in the hierarchy");
+    hierarchy.cpu_path().map(|cpu| cpu.join(relative))
 }

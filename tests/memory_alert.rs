@@ -468,3 +468,87 @@ fn memory_caps_the_pool_at_what_fits_at_the_observed_size() {
     pool.wait_log("fit its memory budget", TIMEOUT);
     assert!(pool.stop().success());
 }
+
+/// Bytes per second between the first sample at or over `from` and the first
+/// at or over `to`, from the samples' kernel timestamps.
+fn growth_rate(samples: &[&Value], from: u64, to: u64) -> f64 {
+    let at = |bytes: u64| {
+        samples
+            .iter()
+            .find(|s| u64_of(s, "rssBytes") >= bytes)
+            .map(|s| (u64_of(s, "rssBytes"), u64_of(s, "monotonicNs")))
+            .unwrap_or_else(|| panic!("no sample at {} MiB", bytes / MIB))
+    };
+    let ((rss0, t0), (rss1, t1)) = (at(from), at(to));
+    (rss1 - rss0) as f64 / ((t1 - t0) as f64 / 1e9)
+}
+
+#[test]
+fn throttling_slows_an_allocator_and_is_lifted() {
+    if !root_or_skip("throttling_slows_an_allocator_and_is_lifted") {
+        return;
+    }
+    // A 512 MiB limit: critical at 486 MiB. The worker touches memory as
+    // fast as it can up to 1 GiB, goes back down to 8 MiB, then up to 400.
+    let mut pool = Pool::start(&[
+        "--workers",
+        "1",
+        "--max-memory-per-worker",
+        "512MiB",
+        "--resource-throttling",
+        "true",
+        DEMO,
+        "steps",
+        "8",
+        "1024",
+        "8",
+        "400",
+    ]);
+    let pid = u64_of(&pool.wait_event("worker_spawned", TIMEOUT, |_| true), "pid") as u32;
+    pool.wait_log("at 8 MiB", TIMEOUT);
+    signal(pid, Signal::SIGUSR1);
+    let throttled = pool.wait_event("memory_throttling", TIMEOUT, |_| true);
+    assert_eq!(throttled["action"], "throttle", "{throttled}");
+    assert_eq!(throttled["workerId"], 0);
+    assert_eq!(u64_of(&throttled, "threshold"), 512 * MIB * 95 / 100);
+    let mechanism = throttled["mechanism"].as_str().unwrap().to_owned();
+    assert!(mechanism.contains("memory"), "{mechanism}");
+    let alert = pool.wait_event("memory_alert", TIMEOUT, |e| e["type"] == "critical");
+    assert!(alert["action"].as_str().unwrap().contains("throttle"), "{alert}");
+    pool.wait_log("at 1024 MiB", Duration::from_secs(60));
+    signal(pid, Signal::SIGUSR1);
+    pool.wait_log("at 8 MiB", TIMEOUT);
+    let released = pool.wait_event("memory_throttling", TIMEOUT, |e| e["action"] == "release");
+    assert_eq!(released["mechanism"], mechanism.as_str());
+    signal(pid, Signal::SIGUSR1);
+    pool.wait_log("at 400 MiB", TIMEOUT);
+    pool.collect_for(Duration::from_millis(300));
+    assert!(pool.stop().success());
+    let samples: Vec<&Value> = of(&pool.events, "memory_sample");
+    let first_climb: Vec<&Value> = samples
+        .iter()
+        .copied()
+        .take_while(|s| u64_of(s, "rssBytes") < 1000 * MIB)
+        .collect();
+    let free = growth_rate(&first_climb, 64 * MIB, 448 * MIB);
+    let slowed = growth_rate(&first_climb, 520 * MIB, 900 * MIB);
+    let second_climb: Vec<&Value> = samples
+        .iter()
+        .copied()
+        .skip_while(|s| u64_of(s, "rssBytes") >= 16 * MIB || u64_of(s, "monotonicNs") == 0)
+        .skip_while(|s| u64_of(s, "rssBytes") < 16 * MIB)
+        .collect();
+    let lifted = growth_rate(&second_climb, 64 * MIB, 384 * MIB);
+    assert!(
+        slowed < free / 3.0,
+        "throttled growth {:.0} MiB/s vs free {:.0} MiB/s",
+        slowed / MIB as f64,
+        free / MIB as f64
+    );
+    assert!(
+        lifted > slowed * 3.0,
+        "lifted growth {:.0} MiB/s vs throttled {:.0} MiB/s",
+        lifted / MIB as f64,
+        slowed / MIB as f64
+    );
+}

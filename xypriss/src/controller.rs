@@ -483,7 +483,6 @@ impl Controller {
             // The kernel's backstop, in case the worker outruns its graceful restart.
             cgroup.set_max(Some(policy::backstop(self.config.thresholds[2])))?;
         }
-        let procs = cgroup.as_ref().map(|c| c.path().join("cgroup.procs"));
         let (control, worker_end) = control::pair()?;
         // After the --listen fds, which take 3, 4, ….
         let control_fd = 3 + self.listeners.local_addrs().len() as i32;
@@ -496,7 +495,7 @@ impl Controller {
             generation,
             identity: &self.config.identity,
             env,
-            cgroup_procs: procs.as_deref(),
+            cgroup: cgroup.as_ref(),
             registration: self.observer.registration(slot),
             listeners: Some(&self.listeners),
             control: Some((worker_end.raw(), control_fd)),
@@ -1041,6 +1040,7 @@ impl Controller {
         let usage = i.counters.rss();
         let memory = &self.config.memory;
         let mut restart = false;
+        let mut throttling = Vec::new();
         for change in i.alerts.update(usage, thresholds, ALERT_MARGIN) {
             let event = match change {
                 Change::Raised { level, threshold } => {
@@ -1066,6 +1066,14 @@ impl Controller {
                             action.as_str()
                         }
                     };
+                    let throttled = level == Level::Critical
+                        && policy::throttles(&memory.enforcement)
+                        && throttle(i, usage, threshold, &mut throttling);
+                    let done = match (done, throttled) {
+                        ("none", true) => "throttle",
+                        ("gc_hint", true) => "gc_hint+throttle",
+                        (done, _) => done,
+                    };
                     if !said {
                         continue;
                     }
@@ -1079,16 +1087,24 @@ impl Controller {
                         done,
                     )
                 }
-                Change::Recovered { .. } => threshold_event(
-                    "worker",
-                    Some((i.id, i.pid)),
-                    "",
-                    None,
-                    usage,
-                    change,
-                    "none",
-                ),
+                Change::Recovered { level, threshold } => {
+                    if level == Level::Critical {
+                        release(i, usage, threshold, &mut throttling);
+                    }
+                    threshold_event(
+                        "worker",
+                        Some((i.id, i.pid)),
+                        "",
+                        None,
+                        usage,
+                        change,
+                        "none",
+                    )
+                }
             };
+            self.output.emit(&event);
+        }
+        for event in throttling {
             self.output.emit(&event);
         }
         if restart {
@@ -1768,6 +1784,54 @@ impl Controller {
             }
         }
     }
+}
+
+/// `resourceThrottling` at a critical crossing: has the kernel slow `i`
+/// down (see [`WorkerCgroup::throttle`]), and says so in `events`. False
+/// when it could not be done (no cgroup, or the kernel refused: logged).
+fn throttle(i: &mut Instance, usage: u64, threshold: u64, events: &mut Vec<Event>) -> bool {
+    let Some(cgroup) = &i.cgroup else {
+        tracing::warn!("worker {}: no cgroup to throttle it in", i.id);
+        return false;
+    };
+    match cgroup.throttle(threshold, policy::THROTTLE_CPU_FRACTION) {
+        Ok(mechanism) => {
+            i.throttle = Some(mechanism.as_str().to_owned());
+            events.push(Event::MemoryThrottling {
+                action: "throttle",
+                worker_id: i.id,
+                pid: i.pid,
+                mechanism: mechanism.as_str().to_owned(),
+                memory_usage: usage,
+                threshold,
+            });
+            true
+        }
+        Err(err) => {
+            tracing::warn!("worker {}: cannot throttle it: {err}", i.id);
+            false
+        }
+    }
+}
+
+/// Lifts `i`'s throttle, if it has one, and says so in `events`.
+fn release(i: &mut Instance, usage: u64, threshold: u64, events: &mut Vec<Event>) {
+    let (Some(mechanism), Some(cgroup)) = (i.throttle.take(), &i.cgroup) else {
+        return;
+    };
+    if let Err(err) = cgroup.unthrottle() {
+        tracing::warn!("worker {}: cannot lift its throttle: {err}", i.id);
+        i.throttle = Some(mechanism);
+        return;
+    }
+    events.push(Event::MemoryThrottling {
+        action: "release",
+        worker_id: i.id,
+        pid: i.pid,
+        mechanism,
+        memory_usage: usage,
+        threshold,
+    });
 }
 
 /// The events of a scope without workers (`cluster`, `system`); `action`

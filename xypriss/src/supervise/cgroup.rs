@@ -1,8 +1,8 @@
-//! Per-worker memory cgroups.
+//! Per-worker cgroups: memory, and CPU bandwidth where it throttles.
 //!
 //! Each worker runs in a cgroup of its own, under one cgroup per pool, so that
-//! the supervisor can throttle it (`memory.high`), have the kernel enforce its
-//! limit (`memory.max`), read its memory as the kernel charges it, and kill
+//! the supervisor can throttle it, have the kernel enforce its limit
+//! (`memory.max`), read its memory as the kernel charges it, and kill
 //! everything it started, whatever process group or session it moved to: a
 //! process group is left with one `setsid`, a cgroup only by a process allowed
 //! to write to another cgroup's `cgroup.procs`.
@@ -20,12 +20,27 @@
 //! v1 and leave the v2 tree without it). Mount points come from
 //! /proc/self/mountinfo, never from a fixed path.
 //!
+//! Throttling slows a worker down instead of killing it
+//! ([`WorkerCgroup::throttle`]). On v2 that is `memory.high`: past it the
+//! kernel reclaims from the worker and stalls its allocations. v1 has no
+//! `memory.high`: its soft limit acts only under global memory pressure, and
+//! without swap its hard limit can only OOM-kill. What does slow an allocating
+//! worker on v1 is bounding its CPU time, page faults included, with the `cpu`
+//! controller's bandwidth (`cpu.cfs_quota_us`), while the soft limit makes it
+//! the first to be reclaimed from when the host runs short. So each pool and
+//! worker cgroup has a twin with the same layout in the hierarchy holding the
+//! cpu controller: a v1 `cpu` hierarchy of its own, or the memory cgroup
+//! itself where cpu sits beside memory (v2, where it adds `cpu.max`, or a v1
+//! hierarchy mounting both). The worker joins both before exec, and both are
+//! made, removed and cleaned up together. The cpu controller is an extra:
+//! where its cgroups cannot be made, the pool goes on with memory alone.
+//!
 //! Killing and removing wait for the cgroup to empty, at most
 //! [`DRAIN_TIMEOUT`]: these calls block, so async code runs them with
 //! `spawn_blocking`.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeSet, HashSet},
     fs, io,
     path::{Path, PathBuf},
     thread,
@@ -48,6 +63,8 @@ const TOP: &str = "xypriss";
 /// The `comm` of a running xypriss.
 const XYPRISS_COMM: &str = "xypriss";
 const PROCS: &str = "cgroup.procs";
+/// The smallest CPU quota the kernel takes, in microseconds.
+const MIN_QUOTA_US: u64 = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -81,6 +98,13 @@ pub enum CgroupError {
     StillPopulated { path: PathBuf, pids: Vec<u32> },
     #[error("cannot remove {}: {source}", path.display())]
     Remove { path: PathBuf, source: io::Error },
+    #[error(
+        "cannot throttle {}: cgroup v1 has no memory.high, and the worker has no cgroup in a v1 cpu hierarchy to bound its CPU time",
+        path.display()
+    )]
+    NoThrottle { path: PathBuf },
+    #[error("invalid cpu_fraction {fraction}: it must be a positive number of CPUs")]
+    CpuFraction { fraction: f64 },
 }
 
 /// Which cgroup interface a hierarchy speaks.
@@ -124,17 +148,161 @@ impl Version {
             (Self::V2, None) => "max".to_owned(),
         }
     }
+
+    /// The CPU bandwidth's quota: the CPU time the cgroup may use each period.
+    fn quota_file(self) -> &'static str {
+        match self {
+            Self::V1 => "cpu.cfs_quota_us",
+            Self::V2 => "cpu.max",
+        }
+    }
+
+    /// The CPU bandwidth's period (v2 keeps it in the quota's file).
+    fn period_file(self) -> &'static str {
+        match self {
+            Self::V1 => "cpu.cfs_period_us",
+            Self::V2 => "cpu.max",
+        }
+    }
+
+    /// The period, in microseconds, in the text of [`Self::period_file`]:
+    /// v2's `cpu.max` is `<quota|max> <period>`.
+    fn parse_period(self, text: &str) -> Option<u64> {
+        match self {
+            Self::V1 => text.trim().parse().ok(),
+            Self::V2 => text.split_whitespace().nth(1)?.parse().ok(),
+        }
+    }
+
+    /// What the quota file is given for `(quota, period)` in microseconds,
+    /// or for no bound. v2's `max` alone keeps the period as it is.
+    fn quota_value(self, bandwidth: Option<(u64, u64)>) -> String {
+        match (self, bandwidth) {
+            (Self::V1, Some((quota, _))) => quota.to_string(),
+            (Self::V2, Some((quota, period))) => format!("{quota} {period}"),
+            (Self::V1, None) => "-1".to_owned(),
+            (Self::V2, None) => "max".to_owned(),
+        }
+    }
 }
 
-/// A mounted cgroup hierarchy with the memory controller.
+/// What [`WorkerCgroup::throttle`] applied, to name it in the `memory_throttling` event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Throttle {
+    /// v2 `memory.high`: above it the kernel reclaims from the worker and
+    /// stalls its allocations (the pool has no cpu controller).
+    MemoryHigh,
+    /// v2 `memory.high`, and `cpu.max` bounding the worker's CPU time.
+    MemoryHighCpuMax,
+    /// v1 `cpu.cfs_quota_us` bounding the worker's CPU time, page faults
+    /// included, and `memory.soft_limit_in_bytes`, so that reclaim under host
+    /// pressure takes from the worker first.
+    CfsQuotaSoftLimit,
+}
+
+impl Throttle {
+    /// How a cgroup of `version`, with or without a cpu controller, throttles.
+    fn of(version: Version, cpu: bool) -> Option<Self> {
+        match (version, cpu) {
+            (Version::V2, false) => Some(Self::MemoryHigh),
+            (Version::V2, true) => Some(Self::MemoryHighCpuMax),
+            (Version::V1, true) => Some(Self::CfsQuotaSoftLimit),
+            (Version::V1, false) => None,
+        }
+    }
+
+    /// The cgroup files written, joined by `+`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MemoryHigh => "memory.high",
+            Self::MemoryHighCpuMax => "memory.high+cpu.max",
+            Self::CfsQuotaSoftLimit => "cpu.cfs_quota_us+memory.soft_limit_in_bytes",
+        }
+    }
+}
+
+/// `fraction` of one CPU, if it is a positive number.
+fn check_fraction(fraction: f64) -> Result<f64, CgroupError> {
+    if fraction.is_finite() && fraction > 0.0 {
+        Ok(fraction)
+    } else {
+        Err(CgroupError::CpuFraction { fraction })
+    }
+}
+
+/// The CPU quota, in microseconds per `period` ones, for a checked `fraction`
+/// of one CPU, raised to the kernel's smallest. A huge fraction saturates to
+/// a huge quota, which the kernel refuses with a write error.
+fn quota_us(period: u64, fraction: f64) -> u64 {
+    ((period as f64 * fraction).round() as u64).max(MIN_QUOTA_US)
+}
+
+/// One cgroup's directories: in the memory hierarchy, and in the one with the
+/// cpu controller if there is one, which is the same directory where cpu sits
+/// beside memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Dirs {
+    memory: PathBuf,
+    cpu: Option<PathBuf>,
+}
+
+impl Dirs {
+    fn join(&self, name: impl AsRef<Path>) -> Self {
+        Self {
+            memory: self.memory.join(&name),
+            cpu: self.cpu.as_ref().map(|cpu| cpu.join(&name)),
+        }
+    }
+
+    /// The cpu directory when it is not the memory one.
+    fn cpu_twin(&self) -> Option<&Path> {
+        self.cpu.as_deref().filter(|cpu| *cpu != self.memory)
+    }
+
+    /// Each distinct directory, the memory one first.
+    fn each(&self) -> impl Iterator<Item = &Path> {
+        std::iter::once(self.memory.as_path()).chain(self.cpu_twin())
+    }
+
+    /// Creates each directory; on failure, removes those it made.
+    fn create(&self) -> Result<(), CgroupError> {
+        let mut made = Vec::new();
+        for dir in self.each() {
+            if let Err(err) = mkdir(dir) {
+                for dir in made {
+                    // Nothing runs in it yet.
+                    let _ = fs::remove_dir(dir);
+                }
+                return Err(err);
+            }
+            made.push(dir);
+        }
+        Ok(())
+    }
+
+    /// Kills everything in each directory and below, and removes them all.
+    /// Goes on past a failure, and returns the first.
+    fn drain(&self, version: Version, killed: &mut usize) -> Result<(), CgroupError> {
+        let mut first_error = None;
+        for dir in self.each() {
+            if let Err(err) = drain(dir, version, killed) {
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// A mounted cgroup hierarchy with the memory controller, and where the cpu
+/// controller is, if it is usable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hierarchy {
     version: Version,
-    path: PathBuf,
+    root: Dirs,
 }
 
 impl Hierarchy {
-    /// Finds the memory hierarchy in this process's mounts.
+    /// Finds the memory hierarchy, and the cpu controller, in this process's mounts.
     pub fn find() -> Result<Self, CgroupError> {
         choose(&mounts()?, read_controllers)
             .map_err(|reason| CgroupError::NoMemoryController { reason })
@@ -151,76 +319,96 @@ impl Hierarchy {
         self.version
     }
 
-    /// Where the hierarchy is mounted.
+    /// Where the memory hierarchy is mounted.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.root.memory
     }
 
-    /// The directory every pool's cgroup is made in; it may not exist yet.
+    /// The directory every pool's memory cgroup is made in; it may not exist yet.
     pub fn pools(&self) -> PathBuf {
-        self.path.join(TOP)
+        self.root.memory.join(TOP)
     }
 
-    /// Creates `xypriss/<name>.<our pid>`, with the memory controller enabled
-    /// down to it on v2.
+    /// Where the v1 hierarchy with the cpu controller is mounted, when it is
+    /// another than the memory one.
+    pub fn cpu_path(&self) -> Option<&Path> {
+        self.root.cpu_twin()
+    }
+
+    /// Creates `xypriss/<name>.<our pid>`, with the memory controller (and
+    /// cpu, when there is one) enabled down to it on v2, and its twin in a v1
+    /// cpu hierarchy. Without its cpu part, the pool goes on with a warning.
     pub fn pool(&self, name: &str) -> Result<PoolCgroup, CgroupError> {
         check_pool_name(name)?;
-        let top = self.pools();
-        if self.version == Version::V2 {
-            enable_memory(&self.path)?;
-        }
-        match mkdir(&top) {
-            Err(CgroupError::Exists { .. }) | Ok(()) => {}
-            Err(err) => return Err(err),
-        }
-        if self.version == Version::V2 {
-            enable_memory(&top)?;
-        }
-        let path = top.join(format!("{name}.{}", std::process::id()));
-        mkdir(&path)?;
+        let name = format!("{name}.{}", std::process::id());
+        let root = &self.root.memory;
+        let memory = make_pool(root, &name)?;
         if self.version == Version::V2
-            && let Err(err) = enable_memory(&path)
+            && let Err(err) = enable_down(root, &memory, "memory")
         {
             // Nothing runs in it yet.
-            let _ = fs::remove_dir(&path);
+            let _ = fs::remove_dir(&memory);
             return Err(err);
         }
+        let cpu = self.root.cpu.as_deref().and_then(|cpu_root| {
+            let made = match self.version {
+                Version::V2 => enable_down(cpu_root, &memory, "cpu").map(|()| memory.clone()),
+                Version::V1 if cpu_root == root => Ok(memory.clone()),
+                Version::V1 => make_pool(cpu_root, &name),
+            };
+            made.inspect_err(|err| tracing::warn!("workers' CPU time cannot be bounded: {err}"))
+                .ok()
+        });
         Ok(PoolCgroup {
             version: self.version,
-            path,
+            dirs: Dirs { memory, cpu },
         })
     }
 
     /// Kills and removes every pool whose xypriss is gone: its pid is not
     /// running, or runs something other than xypriss, or started after the
     /// pool was made (the pid was reused). Pools of a running xypriss,
-    /// this one's included, are left alone. Each pool is reported, with what
-    /// went wrong if it could not be removed whole.
+    /// this one's included, are left alone. A pool's cpu twin goes with it,
+    /// and one left without its memory part too. Each pool is reported, with
+    /// what went wrong if it could not be removed whole.
     pub fn remove_stale(&self) -> Result<Vec<Stale>, CgroupError> {
-        let top = self.path.join(TOP);
-        let entries = match fs::read_dir(&top) {
-            Ok(entries) => entries,
-            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(CgroupError::Read { path: top, source }),
-        };
+        let top = self.root.join(TOP);
+        let mut names = BTreeSet::new();
+        for dir in top.each() {
+            let entries = match fs::read_dir(dir) {
+                Ok(entries) => entries,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => {
+                    return Err(CgroupError::Read {
+                        path: dir.into(),
+                        source,
+                    });
+                }
+            };
+            for entry in entries {
+                let entry = entry.map_err(|source| CgroupError::Read {
+                    path: dir.into(),
+                    source,
+                })?;
+                names.insert(entry.file_name());
+            }
+        }
         let mut removed = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|source| CgroupError::Read {
-                path: top.clone(),
-                source,
-            })?;
-            let Some(pid) = entry.file_name().to_str().and_then(pool_pid) else {
+        for name in names {
+            let Some(pid) = name.to_str().and_then(pool_pid) else {
                 continue;
             };
-            let created = entry.metadata().and_then(|m| m.modified()).ok();
+            let pool = top.join(&name);
+            let created = pool
+                .each()
+                .find_map(|dir| fs::metadata(dir).and_then(|m| m.modified()).ok());
             if !is_stale(owner(pid).as_ref(), created) {
                 continue;
             }
-            let path = entry.path();
             let mut killed = 0;
-            let error = drain(&path, self.version, &mut killed).err();
+            let error = pool.drain(self.version, &mut killed).err();
             removed.push(Stale {
-                path,
+                path: pool.memory,
                 pid,
                 killed,
                 error,
@@ -233,6 +421,7 @@ impl Hierarchy {
 /// A pool left behind by an xypriss that is gone, and what removing it did.
 #[derive(Debug)]
 pub struct Stale {
+    /// Its directory in the memory hierarchy.
     pub path: PathBuf,
     /// The pid of the xypriss that made it.
     pub pid: u32,
@@ -246,7 +435,7 @@ pub struct Stale {
 #[derive(Debug)]
 pub struct PoolCgroup {
     version: Version,
-    path: PathBuf,
+    dirs: Dirs,
 }
 
 impl PoolCgroup {
@@ -259,17 +448,18 @@ impl PoolCgroup {
         self.version
     }
 
+    /// Its directory in the memory hierarchy.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.dirs.memory
     }
 
-    /// Creates the cgroup of worker `id`'s `generation`th process.
+    /// Creates the cgroup of worker `id`'s `generation`th process, in each hierarchy.
     pub fn worker(&self, id: u32, generation: u32) -> Result<WorkerCgroup, CgroupError> {
-        let path = self.path.join(format!("w{id}.g{generation}"));
-        mkdir(&path)?;
+        let dirs = self.dirs.join(format!("w{id}.g{generation}"));
+        dirs.create()?;
         Ok(WorkerCgroup {
             version: self.version,
-            path,
+            dirs,
         })
     }
 
@@ -277,33 +467,47 @@ impl PoolCgroup {
     /// them all. Returns how many processes were killed.
     pub fn remove(self) -> Result<usize, CgroupError> {
         let mut killed = 0;
-        drain(&self.path, self.version, &mut killed)?;
+        self.dirs.drain(self.version, &mut killed)?;
         Ok(killed)
     }
 }
 
-/// One worker's cgroup.
+/// One worker's cgroup: its memory one, and its cpu one if the pool has one.
 #[derive(Debug)]
 pub struct WorkerCgroup {
     version: Version,
-    path: PathBuf,
+    dirs: Dirs,
 }
 
 impl WorkerCgroup {
+    /// Its directory in the memory hierarchy.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.dirs.memory
     }
 
-    /// Moves process `pid` (all its threads) into this cgroup. Its children
-    /// are born in it from then on.
+    /// Its directory in a v1 cpu hierarchy, when it has one apart from [`Self::path`].
+    pub fn cpu_path(&self) -> Option<&Path> {
+        self.dirs.cpu_twin()
+    }
+
+    /// The `cgroup.procs` files a process writes itself (`0`) into to join
+    /// this cgroup, one per hierarchy.
+    pub(crate) fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs.each().map(|dir| dir.join(PROCS)).collect()
+    }
+
+    /// Moves process `pid` (all its threads) into this cgroup, in each
+    /// hierarchy. Its children are born in it from then on.
     pub fn add(&self, pid: u32) -> Result<(), CgroupError> {
-        write(&self.path.join(PROCS), &pid.to_string())
+        self.procs_files()
+            .iter()
+            .try_for_each(|procs| write(procs, &pid.to_string()))
     }
 
     /// The processes in this cgroup, as our pid namespace numbers them; those
     /// outside it (the kernel lists them as 0) are left out.
     pub fn pids(&self) -> Result<Vec<u32>, CgroupError> {
-        let mut pids = read_procs(&self.path)?;
+        let mut pids = read_procs(&self.dirs.memory)?;
         pids.retain(|&pid| pid != 0);
         Ok(pids)
     }
@@ -311,14 +515,7 @@ impl WorkerCgroup {
     /// SIGKILLs every process in this cgroup, again until it is empty, for at
     /// most [`DRAIN_TIMEOUT`]. Returns how many processes were killed.
     pub fn kill_all(&self) -> Result<usize, CgroupError> {
-        kill_all(&self.path, self.version)
-    }
-
-    /// Sets the soft limit (v2 `memory.high`: above it the cgroup is throttled
-    /// and reclaimed; v1 `memory.soft_limit_in_bytes`, which acts only under
-    /// global memory pressure). `None` removes it.
-    pub fn set_high(&self, bytes: Option<u64>) -> Result<(), CgroupError> {
-        self.set(self.version.high_file(), bytes)
+        kill_all(&self.dirs.memory, self.version)
     }
 
     /// Sets the hard limit (v2 `memory.max`, v1 `memory.limit_in_bytes`):
@@ -327,25 +524,75 @@ impl WorkerCgroup {
         self.set(self.version.max_file(), bytes)
     }
 
+    /// Slows the worker down instead of killing it: `memory_high` bytes as
+    /// v2 `memory.high` or v1 `memory.soft_limit_in_bytes`, and its CPU time
+    /// bounded to `cpu_fraction` of one CPU (0.1: 10 ms each 100 ms period,
+    /// never less than the kernel's 1 ms) through v2 `cpu.max` or v1
+    /// `cpu.cfs_quota_us`, when it has a cpu controller. Returns what was
+    /// applied. On v1 without a cpu controller nothing would slow it, which is
+    /// [`CgroupError::NoThrottle`]. After an error, [`Self::unthrottle`]
+    /// undoes what was written.
+    pub fn throttle(&self, memory_high: u64, cpu_fraction: f64) -> Result<Throttle, CgroupError> {
+        let throttle = Throttle::of(self.version, self.dirs.cpu.is_some()).ok_or_else(|| {
+            CgroupError::NoThrottle {
+                path: self.dirs.memory.clone(),
+            }
+        })?;
+        let fraction = check_fraction(cpu_fraction)?;
+        let bandwidth = match &self.dirs.cpu {
+            Some(dir) => {
+                let path = dir.join(self.version.period_file());
+                let text = read(&path)?;
+                let period = self
+                    .version
+                    .parse_period(&text)
+                    .ok_or(CgroupError::Parse { path, text })?;
+                Some((dir, quota_us(period, fraction), period))
+            }
+            None => None,
+        };
+        self.set(self.version.high_file(), Some(memory_high))?;
+        if let Some((dir, quota, period)) = bandwidth {
+            let value = self.version.quota_value(Some((quota, period)));
+            write(&dir.join(self.version.quota_file()), &value)?;
+        }
+        Ok(throttle)
+    }
+
+    /// Lifts [`Self::throttle`]: no `memory.high` (or soft limit), no CPU bound.
+    pub fn unthrottle(&self) -> Result<(), CgroupError> {
+        self.set(self.version.high_file(), None)?;
+        match &self.dirs.cpu {
+            Some(dir) => write(
+                &dir.join(self.version.quota_file()),
+                &self.version.quota_value(None),
+            ),
+            None => Ok(()),
+        }
+    }
+
     fn set(&self, file: &str, bytes: Option<u64>) -> Result<(), CgroupError> {
-        write(&self.path.join(file), &self.version.limit_value(bytes))
+        write(
+            &self.dirs.memory.join(file),
+            &self.version.limit_value(bytes),
+        )
     }
 
     /// The memory charged to this cgroup, in bytes (v2 `memory.current`, v1
     /// `memory.usage_in_bytes`).
     pub fn memory_current(&self) -> Result<u64, CgroupError> {
-        let path = self.path.join(self.version.current_file());
+        let path = self.dirs.memory.join(self.version.current_file());
         let text = read(&path)?;
         text.trim()
             .parse()
             .map_err(|_| CgroupError::Parse { path, text })
     }
 
-    /// Kills whatever is left in it, and removes it. Returns how many
-    /// processes were killed.
+    /// Kills whatever is left in it, and removes it, in each hierarchy.
+    /// Returns how many processes were killed.
     pub fn remove(self) -> Result<usize, CgroupError> {
         let mut killed = 0;
-        drain(&self.path, self.version, &mut killed)?;
+        self.dirs.drain(self.version, &mut killed)?;
         Ok(killed)
     }
 }
@@ -369,15 +616,16 @@ fn choose_at(
     controllers: impl Fn(&Path) -> io::Result<String>,
 ) -> Result<Hierarchy, String> {
     match mounts.iter().rfind(|m| m.mount_point == root) {
-        Some(mount) => judge(mount, controllers),
+        Some(mount) => judge(mounts, mount, controllers),
         None => Err(format!("nothing is mounted at {}", root.display())),
     }
 }
 
 /// Picks the memory hierarchy among `mounts`: cgroup v2 when its root's
 /// controllers (read by `controllers` from the mount point) include memory,
-/// otherwise cgroup v1's memory hierarchy. Read-only mounts are of no use.
-/// The error says why nothing fits.
+/// otherwise cgroup v1's memory hierarchy; and the cpu controller beside it:
+/// v2's own, or a v1 hierarchy with cpu (perhaps the memory one). Read-only
+/// mounts are of no use. The error says why no memory hierarchy fits.
 fn choose(
     mounts: &[MountInfo],
     controllers: impl Fn(&Path) -> io::Result<String>,
@@ -388,7 +636,7 @@ fn choose(
         .filter(|m| m.fs_type == "cgroup" && m.super_options.contains_key("memory"));
     let mut reasons = Vec::new();
     for mount in v2.clone().chain(v1.clone()) {
-        match judge(mount, &controllers) {
+        match judge(mounts, mount, &controllers) {
             Ok(found) => return Ok(found),
             Err(reason) => reasons.push(reason),
         }
@@ -402,21 +650,28 @@ fn choose(
     Err(reasons.join("; "))
 }
 
-/// Whether `mount` is a memory hierarchy xypriss can use, or why not.
+/// Whether `mount` is a memory hierarchy xypriss can use, with the cpu
+/// controller found beside it among `mounts`, or why not.
 fn judge(
+    mounts: &[MountInfo],
     mount: &MountInfo,
     controllers: impl Fn(&Path) -> io::Result<String>,
 ) -> Result<Hierarchy, String> {
     let at = mount.mount_point.display();
-    let read_only = mount.mount_options.contains_key("ro");
-    let found = |version| Hierarchy {
-        version,
-        path: mount.mount_point.clone(),
-    };
+    let read_only = |m: &MountInfo| m.mount_options.contains_key("ro");
     match mount.fs_type.as_str() {
-        "cgroup2" if read_only => Err(format!("cgroup2 at {at} is read-only")),
+        "cgroup2" if read_only(mount) => Err(format!("cgroup2 at {at} is read-only")),
         "cgroup2" => match controllers(&mount.mount_point) {
-            Ok(list) if list.split_whitespace().any(|c| c == "memory") => Ok(found(Version::V2)),
+            Ok(list) if list.split_whitespace().any(|c| c == "memory") => {
+                let cpu = list.split_whitespace().any(|c| c == "cpu");
+                Ok(Hierarchy {
+                    version: Version::V2,
+                    root: Dirs {
+                        memory: mount.mount_point.clone(),
+                        cpu: cpu.then(|| mount.mount_point.clone()),
+                    },
+                })
+            }
             Ok(list) => Err(format!(
                 "cgroup2 at {at} does not offer memory (cgroup.controllers: {:?})",
                 list.trim()
@@ -426,10 +681,21 @@ fn judge(
         "cgroup" if !mount.super_options.contains_key("memory") => Err(format!(
             "the cgroup v1 hierarchy at {at} has no memory controller"
         )),
-        "cgroup" if read_only => Err(format!(
+        "cgroup" if read_only(mount) => Err(format!(
             "the cgroup v1 memory hierarchy at {at} is read-only"
         )),
-        "cgroup" => Ok(found(Version::V1)),
+        "cgroup" => {
+            let cpu = mounts.iter().find(|m| {
+                m.fs_type == "cgroup" && m.super_options.contains_key("cpu") && !read_only(m)
+            });
+            Ok(Hierarchy {
+                version: Version::V1,
+                root: Dirs {
+                    memory: mount.mount_point.clone(),
+                    cpu: cpu.map(|m| m.mount_point.clone()),
+                },
+            })
+        }
         other => Err(format!("{at} is a {other} mount, not a cgroup hierarchy")),
     }
 }
@@ -587,13 +853,33 @@ fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, CgroupError> {
     Ok(dirs)
 }
 
-/// Enables the memory controller for `dir`'s children (v2).
-fn enable_memory(dir: &Path) -> Result<(), CgroupError> {
+/// Makes `<root>/xypriss/<pool>`; the shared `xypriss` may exist already.
+fn make_pool(root: &Path, pool: &str) -> Result<PathBuf, CgroupError> {
+    let top = root.join(TOP);
+    match mkdir(&top) {
+        Err(CgroupError::Exists { .. }) | Ok(()) => {}
+        Err(err) => return Err(err),
+    }
+    let path = top.join(pool);
+    mkdir(&path)?;
+    Ok(path)
+}
+
+/// Enables `controller` for the children of `root`, of its `xypriss` and of
+/// `pool` in it (v2), so that the pool's workers have it.
+fn enable_down(root: &Path, pool: &Path, controller: &str) -> Result<(), CgroupError> {
+    [root, &root.join(TOP), pool]
+        .into_iter()
+        .try_for_each(|dir| enable(dir, controller))
+}
+
+/// Enables `controller` for `dir`'s children (v2).
+fn enable(dir: &Path, controller: &str) -> Result<(), CgroupError> {
     let path = dir.join("cgroup.subtree_control");
-    if read(&path)?.split_whitespace().any(|c| c == "memory") {
+    if read(&path)?.split_whitespace().any(|c| c == controller) {
         return Ok(());
     }
-    write(&path, "+memory")
+    write(&path, &format!("+{controller}"))
 }
 
 fn mkdir(path: &Path) -> Result<(), CgroupError> {
@@ -689,9 +975,19 @@ mod tests {
             found,
             Ok(Hierarchy {
                 version: Version::V2,
-                path: "/sys/fs/cgroup".into()
+                root: Dirs {
+                    memory: "/sys/fs/cgroup".into(),
+                    cpu: Some("/sys/fs/cgroup".into()),
+                },
             })
         );
+        let without_cpu = choose(
+            &mounts(PURE_V2),
+            controllers("/sys/fs/cgroup", "io memory pids\n"),
+        )
+        .unwrap();
+        assert_eq!(without_cpu.root.cpu, None);
+        assert_eq!(without_cpu.cpu_path(), None);
     }
 
     #[test]
@@ -704,9 +1000,120 @@ mod tests {
             found,
             Ok(Hierarchy {
                 version: Version::V1,
-                path: "/sys/fs/cgroup/memory".into()
+                root: Dirs {
+                    memory: "/sys/fs/cgroup/memory".into(),
+                    cpu: Some("/sys/fs/cgroup/cpu".into()),
+                },
             })
         );
+    }
+
+    #[test]
+    fn the_v1_cpu_hierarchy_is_found_however_it_is_mounted() {
+        let cpu_of = |text: &str| {
+            choose(&mounts(text), controllers("/sys/fs/cgroup/unified", ""))
+                .unwrap()
+                .root
+                .cpu
+        };
+        let with_cpuacct = HYBRID.replace(
+            "/cpu rw,relatime - cgroup cgroup rw,cpu",
+            "/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct",
+        );
+        assert_eq!(
+            cpu_of(&with_cpuacct),
+            Some("/sys/fs/cgroup/cpu,cpuacct".into())
+        );
+        let cpuset_only = HYBRID.replace("rw,cpu\n", "rw,cpuset\n");
+        assert_eq!(cpu_of(&cpuset_only), None);
+        let read_only = HYBRID.replace("/cpu rw,", "/cpu ro,");
+        assert_eq!(cpu_of(&read_only), None);
+
+        // Mounted with memory: the worker's memory cgroup is its cpu one too.
+        let together = HYBRID
+            .lines()
+            .filter(|l| !l.contains("rw,cpu"))
+            .map(|l| l.replace("rw,memory", "rw,cpu,memory"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let found = choose(&mounts(&together), controllers("/", "")).unwrap();
+        assert_eq!(found.root.cpu.as_deref(), Some(found.path()));
+        assert_eq!(found.cpu_path(), None, "no twin to make or remove");
+    }
+
+    #[test]
+    fn a_cgroup_has_one_directory_per_hierarchy() {
+        let apart = Dirs {
+            memory: "/m".into(),
+            cpu: Some("/c".into()),
+        }
+        .join("xypriss");
+        assert_eq!(
+            apart.each().collect::<Vec<_>>(),
+            [Path::new("/m/xypriss"), Path::new("/c/xypriss")]
+        );
+        let together = Dirs {
+            memory: "/m".into(),
+            cpu: Some("/m".into()),
+        }
+        .join("p");
+        assert_eq!(together.each().collect::<Vec<_>>(), [Path::new("/m/p")]);
+        let memory_only = Dirs {
+            memory: "/m".into(),
+            cpu: None,
+        };
+        assert_eq!(memory_only.each().collect::<Vec<_>>(), [Path::new("/m")]);
+    }
+
+    #[test]
+    fn throttling_picks_what_each_cgroup_offers() {
+        assert_eq!(Throttle::of(Version::V2, false), Some(Throttle::MemoryHigh));
+        assert_eq!(
+            Throttle::of(Version::V2, true),
+            Some(Throttle::MemoryHighCpuMax)
+        );
+        assert_eq!(
+            Throttle::of(Version::V1, true),
+            Some(Throttle::CfsQuotaSoftLimit)
+        );
+        assert_eq!(Throttle::of(Version::V1, false), None);
+        assert_eq!(
+            Throttle::CfsQuotaSoftLimit.as_str(),
+            "cpu.cfs_quota_us+memory.soft_limit_in_bytes"
+        );
+        assert_eq!(Throttle::MemoryHighCpuMax.as_str(), "memory.high+cpu.max");
+    }
+
+    #[test]
+    fn a_cpu_fraction_becomes_a_quota_of_the_period() {
+        assert_eq!(quota_us(100_000, 0.25), 25_000);
+        assert_eq!(quota_us(100_000, 1.5), 150_000);
+        assert_eq!(quota_us(100_000, 0.001), MIN_QUOTA_US, "the kernel's least");
+        assert_eq!(check_fraction(0.5).ok(), Some(0.5));
+        for bad in [0.0, -0.5, f64::NAN, f64::INFINITY] {
+            assert!(
+                matches!(check_fraction(bad), Err(CgroupError::CpuFraction { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn cpu_bandwidth_is_written_as_each_version_reads_it() {
+        assert_eq!(Version::V1.parse_period("100000\n"), Some(100_000));
+        assert_eq!(Version::V2.parse_period("max 100000\n"), Some(100_000));
+        assert_eq!(Version::V2.parse_period("5000 20000\n"), Some(20_000));
+        assert_eq!(Version::V2.parse_period("max\n"), None);
+        assert_eq!(Version::V1.quota_value(Some((5000, 100_000))), "5000");
+        assert_eq!(
+            Version::V2.quota_value(Some((5000, 100_000))),
+            "5000 100000"
+        );
+        assert_eq!(Version::V1.quota_value(None), "-1");
+        assert_eq!(Version::V2.quota_value(None), "max");
+        assert_eq!(Version::V1.quota_file(), "cpu.cfs_quota_us");
+        assert_eq!(Version::V1.period_file(), "cpu.cfs_period_us");
+        assert_eq!(Version::V2.quota_file(), "cpu.max");
     }
 
     #[test]
@@ -717,7 +1124,10 @@ mod tests {
             at("/sys/fs/cgroup/memory"),
             Ok(Hierarchy {
                 version: Version::V1,
-                path: "/sys/fs/cgroup/memory".into()
+                root: Dirs {
+                    memory: "/sys/fs/cgroup/memory".into(),
+                    cpu: Some("/sys/fs/cgroup/cpu".into()),
+                },
             })
         );
         let unified = at("/sys/fs/cgroup/unified").unwrap_err();

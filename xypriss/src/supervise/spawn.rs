@@ -17,13 +17,13 @@ use std::{
     io::{self, Write as _},
     os::{
         fd::{OwnedFd, RawFd},
-        unix::{ffi::OsStrExt as _, process::CommandExt as _},
+        unix::{ffi::OsStringExt as _, process::CommandExt as _},
     },
     path::PathBuf,
     process::{Command, Stdio},
 };
 
-use super::{control, listen::Listeners};
+use super::{cgroup::WorkerCgroup, control, listen::Listeners};
 use crate::observe::ebpf::Registration;
 use nix::{
     fcntl::{OFlag, open},
@@ -56,9 +56,9 @@ pub struct Spec<'a> {
     pub identity: &'a Identity,
     /// `XYPRISS_*` and the user's `--env`, in that order.
     pub env: Vec<(OsString, OsString)>,
-    /// The `cgroup.procs` of the worker's cgroup: the child moves itself in
+    /// The worker's cgroup: the child moves itself in, in each hierarchy,
     /// before exec, so everything it ever starts is born inside.
-    pub cgroup_procs: Option<&'a std::path::Path>,
+    pub cgroup: Option<&'a WorkerCgroup>,
     /// Registers the child with the kernel programs before exec.
     pub registration: Option<Registration>,
     /// Sockets to hand over as fds 3, 4, … (systemd socket activation).
@@ -71,9 +71,12 @@ pub struct Spec<'a> {
 pub fn spawn(spec: Spec<'_>) -> io::Result<u32> {
     let supervisor = Pid::this();
     let cgroup_procs = spec
-        .cgroup_procs
-        .map(|p| CString::new(p.as_os_str().as_bytes()))
-        .transpose()
+        .cgroup
+        .map(WorkerCgroup::procs_files)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| CString::new(p.into_os_string().into_vec()))
+        .collect::<Result<Vec<_>, _>>()
         .map_err(io::Error::other)?;
     let mut cmd = Command::new(spec.app);
     cmd.args(spec.args)
@@ -108,7 +111,7 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<u32> {
             if let Some(registration) = &registration {
                 registration.register_self()?;
             }
-            if let Some(procs) = &cgroup_procs {
+            for procs in &cgroup_procs {
                 // "0" is the writing process itself; still root, so allowed.
                 let fd = open(
                     procs.as_c_str(),
