@@ -167,3 +167,92 @@ fn bad_configuration_files_name_the_json_path() {
     );
     with_config(r#"{"resources":{"memoryManagement":"#, "is it truncated?");
 }
+
+/// Runs `xypriss run ARGS…` in a tmux pane for 2 s and returns
+/// what the pane shows (stderr is dropped).
+fn on_a_terminal(name: &str, args: &str) -> String {
+    let session = format!("xypriss-cli-{name}-{}", std::process::id());
+    let command =
+        format!("{XYPRISS} run --workers 1 --name {session} {args} {DEMO} steps 8 2>/dev/null");
+    let status = Command::new("tmux")
+        .args([
+            "new-session",
+            "-d",
+            "-x",
+            "200",
+            "-y",
+            "50",
+            "-s",
+            &session,
+            &command,
+        ])
+        .status()
+        .expect("tmux runs");
+    assert!(status.success());
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let shown = Command::new("tmux")
+        .args(["capture-pane", "-p", "-t", &session])
+        .output()
+        .expect("tmux captures");
+    let _ = Command::new("tmux")
+        .args(["send-keys", "-t", &session, "C-c"])
+        .status();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _ = Command::new("tmux")
+        .args(["kill-session", "-t", &session])
+        .status();
+    String::from_utf8_lossy(&shown.stdout).into_owned()
+}
+
+#[test]
+fn a_terminal_gets_human_lines_unless_json_is_asked() {
+    let human = on_a_terminal("pretty", "");
+    assert!(human.contains("worker_spawned"), "{human}");
+    assert!(human.contains("memory_sample      worker 0 pid"), "{human}");
+    assert!(!human.contains("{\"event\""), "{human}");
+    let json = on_a_terminal("json", "--json");
+    assert!(json.contains("{\"event\":\"cluster_started\""), "{json}");
+}
+
+#[test]
+fn a_pipe_gets_ndjson_and_pretty_on_a_pipe_has_no_colours() {
+    let pretty = Command::new("timeout")
+        .args([
+            "-s",
+            "INT",
+            "2",
+            XYPRISS,
+            "run",
+            "--workers",
+            "1",
+            "--pretty",
+            DEMO,
+            "steps",
+            "8",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&pretty.stdout);
+    assert!(text.contains("worker_ready"), "{text}");
+    assert!(!text.contains('\u{1b}') && !text.contains("{\""), "{text}");
+    let plain = Command::new("timeout")
+        .args([
+            "-s",
+            "INT",
+            "2",
+            XYPRISS,
+            "run",
+            "--workers",
+            "1",
+            DEMO,
+            "steps",
+            "8",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&plain.stdout);
+    assert!(!text.is_empty());
+    for line in text.lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    }
+}

@@ -514,7 +514,10 @@ fn throttling_slows_an_allocator_and_is_lifted() {
     let mechanism = throttled["mechanism"].as_str().unwrap().to_owned();
     assert!(mechanism.contains("memory"), "{mechanism}");
     let alert = pool.wait_event("memory_alert", TIMEOUT, |e| e["type"] == "critical");
-    assert!(alert["action"].as_str().unwrap().contains("throttle"), "{alert}");
+    assert!(
+        alert["action"].as_str().unwrap().contains("throttle"),
+        "{alert}"
+    );
     pool.wait_log("at 1024 MiB", Duration::from_secs(60));
     signal(pid, Signal::SIGUSR1);
     pool.wait_log("at 8 MiB", TIMEOUT);

@@ -5,6 +5,7 @@
 
 use std::{
     ffi::OsString,
+    io::IsTerminal as _,
     net::{Ipv4Addr, SocketAddr},
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
@@ -21,6 +22,7 @@ use xypriss_ebpf::MAX_WORKERS;
 
 use crate::{
     config::{self, ConfigError, MemoryConfig, MemoryFlags, Overrides},
+    output::ndjson::Format,
     size::Size,
     supervise::{backoff::Policy, listen::ListenAddr, spawn::Identity, workers},
 };
@@ -187,6 +189,14 @@ pub struct RunFlags {
     #[arg(long, default_value = "default", value_name = "NAME")]
     pub name: String,
 
+    /// Write events as human lines, coloured on a terminal (the default on a terminal).
+    #[arg(long, conflicts_with = "json")]
+    pub pretty: bool,
+
+    /// Write events as NDJSON even on a terminal (the default on a pipe or file).
+    #[arg(long)]
+    pub json: bool,
+
     /// Serve status, metrics and the control API over HTTP on this address: PORT (on
     /// 127.0.0.1) or HOST:PORT. Off by default; any address off loopback is your choice.
     #[arg(long, value_name = "[HOST:]PORT", value_parser = parse_status_addr)]
@@ -284,6 +294,8 @@ pub struct RunConfig {
     pub name: String,
     /// `--status-addr`.
     pub status_addr: Option<SocketAddr>,
+    /// How events are written on stdout.
+    pub format: Format,
     /// Everything the memory options say, checked.
     pub memory: MemoryConfig,
 }
@@ -422,6 +434,7 @@ pub fn resolve(flags: RunFlags) -> Result<RunConfig, FlagError> {
         env: flags.env,
         name: check_name(flags.name)?,
         status_addr: flags.status_addr,
+        format: output_format(flags.pretty, flags.json),
         memory,
     })
 }
@@ -453,6 +466,19 @@ impl RunConfig {
         } else {
             tracing::level_filters::LevelFilter::TRACE
         }
+    }
+}
+
+/// `--pretty`, `--json`, or what stdout is: human lines on a terminal,
+/// NDJSON on a pipe or a file. Colours only on a terminal, and not when
+/// `NO_COLOR` is set.
+fn output_format(pretty: bool, json: bool) -> Format {
+    let terminal = std::io::stdout().is_terminal();
+    if json || !(pretty || terminal) {
+        return Format::Json;
+    }
+    Format::Pretty {
+        colour: terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
     }
 }
 

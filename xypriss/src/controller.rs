@@ -198,11 +198,14 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             "cannot become a child subreaper ({err}): orphaned descendants of workers go to init"
         );
     }
-    let mut output = Output::stdout(if config.optimizes(|o| o.minimal_footprint) {
-        QUEUE_LINES_MINIMAL
-    } else {
-        QUEUE_LINES
-    })?;
+    let mut output = Output::stdout(
+        if config.optimizes(|o| o.minimal_footprint) {
+            QUEUE_LINES_MINIMAL
+        } else {
+            QUEUE_LINES
+        },
+        config.format,
+    )?;
     let (api, mut calls) = api::channel();
     output.follow_with(api.event_sender());
     let (observer, degraded) = Observer::start(&config)?;

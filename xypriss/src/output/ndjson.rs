@@ -42,12 +42,28 @@ struct Line<'a> {
     timestamp: u64,
 }
 
-/// Serializes `event` as one line, with its timestamp.
-pub fn to_line(event: &Event) -> String {
-    let timestamp = SystemTime::now()
+/// How events are written on stdout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object a line: the stream's spec.
+    Json,
+    /// A human line per event (see [`super::pretty`]), coloured or not.
+    Pretty { colour: bool },
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+        .unwrap_or(0)
+}
+
+/// Serializes `event` as one line, with its timestamp.
+pub fn to_line(event: &Event) -> String {
+    json_line(event, now_ms())
+}
+
+fn json_line(event: &Event, timestamp: u64) -> String {
     let mut line = serde_json::to_string(&Line { event, timestamp })
         .expect("events are plain data and always serialize");
     line.push('\n');
@@ -61,12 +77,13 @@ pub struct Output {
     done: Receiver<()>,
     followers: Option<broadcast::Sender<Arc<str>>>,
     tally: RefCell<Counters>,
+    format: Format,
 }
 
 impl Output {
     /// Starts the writer thread on stdout, with room for `queue_lines`
     /// lines waiting.
-    pub fn stdout(queue_lines: usize) -> io::Result<Self> {
+    pub fn stdout(queue_lines: usize, format: Format) -> io::Result<Self> {
         let (queue, lines) = mpsc::sync_channel(queue_lines);
         let lost = Arc::new(AtomicU64::new(0));
         let (closed_tx, closed) = watch::channel(false);
@@ -75,7 +92,7 @@ impl Output {
         thread::Builder::new()
             .name("ndjson".into())
             .spawn(move || {
-                if let Err(err) = write_lines(&lines, &writer_lost) {
+                if let Err(err) = write_lines(&lines, &writer_lost, format) {
                     if err.kind() != io::ErrorKind::BrokenPipe {
                         tracing::error!("stdout: {err}");
                     }
@@ -90,6 +107,7 @@ impl Output {
             done,
             followers: None,
             tally: RefCell::default(),
+            format,
         })
     }
 
@@ -108,13 +126,18 @@ impl Output {
     /// Queues `event`; never blocks.
     pub fn emit(&self, event: &Event) {
         count(&mut self.tally.borrow_mut(), event);
-        let line = to_line(event);
+        let timestamp = now_ms();
+        let json = json_line(event, timestamp);
         if let Some(followers) = &self.followers
             && followers.receiver_count() > 0
         {
             // Nobody listening is not an error.
-            let _ = followers.send(Arc::from(line.as_str()));
+            let _ = followers.send(Arc::from(json.as_str()));
         }
+        let line = match self.format {
+            Format::Json => json,
+            Format::Pretty { colour } => super::pretty::line(event, timestamp, colour),
+        };
         match self.queue.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
@@ -163,7 +186,7 @@ fn count(counters: &mut Counters, event: &Event) {
     }
 }
 
-fn write_lines(lines: &Receiver<String>, lost: &AtomicU64) -> io::Result<()> {
+fn write_lines(lines: &Receiver<String>, lost: &AtomicU64, format: Format) -> io::Result<()> {
     let mut stdout = io::stdout().lock();
     let mut reported = 0;
     while let Ok(line) = lines.recv() {
@@ -179,7 +202,11 @@ fn write_lines(lines: &Receiver<String>, lost: &AtomicU64) -> io::Result<()> {
                 count: total - reported,
                 total,
             };
-            stdout.write_all(to_line(&event).as_bytes())?;
+            let line = match format {
+                Format::Json => to_line(&event),
+                Format::Pretty { colour } => super::pretty::line(&event, now_ms(), colour),
+            };
+            stdout.write_all(line.as_bytes())?;
             reported = total;
         }
         stdout.flush()?;
