@@ -214,45 +214,25 @@ fn a_terminal_gets_human_lines_unless_json_is_asked() {
     assert!(json.contains("{\"event\":\"cluster_started\""), "{json}");
 }
 
+/// What `xypriss run --workers 1 [FLAG] DEMO steps 8` writes to a pipe in 2 s.
+fn on_a_pipe(flag: Option<&str>) -> String {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["-s", "INT", "2", XYPRISS, "run", "--workers", "1"]);
+    cmd.args(flag).args([DEMO, "steps", "8"]);
+    String::from_utf8_lossy(&cmd.output().unwrap().stdout).into_owned()
+}
+
 #[test]
 fn a_pipe_gets_ndjson_and_pretty_on_a_pipe_has_no_colours() {
-    let pretty = Command::new("timeout")
-        .args([
-            "-s",
-            "INT",
-            "2",
-            XYPRISS,
-            "run",
-            "--workers",
-            "1",
-            "--pretty",
-            DEMO,
-            "steps",
-            "8",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&pretty.stdout);
-    assert!(text.contains("worker_ready"), "{text}");
-    assert!(!text.contains('\u{1b}') && !text.contains("{\""), "{text}");
-    let plain = Command::new("timeout")
-        .args([
-            "-s",
-            "INT",
-            "2",
-            XYPRISS,
-            "run",
-            "--workers",
-            "1",
-            DEMO,
-            "steps",
-            "8",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&plain.stdout);
-    assert!(!text.is_empty());
-    for line in text.lines() {
+    let pretty = on_a_pipe(Some("--pretty"));
+    assert!(pretty.contains("worker_ready"), "{pretty}");
+    assert!(
+        !pretty.contains('\u{1b}') && !pretty.contains("{\""),
+        "{pretty}"
+    );
+    let plain = on_a_pipe(None);
+    assert!(!plain.is_empty());
+    for line in plain.lines() {
         serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
     }
 }
