@@ -5,7 +5,7 @@
 
 mod support;
 
-use std::{fs, time::Duration};
+use std::{fs, sync::Mutex, time::Duration};
 
 use nix::sys::signal::Signal;
 use support::{DEMO, MIB, Pool, of, root_or_skip, signal, u64_of};
@@ -74,22 +74,34 @@ fn configured_low_memory_mode_caps_the_pool_and_tightens_thresholds() {
     assert_eq!(of(&pool.events, "worker_spawned").len(), 2);
 }
 
-#[test]
-fn host_pressure_enters_low_memory_mode_and_its_end_leaves_it() {
-    if !root_or_skip("host_pressure_enters_low_memory_mode_and_its_end_leaves_it") {
-        return;
-    }
-    // The host's capacity, as xypriss sees it, is what it has available less
-    // memoryReservation: reserve all but 2 GiB of what is available now, and
-    // a worker holding 3 GiB makes the system scope critical.
+/// The tests that put the host under pressure take turns: each one's 3 GiB
+/// would be the other's pressure.
+static HOST: Mutex<()> = Mutex::new(());
+
+/// A `--memory-reservation` that leaves the host, as xypriss sees it, 2 GiB
+/// more than it uses now: a worker holding 3 GiB makes the system scope
+/// critical.
+fn reservation_leaving_2_gib() -> String {
     let meminfo = fs::read_to_string("/proc/meminfo").unwrap();
     let available_kib: u64 = meminfo
         .lines()
         .find_map(|l| l.strip_prefix("MemAvailable:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap();
-    let reservation = (available_kib * 1024).saturating_sub(2048 * MIB);
-    let reservation = reservation.to_string();
+    (available_kib * 1024)
+        .saturating_sub(2048 * MIB)
+        .to_string()
+}
+
+#[test]
+fn host_pressure_enters_low_memory_mode_and_its_end_leaves_it() {
+    if !root_or_skip("host_pressure_enters_low_memory_mode_and_its_end_leaves_it") {
+        return;
+    }
+    let _turn = HOST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let reservation = reservation_leaving_2_gib();
     let mut pool = Pool::start(&[
         "--workers",
         "1",
@@ -143,4 +155,55 @@ fn host_pressure_enters_low_memory_mode_and_its_end_leaves_it() {
         "entered once, left once: {:#?}",
         of(&pool.events, "low_memory_mode")
     );
+}
+
+#[test]
+fn graceful_degradation_sheds_workers_while_the_host_is_critical() {
+    if !root_or_skip("graceful_degradation_sheds_workers_while_the_host_is_critical") {
+        return;
+    }
+    let _turn = HOST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let reservation = reservation_leaving_2_gib();
+    let mut pool = Pool::start(&[
+        "--workers",
+        "3",
+        "--min-workers",
+        "1",
+        "--graceful-degradation",
+        "true",
+        "--auto-scale-on-memory",
+        "false",
+        "--memory-check-interval",
+        "200ms",
+        "--memory-reservation",
+        &reservation,
+        "--max-memory-per-worker",
+        "4GiB",
+        "--max-total-memory",
+        "16GiB",
+        DEMO,
+        "steps",
+        "8",
+        "3072",
+    ]);
+    let pid = u64_of(&pool.wait_event("worker_spawned", TIMEOUT, |_| true), "pid") as u32;
+    pool.wait_event("worker_ready", TIMEOUT, |e| e["workerId"] == 2);
+    signal(pid, Signal::SIGUSR1);
+    // Low-memory mode halves the pool (3 → 2), stopping the biggest worker
+    // (the one holding 3 GiB); degradation sheds one more in the same check.
+    let capped = pool.wait_event("scale", Duration::from_secs(60), |_| true);
+    assert_eq!((u64_of(&capped, "from"), u64_of(&capped, "to")), (3, 2));
+    assert_eq!(capped["reason"], "low_memory_mode");
+    let shed = pool.wait_event("scale", TIMEOUT, |e| e["reason"] == "graceful_degradation");
+    assert_eq!((u64_of(&shed, "from"), u64_of(&shed, "to")), (2, 1));
+    let stopped = pool.wait_event("worker_exited", TIMEOUT, |e| e["pid"] == pid);
+    assert_eq!(stopped["expected"], true, "{stopped}");
+    // With the pressure gone, the mode ends and the pool is whole again.
+    pool.wait_event("low_memory_mode", TIMEOUT, |e| e["enabled"] == false);
+    let restored = pool.wait_event("scale", TIMEOUT, |e| e["reason"] == "low_memory_mode_ended");
+    assert_eq!(u64_of(&restored, "to"), 3, "{restored}");
+    assert!(pool.stop().success());
+    assert!(of(&pool.events, "oom_kill").is_empty());
 }
