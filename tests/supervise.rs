@@ -498,3 +498,18 @@ fn the_next_start_cleans_up_after_a_sigkilled_xypriss() {
     );
     assert!(second.stop().success());
 }
+
+#[test]
+fn the_last_event_counts_the_ones_before_it() {
+    let mut pool = Pool::start(&["--workers", "2", "--no-ebpf", DEMO, "steps", "8"]);
+    pool.wait_event("worker_ready", TIMEOUT, |e| e["workerId"] == 1);
+    assert!(pool.stop().success());
+    let last = pool.events.last().expect("events");
+    assert_eq!(last["event"], "cluster_stopped");
+    assert_eq!(
+        u64_of(last, "eventsEmitted"),
+        pool.events.len() as u64 - 1,
+        "{:#?}",
+        pool.events
+    );
+}

@@ -358,7 +358,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     {
         tracing::warn!("removing the pool's cgroup: {err}");
     }
-    ctl.output.emit(&Event::ClusterStopped { reason });
+    let events_emitted = ctl.output.counters().events_emitted;
+    ctl.output.emit(&Event::ClusterStopped {
+        reason,
+        events_emitted,
+    });
     ctl.output.finish(FINAL_FLUSH);
     if matches!(stop, Stop::Errored) {
         anyhow::bail!("every worker errored");

@@ -128,4 +128,6 @@ pub struct Counters {
     pub events_lost_output: u64,
     pub scale_ups: u64,
     pub scale_downs: u64,
+    /// Events made so far, those lost on the way to stdout included.
+    pub events_emitted: u64,
 }

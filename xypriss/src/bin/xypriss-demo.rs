@@ -23,6 +23,10 @@
 //!   double fork makes), prints `daemon PID`, and waits.
 //! - `stubborn`: ignores SIGTERM and SIGINT (for kill-timeout tests).
 //! - `spin`: keeps one core busy until stopped (for load-driven scaling).
+//! - `mixed`: what a soak's pool does, chosen by `XYPRISS_WORKER_ID` mod 4:
+//!   0 leaks 4 MiB/s (up to its limit, and its replacement), 1 holds 32 MiB,
+//!   2 exits with status 1 after 10 s (a crash), 3 takes 64 MiB for a second
+//!   every 5 s (bursts).
 //! - `faultbench MIB ROUNDS`: times the first touch of MIB, ROUNDS times, and
 //!   prints the nanoseconds per page fault of the first (cold) round and the
 //!   median of the others (warm).
@@ -158,6 +162,10 @@ fn main() -> ExitCode {
             daemon(&signals);
             Ok(())
         }
+        Some("mixed") => {
+            mixed(&signals);
+            Ok(())
+        }
         Some("spin") => {
             println!("spinning");
             while !stopping(next_signal(&signals, Duration::ZERO)) {
@@ -175,7 +183,7 @@ fn main() -> ExitCode {
             }
         }
         Some(other) => Err(format!(
-            "unknown mode `{other}`: leak, steps, fork, grow, oscillate, pattern, exit, daemon, stubborn, spin or faultbench"
+            "unknown mode `{other}`: leak, steps, fork, grow, oscillate, pattern, exit, daemon, stubborn, spin, mixed or faultbench"
         )),
     };
     match result {
@@ -372,6 +380,30 @@ fn print_control_lines() {
 }
 
 /// The leak-detection benchmark's patterns; see the module header.
+fn mixed(signals: &SigSet) {
+    let id: u32 = std::env::var("XYPRISS_WORKER_ID")
+        .ok()
+        .and_then(|id| id.parse().ok())
+        .unwrap_or(0);
+    let role = ["leak", "steady", "crash", "bursts"][id as usize % 4];
+    println!("mixed worker {id}: {role}");
+    let mut heap = Heap::default();
+    heap.resize(32);
+    let start = Instant::now();
+    loop {
+        let t = start.elapsed().as_secs_f64();
+        match role {
+            "leak" => heap.resize(32 + (t * 4.0) as usize),
+            "crash" if t >= 10.0 => std::process::exit(1),
+            "bursts" => heap.resize(if t % 5.0 < 1.0 { 96 } else { 32 }),
+            _ => {}
+        }
+        if stopping(next_signal(signals, Duration::from_millis(50))) {
+            return;
+        }
+    }
+}
+
 fn pattern(name: &str, signals: &SigSet) {
     println!("pattern {name}");
     let mut base = Heap::default();

@@ -200,6 +200,9 @@ pub enum Event {
     #[serde(rename_all = "camelCase")]
     ClusterStopped {
         reason: String,
+        /// The events made before this one: with `events_lost`, what a
+        /// reader can check it received all.
+        events_emitted: u64,
     },
 }
 

@@ -166,6 +166,7 @@ impl Output {
 
 /// Adds `event` to the running totals.
 fn count(counters: &mut Counters, event: &Event) {
+    counters.events_emitted += 1;
     match event {
         Event::MemoryAlert { kind, scope, .. } => {
             *counters
