@@ -189,19 +189,22 @@ impl Ledger {
             .filter(|pid| !self.deaths.contains_key(pid))
     }
 
-    /// Crossings whose worker is dead (the restart happened).
-    fn finished(&self) -> usize {
-        self.crossings
-            .keys()
-            .filter(|pid| self.deaths.contains_key(pid))
-            .count()
+    /// The first `n` crossings, in time order.
+    fn first(&self, n: usize) -> impl Iterator<Item = (&u32, &Crossing)> {
+        let mut all: Vec<_> = self.crossings.iter().collect();
+        all.sort_by_key(|(_, c)| c.crossed);
+        all.into_iter().take(n)
     }
 
-    /// Every crossing; a monitor that gives no alert of its own (PM2) has the
-    /// stop signal as its alert.
-    fn outcome(&self) -> Vec<Crossing> {
-        self.crossings
-            .iter()
+    /// Whether the first `n` crossings are over: their workers are dead.
+    fn settled(&self, n: usize) -> bool {
+        self.crossings.len() >= n && self.first(n).all(|(pid, _)| self.deaths.contains_key(pid))
+    }
+
+    /// The first `n` crossings; a monitor that gives no alert of its own
+    /// (PM2) has the stop signal as its alert.
+    fn outcome(&self, n: usize) -> Vec<Crossing> {
+        self.first(n)
             .map(|(pid, c)| {
                 let alert = self.alerts.get(pid).or(self.signals.get(pid));
                 let kernel = self.kernel.get(pid).copied().unwrap_or(u64::MAX);
@@ -253,14 +256,7 @@ impl Drop for Running {
     fn drop(&mut self) {
         match self {
             Self::Xypriss(_) => {}
-            Self::Pm2 { bin, home } => {
-                let _ = Command::new(bin)
-                    .arg("kill")
-                    .env("PM2_HOME", home)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status();
-            }
+            Self::Pm2 { bin, home } => pm2_kill(bin, home),
             Self::Poll { stop, thread, .. } => {
                 stop.store(true, Ordering::Relaxed);
                 if let Some(t) = thread.take() {
@@ -269,6 +265,16 @@ impl Drop for Running {
             }
         }
     }
+}
+
+/// Stops PM2's daemon and its apps, if it runs.
+fn pm2_kill(bin: &Path, home: &Path) {
+    let _ = Command::new(bin)
+        .arg("kill")
+        .env("PM2_HOME", home)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// The polling monitor: starts the worker, reads its VmRSS every `every`,
@@ -339,11 +345,10 @@ impl Bench {
                 if let Some(ms) = interval {
                     cmd.env("PM2_WORKER_INTERVAL", ms.to_string());
                 }
-                // From here on, dropping it kills PM2's daemon.
-                let running = Running::Pm2 {
-                    bin: bin.clone(),
-                    home,
-                };
+                // A daemon left by an interrupted run goes first: its interval
+                // may differ. From here on, dropping `running` kills ours.
+                pm2_kill(&bin, &home);
+                let running = Running::Pm2 { bin, home };
                 let status = cmd.status().context("starting pm2")?;
                 anyhow::ensure!(status.success(), "pm2 start failed: {status}");
                 running
@@ -382,7 +387,7 @@ impl Bench {
         let mut ledger = Ledger::default();
         let running = self.start_monitor(monitor, &worker)?;
         let deadline = Instant::now() + monitor.budget();
-        while Instant::now() < deadline && ledger.finished() < CROSSINGS {
+        while Instant::now() < deadline && !ledger.settled(CROSSINGS) {
             for record in tail.records() {
                 ledger.record(record);
             }
@@ -422,7 +427,7 @@ impl Bench {
         for record in tail.records() {
             ledger.record(record);
         }
-        Ok(ledger.outcome())
+        Ok(ledger.outcome(CROSSINGS))
     }
 
     pub(super) fn reaction(&self) -> Result<Value> {
@@ -565,11 +570,11 @@ mod tests {
         ledger.alert(7, 1_100_000);
         ledger.alert(7, 5_000_000);
         ledger.died(7, 3_900_000);
-        let [c] = ledger.outcome().try_into().expect("one crossing");
+        let [c] = ledger.outcome(1).try_into().expect("one crossing");
         assert_eq!(c.alert_ms(), Some(0.2));
         assert_eq!(c.restart_ms(), Some(3.0));
         assert_eq!(c.overshoot(), 3 << 20);
-        assert_eq!(ledger.finished(), 1);
+        assert!(ledger.settled(1));
         assert_eq!(ledger.living().count(), 0);
     }
 
@@ -586,9 +591,9 @@ mod tests {
             pid: 8,
             at: 30_000_000_000,
         });
-        let [c] = ledger.outcome().try_into().expect("one crossing");
+        let [c] = ledger.outcome(5).try_into().expect("one crossing");
         assert_eq!(c.alert_ms(), Some(30_000.0));
         assert_eq!(c.restart_ms(), None);
-        assert_eq!(ledger.finished(), 0);
+        assert!(!ledger.settled(1));
     }
 }
