@@ -1,0 +1,249 @@
+//! `cargo xtask bench [NAME…]`: xypriss's benchmarks, run on the release
+//! build, side by side with the tools people use today where there is one to
+//! compare with. Each prints a table and writes its figures as JSON to
+//! `target/bench/NAME.json`; BENCHMARKS.md records them. This machine kind is
+//! noisy, so the comparisons are ratios measured in the same run.
+//!
+//! - `reaction`: a Node.js worker allocating at 50, 200 and 1000 MiB/s past a
+//!   256 MiB limit: the time from the crossing to the alert and to the old
+//!   process's death, and the overshoot, under xypriss, PM2's
+//!   `max_memory_restart` (default and shortest check interval) and `/proc`
+//!   polling loops at 1 s and 100 ms.
+//! - `latency`: threshold crossing (kernel timestamp) → the JSON line read
+//!   from xypriss's stdout, over at least 1000 crossings.
+//! - `overhead`: nanoseconds per page fault of a fault-heavy allocator, cold
+//!   and warm, unobserved / observed but unwatched / watched, and with
+//!   bpftrace doing the same per-process rss_stat accounting.
+//! - `http`: requests per second and p99 latency of a Node.js HTTP server
+//!   under `wrk`, run directly and as a xypriss worker.
+//! - `throughput`: the allocation rates at which `events_lost` stays 0.
+//! - `leak`: leak detection on real processes: the time to detect a 1 MiB/s
+//!   and a 100 KiB/s leak on a 100 MiB baseline, and false positives over
+//!   `--minutes` (default 10) of a warm-up, a GC sawtooth, a one-off step and
+//!   allocation churn; and on `stress-ng`'s allocators. Side by side.
+//! - `footprint`: start-up time until every worker is ready, and xypriss's
+//!   own RSS and CPU, with 16, 64 and 256 idle workers.
+//! - `scale`: with 16, 64 and 256 workers, one of them swinging across its
+//!   thresholds: the crossing latency, and xypriss's RSS and CPU meanwhile.
+//!
+//! The peers (PM2, stress-ng, wrk, bpftrace) are installed on first use, see
+//! [`peers`]. Every scenario is bounded in time and stops what it started.
+
+mod footprint;
+mod http;
+mod latency;
+mod leak;
+mod overhead;
+mod peers;
+mod reaction;
+mod scale;
+mod throughput;
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc::{self, Receiver},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use nix::{
+    sys::signal::{Signal, kill},
+    time::{ClockId, clock_gettime},
+    unistd::Pid,
+};
+use serde_json::Value;
+
+const ALL: [&str; 8] = [
+    "reaction",
+    "latency",
+    "overhead",
+    "http",
+    "throughput",
+    "leak",
+    "footprint",
+    "scale",
+];
+
+pub fn run(root: &Path, names: &[String], minutes: f64) -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the benchmarks load eBPF programs: run them as root");
+    }
+    let names: Vec<&str> = if names.is_empty() {
+        ALL.to_vec()
+    } else {
+        names.iter().map(String::as_str).collect()
+    };
+    let bench = Bench {
+        root: root.to_path_buf(),
+        xypriss: root.join("target/release/xypriss"),
+        demo: root.join("target/release/xypriss-demo"),
+        out: root.join("target/bench"),
+    };
+    fs::create_dir_all(&bench.out)?;
+    for name in names {
+        let result = match name {
+            "reaction" => bench.reaction()?,
+            "latency" => bench.latency()?,
+            "http" => bench.http()?,
+            "scale" => bench.scale()?,
+            "overhead" => bench.overhead()?,
+            "throughput" => bench.throughput()?,
+            "footprint" => bench.footprint()?,
+            "leak" => bench.leak(minutes)?,
+            other => bail!("unknown benchmark `{other}`: {}", ALL.join(", ")),
+        };
+        let path = bench.out.join(format!("{name}.json"));
+        fs::write(&path, serde_json::to_string_pretty(&result)?)?;
+        println!("→ {}\n", path.display());
+    }
+    Ok(())
+}
+
+struct Bench {
+    root: PathBuf,
+    xypriss: PathBuf,
+    demo: PathBuf,
+    out: PathBuf,
+}
+
+fn monotonic_ns() -> u64 {
+    let ts = clock_gettime(ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+    ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+}
+
+/// A process's resident memory (VmRSS), in bytes; `None` once it is gone.
+fn vm_rss(pid: u32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// Whether `pid` still runs: it exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+/// A running `xypriss run`: stdout lines with the monotonic time they were read.
+struct Pool {
+    child: Child,
+    lines: Receiver<(u64, String)>,
+    stderr: Receiver<String>,
+}
+
+impl Pool {
+    fn start(xypriss: &Path, args: &[&str]) -> Result<Self> {
+        let mut child = Command::new(xypriss)
+            .arg("run")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting xypriss")?;
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().context("stdout")?;
+        thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                let at = monotonic_ns();
+                if tx.send((at, std::mem::take(&mut line))).is_err() {
+                    return;
+                }
+            }
+        });
+        let (etx, stderr) = mpsc::channel();
+        let err = child.stderr.take().context("stderr")?;
+        thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if etx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Self {
+            child,
+            lines,
+            stderr,
+        })
+    }
+
+    /// The next event within `timeout`, with when it was read.
+    fn next(&self, timeout: Duration) -> Option<(u64, Value)> {
+        let (at, line) = self.lines.recv_timeout(timeout).ok()?;
+        Some((at, serde_json::from_str(&line).ok()?))
+    }
+
+    fn wait_event(&self, name: &str, timeout: Duration) -> Result<Value> {
+        let deadline = Instant::now() + timeout;
+        while let Some((_, event)) = self.next(deadline.saturating_duration_since(Instant::now())) {
+            if event["event"] == name {
+                return Ok(event);
+            }
+        }
+        bail!("no {name} from xypriss within {timeout:?}")
+    }
+
+    /// A stderr line containing `text` (workers' output is forwarded there).
+    fn wait_log(&self, text: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        while let Ok(line) = self
+            .stderr
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            if line.contains(text) {
+                return Ok(line);
+            }
+        }
+        bail!("no `{text}` on xypriss's stderr within {timeout:?}")
+    }
+
+    /// SIGINT, then every remaining event.
+    fn stop(mut self) -> Vec<Value> {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT);
+        let mut rest = Vec::new();
+        while let Some((_, event)) = self.next(Duration::from_secs(10)) {
+            let last = event["event"] == "cluster_stopped";
+            rest.push(event);
+            if last {
+                break;
+            }
+        }
+        let _ = self.child.wait();
+        rest
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    percentile(&values, 0.5)
+}

@@ -1,0 +1,194 @@
+//! `overhead`: the observer's cost on the page-fault path, in nanoseconds
+//! per fault of a fault-heavy allocator, cold and warm: unobserved, xypriss
+//! running but the process unwatched, watched, and bpftrace doing the same
+//! per-process `rss_stat` accounting.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use nix::{
+    sys::signal::{Signal, kill},
+    unistd::Pid,
+};
+use serde_json::{Value, json};
+
+use super::{Bench, Pool, median, peers};
+
+impl Bench {
+    /// Runs the fault benchmark as a plain process; returns (cold, warm) ns per fault.
+    fn faultbench(&self) -> Result<(f64, f64)> {
+        let out = Command::new(&self.demo)
+            .args(["faultbench", "512", "9"])
+            .output()
+            .context("running the fault benchmark")?;
+        parse_faultbench(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    pub(super) fn overhead(&self) -> Result<Value> {
+        const REPEATS: usize = 5;
+        let demo = self.demo.to_str().context("demo path")?;
+        let bpftrace = peers::debian("bpftrace", "bpftrace")
+            .inspect_err(|e| eprintln!("xtask: {e:#}; the bpftrace rows are left out"))
+            .ok();
+        let mut conditions: Vec<&str> = vec!["unobserved", "observed, unwatched", "watched"];
+        if bpftrace.is_some() {
+            conditions.extend([
+                "bpftrace rss_stat accounting, watched",
+                "bpftrace empty classic tracepoint",
+            ]);
+        }
+        let mut samples: BTreeMap<&str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
+        // Interleaved, so that drift on this VM hits every condition alike.
+        for _ in 0..REPEATS {
+            for &condition in &conditions {
+                let (cold, warm) = match condition {
+                    "unobserved" => self.faultbench()?,
+                    "observed, unwatched" => {
+                        let pool = Pool::start(
+                            &self.xypriss,
+                            &["--workers", "1", "--require-ebpf", demo, "steps", "1"],
+                        )?;
+                        pool.wait_event("observer", Duration::from_secs(10))?;
+                        let r = self.faultbench()?;
+                        drop(pool.stop());
+                        r
+                    }
+                    "watched" => {
+                        let pool = Pool::start(
+                            &self.xypriss,
+                            &[
+                                "--workers",
+                                "1",
+                                "--require-ebpf",
+                                demo,
+                                "faultbench",
+                                "512",
+                                "9",
+                            ],
+                        )?;
+                        let line = pool.wait_log("faultbench", Duration::from_secs(60))?;
+                        drop(pool.stop());
+                        parse_faultbench(&line)?
+                    }
+                    other => {
+                        let script = match other {
+                            "bpftrace rss_stat accounting, watched" => {
+                                "tracepoint:kmem:rss_stat /comm == \"xypriss-demo\"/ { @rss[pid, args->member] = args->size; }"
+                            }
+                            _ => "tracepoint:kmem:rss_stat { }",
+                        };
+                        let tracer =
+                            Tracer::start(bpftrace.as_deref().context("bpftrace")?, script)?;
+                        let r = self.faultbench()?;
+                        drop(tracer);
+                        r
+                    }
+                };
+                let entry = samples.entry(condition).or_default();
+                entry.0.push(cold);
+                entry.1.push(warm);
+            }
+        }
+        let base = samples
+            .get("unobserved")
+            .map(|(c, w)| (median(c.clone()), median(w.clone())));
+        let (base_cold, base_warm) = base.context("no baseline")?;
+        println!("overhead: ns per page fault, 512 MiB first touch, median of {REPEATS} runs");
+        println!("| condition | cold ns/fault | cold overhead | warm ns/fault | warm overhead |");
+        println!("| --- | --- | --- | --- | --- |");
+        let mut rows = Vec::new();
+        for &condition in &conditions {
+            let (cold, warm) = &samples[condition];
+            let (cold, warm) = (median(cold.clone()), median(warm.clone()));
+            let pct = |v: f64, b: f64| (v - b) / b * 100.0;
+            println!(
+                "| {condition} | {cold:.0} | {:+.1}% | {warm:.0} | {:+.1}% |",
+                pct(cold, base_cold),
+                pct(warm, base_warm)
+            );
+            rows.push(json!({
+                "condition": condition,
+                "cold_ns_per_fault": cold,
+                "warm_ns_per_fault": warm,
+                "cold_overhead_pct": pct(cold, base_cold),
+                "warm_overhead_pct": pct(warm, base_warm),
+                "runs_cold": samples[condition].0,
+                "runs_warm": samples[condition].1,
+            }));
+        }
+        Ok(json!({ "repeats": REPEATS, "conditions": rows }))
+    }
+}
+
+/// Reads `cold_ns_per_fault=… warm_ns_per_fault=…` from a faultbench line.
+fn parse_faultbench(text: &str) -> Result<(f64, f64)> {
+    let field = |name: &str| -> Option<f64> {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+    };
+    match (field("cold_ns_per_fault"), field("warm_ns_per_fault")) {
+        (Some(c), Some(w)) => Ok((c, w)),
+        _ => bail!("no faultbench figures in {text:?}"),
+    }
+}
+
+/// A running bpftrace script, stopped on drop, with tracefs mounted for it
+/// (bpftrace resolves tracepoints there) and unmounted after if we mounted it.
+struct Tracer {
+    child: Child,
+    mounted: bool,
+}
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+impl Tracer {
+    fn start(bpftrace: &Path, script: &str) -> Result<Self> {
+        let mounted = !Path::new(TRACEFS).join("events").is_dir();
+        if mounted {
+            nix::mount::mount(
+                Some("nodev"),
+                TRACEFS,
+                Some("tracefs"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            )
+            .context("mounting tracefs for bpftrace")?;
+        }
+        let child = Command::new(bpftrace)
+            .args(["-e", script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting bpftrace")?;
+        // From here on, dropping the tracer stops bpftrace and unmounts.
+        let mut tracer = Self { child, mounted };
+        let stdout = tracer.child.stdout.take().context("stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        // bpftrace says "Attaching N probes..." once they are attached.
+        match lines.next() {
+            Some(Ok(line)) if line.contains("Attaching") => {}
+            other => bail!("bpftrace did not attach: {other:?}"),
+        }
+        thread::spawn(move || for _ in lines {});
+        thread::sleep(Duration::from_millis(200));
+        Ok(tracer)
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT);
+        let _ = self.child.wait();
+        if self.mounted {
+            let _ = nix::mount::umount2(TRACEFS, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
