@@ -10,13 +10,15 @@
 //! [`supervise`] starting and stopping the workers, and [`controller`]
 //! running the loop that ties them together. [`cli`] turns flags into a
 //! checked configuration first; [`config`] does the same for the memory
-//! options, from XyPriss's cluster configuration file and flags.
+//! options, from XyPriss's cluster configuration file and flags. [`dist`] makes
+//! the shell completions and man pages from the same flags.
 
 pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod decode;
 pub mod detect;
+pub mod dist;
 pub mod observe;
 pub mod output;
 pub mod policy;
