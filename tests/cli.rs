@@ -236,3 +236,99 @@ fn a_pipe_gets_ndjson_and_pretty_on_a_pipe_has_no_colours() {
         serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("{e}: {line}"));
     }
 }
+
+/// What bash offers for the last of `words`, with the script from
+/// `xypriss __completions bash` loaded, as bash's `complete -F` would call it.
+fn bash_offers(script: &str, words: &[&str]) -> Vec<String> {
+    const DRIVER: &str = r#"
+COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1)); COMP_LINE="$*"; COMP_POINT=${#COMP_LINE}
+_xypriss xypriss "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
+printf '%s\n' "${COMPREPLY[@]}""#;
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!("{script}\n{DRIVER}"))
+        .arg("bash")
+        .args(words)
+        .output()
+        .expect("bash runs");
+    assert!(
+        out.status.success(),
+        "{words:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn bash_completes_subcommands_flags_and_values() {
+    let (code, script, stderr) = run(&["__completions", "bash"]);
+    assert_eq!(code, 0, "{stderr}");
+    let top = bash_offers(&script, &["xypriss", ""]);
+    assert!(top.iter().any(|w| w == "run"), "{top:?}");
+    assert!(!top.iter().any(|w| w.starts_with("__")), "{top:?}");
+    assert_eq!(
+        bash_offers(&script, &["xypriss", "run", "--max-memory-per"]),
+        ["--max-memory-per-worker"]
+    );
+    assert_eq!(
+        bash_offers(&script, &["xypriss", "run", "--ready", ""]),
+        ["delay", "notify", "socket"]
+    );
+}
+
+#[test]
+fn zsh_and_fish_scripts_name_the_flags() {
+    for (shell, header) in [("zsh", "#compdef xypriss"), ("fish", "complete -c xypriss")] {
+        let (code, script, stderr) = run(&["__completions", shell]);
+        assert_eq!(code, 0, "{shell}: {stderr}");
+        assert!(script.contains(header), "{shell}: {script}");
+        assert!(script.contains("max-memory-per-worker"), "{shell}");
+        assert!(!script.contains("__watchdog"), "{shell}");
+    }
+    rejected(&["__completions", "tcsh"], "tcsh");
+}
+
+#[test]
+fn man_pages_cover_each_command_and_render() {
+    let dir = std::env::temp_dir().join(format!("xypriss-man-{}", std::process::id()));
+    let (code, _, stderr) = run(&["__manpages", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let pages: Vec<String> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for page in ["xypriss.1", "xypriss-run.1"] {
+        assert!(pages.iter().any(|p| p == page), "no {page} in {pages:?}");
+    }
+    assert!(!pages.iter().any(|p| p.contains("__")), "{pages:?}");
+    let run_page = fs::read_to_string(dir.join("xypriss-run.1")).unwrap();
+    assert!(run_page.starts_with(".ie"), "not roff: {run_page}");
+    assert!(run_page.contains(r"max\-memory\-per\-worker"), "{run_page}");
+    match Command::new("man")
+        .arg("-l")
+        .arg(dir.join("xypriss-run.1"))
+        .env("LC_ALL", "C")
+        .env("MANWIDTH", "100")
+        .output()
+    {
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(text.contains("SYNOPSIS"), "{text}");
+            assert!(text.contains("--max-memory-per-worker"), "{text}");
+        }
+        Err(err) => eprintln!("not rendering with man: {err}"),
+    }
+    fs::remove_dir_all(&dir).unwrap();
+    rejected(
+        &["__manpages", "/proc/xypriss-no-such-dir/man"],
+        "/proc/xypriss-no-such-dir/man",
+    );
+}

@@ -73,7 +73,7 @@ fn tracefs_mounts() -> Vec<String> {
         .create(true)
         .truncate(false)
         .write(true)
-        .open("/run/xypriss-tracefs.lock")
+        .open("/run/xypriss/tracefs.lock")
         .expect("the tracefs lock opens");
     let _held = Flock::lock(lock, FlockArg::LockExclusive).expect("the tracefs lock is taken");
     let mut mounts: Vec<String> = fs::read_to_string("/proc/self/mountinfo")

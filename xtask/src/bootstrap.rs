@@ -47,7 +47,8 @@ fn pinned_nightly(root: &Path) -> Result<String> {
         .with_context(|| format!("{}: no toolchain.channel", path.display()))
 }
 
-fn output(cmd: &mut Command) -> Result<String> {
+/// Runs `cmd` and returns its stdout; its stderr goes in the error when it fails.
+pub fn output(cmd: &mut Command) -> Result<String> {
     let out = cmd
         .output()
         .with_context(|| format!("could not start {cmd:?}"))?;

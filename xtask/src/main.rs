@@ -12,6 +12,7 @@ mod bootstrap;
 use std::{
     env,
     ffi::OsString,
+    fs,
     path::{Path, PathBuf},
     process::{Command, ExitCode},
 };
@@ -22,7 +23,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "cargo xtask",
-    about = "xypriss's build, test and bootstrap tasks"
+    about = "xypriss's build, test, packaging and bootstrap tasks"
 )]
 struct Flags {
     #[command(subcommand)]
@@ -50,6 +51,8 @@ enum Task {
         #[arg(long, default_value_t = 10.0)]
         minutes: f64,
     },
+    /// Build xypriss (release) and write its shell completions and man pages into target/dist/.
+    Dist,
     /// Check formatting and lints, then run every test (unit and real-kernel integration).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -75,6 +78,7 @@ fn run(flags: Flags) -> Result<()> {
         Task::BuildEbpf => build_ebpf(&root),
         Task::Demo { args } => demo(&root, args),
         Task::Test { args } => test(&root, args),
+        Task::Dist => dist(&root),
         Task::Bench { names, minutes } => {
             bootstrap::ensure(&root)?;
             cargo(
@@ -173,6 +177,45 @@ fn demo(root: &Path, args: Vec<OsString>) -> Result<()> {
     }
     cmd.args(args).arg(bin.join("xypriss-demo"));
     status(&mut cmd)
+}
+
+/// Each shell's completion script, and the file name its loader looks for.
+const COMPLETIONS: [(&str, &str); 3] = [
+    ("bash", "xypriss.bash"),
+    ("zsh", "_xypriss"),
+    ("fish", "xypriss.fish"),
+];
+
+/// The files a package ships beside the binary, made by the binary itself
+/// from its clap definitions (xtask cannot link xypriss: see `xypriss::dist`).
+fn dist(root: &Path) -> Result<()> {
+    bootstrap::ensure(root)?;
+    cargo(
+        root,
+        [
+            "build",
+            "--release",
+            "--package",
+            "xypriss",
+            "--bin",
+            "xypriss",
+        ],
+    )?;
+    let xypriss = root.join("target/release/xypriss");
+    let out = root.join("target/dist");
+    let completions = out.join("completions");
+    fs::create_dir_all(&completions)
+        .with_context(|| format!("cannot create {}", completions.display()))?;
+    for (shell, file) in COMPLETIONS {
+        let script = bootstrap::output(Command::new(&xypriss).args(["__completions", shell]))?;
+        let path = completions.join(file);
+        fs::write(&path, script).with_context(|| format!("cannot write {}", path.display()))?;
+        println!("{}", path.display());
+    }
+    let man = out.join("man");
+    status(Command::new(&xypriss).arg("__manpages").arg(&man))?;
+    println!("{}", man.display());
+    Ok(())
 }
 
 fn test(root: &Path, args: Vec<OsString>) -> Result<()> {

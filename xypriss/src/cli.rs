@@ -63,6 +63,15 @@ Examples:
     /// kills and removes the cgroups of pools whose xypriss is gone.
     #[command(name = "__watchdog", hide = true)]
     Watchdog,
+    /// Internal: print the completion script for SHELL (`cargo xtask dist` runs it).
+    #[command(name = "__completions", hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Internal: write the man pages, one per command, into DIR (`cargo xtask dist` runs it).
+    #[command(name = "__manpages", hide = true)]
+    Manpages { dir: PathBuf },
 }
 
 #[derive(Args, Debug)]

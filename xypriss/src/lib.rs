@@ -12,7 +12,8 @@
 //! through [`api`] (HTTP and the control socket). [`cli`] turns flags into a
 //! checked configuration first; [`config`] does the same for the memory
 //! options, from XyPriss's cluster configuration file and flags. [`doctor`]
-//! checks, before any of it runs, what the machine offers it.
+//! checks, before any of it runs, what the machine offers it; [`dist`] makes
+//! the shell completions and man pages from the same flags.
 
 pub mod api;
 pub mod cli;
@@ -20,6 +21,7 @@ pub mod config;
 pub mod controller;
 pub mod decode;
 pub mod detect;
+pub mod dist;
 pub mod doctor;
 pub mod observe;
 pub mod output;

@@ -68,5 +68,13 @@ fn run() -> anyhow::Result<ExitCode> {
             xypriss::supervise::watchdog::run()?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Completions { shell } => {
+            xypriss::dist::completions(shell, &mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manpages { dir } => {
+            xypriss::dist::man_pages(&dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

@@ -9,13 +9,16 @@
 //!
 //! Several xypriss may start at once: each holds an exclusive lock on
 //! [`LOCK`] from the look for a mount until it has attached (and unmounted
-//! what it mounted), so none unmounts tracefs under another.
+//! what it mounted), so none unmounts tracefs under another. The lock lives
+//! in xypriss's runtime directory, the one place under /run a sandboxed
+//! xypriss may write (the systemd unit's `RuntimeDirectory=xypriss` under
+//! `ProtectSystem=strict`).
 
 use std::{
     fmt,
-    fs::{self, OpenOptions},
+    fs::{self, DirBuilder, OpenOptions},
     io,
-    os::unix::fs::OpenOptionsExt as _,
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -30,8 +33,10 @@ const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
 /// Where tracefs is looked for, in order; it is mounted at the first when it
 /// is at neither.
 pub const PLACES: [&str; 2] = [TRACEFS, DEBUGFS_TRACING];
+/// xypriss's runtime directory as root, where [`LOCK`] lives.
+const LOCK_DIR: &str = "/run/xypriss";
 /// Serializes tracefs use between xypriss processes.
-const LOCK: &str = "/run/xypriss-tracefs.lock";
+const LOCK: &str = "/run/xypriss/tracefs.lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TraceFsError {
@@ -68,6 +73,11 @@ pub struct TraceFs {
 impl TraceFs {
     /// Finds a mounted tracefs, or mounts one at /sys/kernel/tracing.
     pub fn open() -> Result<Self, TraceFsError> {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(LOCK_DIR)
+            .map_err(|source| TraceFsError::Lock { source })?;
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
