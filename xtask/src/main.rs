@@ -8,6 +8,7 @@
 
 mod bench;
 mod bootstrap;
+mod soak;
 
 use std::{
     env,
@@ -53,6 +54,13 @@ enum Task {
     },
     /// Build xypriss (release) and write its shell completions and man pages into target/dist/.
     Dist,
+    /// A long run under load (as root): 64 mixed workers, a stream consumer and a
+    /// status-server client; events, the controller's RSS, restarts and alert latency.
+    Soak {
+        /// How long to run.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+    },
     /// Check formatting and lints, then run every test (unit and real-kernel integration).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -79,6 +87,14 @@ fn run(flags: Flags) -> Result<()> {
         Task::Demo { args } => demo(&root, args),
         Task::Test { args } => test(&root, args),
         Task::Dist => dist(&root),
+        Task::Soak { minutes } => {
+            bootstrap::ensure(&root)?;
+            cargo(
+                &root,
+                ["build", "--release", "--package", "xypriss", "--bins"],
+            )?;
+            soak::run(&root, minutes)
+        }
         Task::Bench { names, minutes } => {
             bootstrap::ensure(&root)?;
             cargo(

@@ -1039,11 +1039,15 @@ impl Controller {
     /// Raises or lifts instance `slot`'s alerts for its latest memory, and
     /// carries out what the policy decides.
     fn check_thresholds(&mut self, slot: u32) {
-        self.check_leak(slot, monotonic_ns());
         let thresholds = self.worker_thresholds();
         let Some(i) = self.instances.get_mut(&slot) else {
             return;
         };
+        // Every report counts for the leak detector's troughs; its verdict
+        // waits for the tick, off this path.
+        if let Some(detector) = i.leak.as_mut() {
+            detector.push(monotonic_ns(), i.counters.rss());
+        }
         let usage = i.counters.rss();
         let memory = &self.config.memory;
         let mut restart = false;
@@ -1070,6 +1074,11 @@ impl Controller {
                         }
                         Action::Restart => {
                             restart = true;
+                            // Slowed while its replacement starts, so that it
+                            // cannot run far past its limit meanwhile.
+                            if i.throttle.is_none() {
+                                throttle(i, usage, threshold, &mut throttling);
+                            }
                             action.as_str()
                         }
                     };

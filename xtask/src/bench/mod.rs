@@ -110,13 +110,13 @@ struct Bench {
     out: PathBuf,
 }
 
-fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     let ts = clock_gettime(ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
     ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
 }
 
 /// A process's resident memory (VmRSS), in bytes; `None` once it is gone.
-fn vm_rss(pid: u32) -> Option<u64> {
+pub(crate) fn vm_rss(pid: u32) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kib: u64 = status
         .lines()
@@ -138,14 +138,14 @@ fn alive(pid: u32) -> bool {
 }
 
 /// A running `xypriss run`: stdout lines with the monotonic time they were read.
-struct Pool {
+pub(crate) struct Pool {
     child: Child,
     lines: Receiver<(u64, String)>,
     stderr: Receiver<String>,
 }
 
 impl Pool {
-    fn start(xypriss: &Path, args: &[&str]) -> Result<Self> {
+    pub(crate) fn start(xypriss: &Path, args: &[&str]) -> Result<Self> {
         let mut child = Command::new(xypriss)
             .arg("run")
             .args(args)
@@ -183,12 +183,12 @@ impl Pool {
     }
 
     /// The next event within `timeout`, with when it was read.
-    fn next(&self, timeout: Duration) -> Option<(u64, Value)> {
+    pub(crate) fn next(&self, timeout: Duration) -> Option<(u64, Value)> {
         let (at, line) = self.lines.recv_timeout(timeout).ok()?;
         Some((at, serde_json::from_str(&line).ok()?))
     }
 
-    fn wait_event(&self, name: &str, timeout: Duration) -> Result<Value> {
+    pub(crate) fn wait_event(&self, name: &str, timeout: Duration) -> Result<Value> {
         let deadline = Instant::now() + timeout;
         while let Some((_, event)) = self.next(deadline.saturating_duration_since(Instant::now())) {
             if event["event"] == name {
@@ -213,7 +213,12 @@ impl Pool {
     }
 
     /// SIGINT, then every remaining event.
-    fn stop(mut self) -> Vec<Value> {
+    /// xypriss's pid.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) fn stop(mut self) -> Vec<Value> {
         let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT);
         let mut rest = Vec::new();
         while let Some((_, event)) = self.next(Duration::from_secs(10)) {
@@ -235,7 +240,7 @@ impl Drop for Pool {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }

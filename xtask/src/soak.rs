@@ -1,0 +1,317 @@
+//! `cargo xtask soak --minutes N`: a long run under load, to show that
+//! xypriss loses no event without saying so, does not leak itself, restarts
+//! what it should, and keeps its alert latency while busy.
+//!
+//! 64 workers run `xypriss-demo mixed` (leakers that reach their limit and are
+//! replaced, steady workers, crashers that exit every 10 s, bursts); this
+//! process reads the whole NDJSON stream as a consumer would; a thread
+//! hammers the status server (`/cluster/memory` and `/metrics`) as fast as it
+//! answers. At the end: events made against events received, the
+//! controller's RSS over time, restarts against what the workers' roles
+//! imply, and the alert latency (the kernel's timestamp of the crossing to
+//! the alert line read here). The figures go to `target/bench/soak.json` and
+//! BENCHMARKS.md.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::{Value, json};
+
+use crate::bench::{Pool, monotonic_ns, percentile, vm_rss};
+
+const WORKERS: u32 = 64;
+/// The demo's crashers exit after this long.
+const CRASH_AFTER_SECS: f64 = 10.0;
+/// The demo's leakers grow this fast from 32 MiB, against a 128 MiB limit.
+const LEAK_MIB_PER_SEC: f64 = 4.0;
+
+pub fn run(root: &Path, minutes: f64) -> Result<()> {
+    let release = root.join("target/release");
+    let (xypriss, demo) = (release.join("xypriss"), release.join("xypriss-demo"));
+    let demo = demo.to_str().context("demo path")?;
+    let workers = WORKERS.to_string();
+    let pool = Pool::start(
+        &xypriss,
+        &[
+            "--workers",
+            &workers,
+            "--name",
+            "soak",
+            "--status-addr",
+            "127.0.0.1:0",
+            "--max-memory-per-worker",
+            "128MiB",
+            "--max-total-memory",
+            "16GiB",
+            "--enforce-hard-limits",
+            "true",
+            // A crasher up 10 s was healthy: its restart delay starts over.
+            "--restart-reset-after",
+            "5s",
+            demo,
+            "mixed",
+        ],
+    )?;
+    let pid = pool.pid();
+    let server = pool.wait_event("status_server", Duration::from_secs(30))?;
+    let address: SocketAddr = server["address"]
+        .as_str()
+        .context("status_server.address")?
+        .parse()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let hammer = {
+        let stop = Arc::clone(&stop);
+        thread::spawn(move || hammer(address, &stop))
+    };
+
+    let run_for = Duration::from_secs_f64(minutes * 60.0);
+    let started = Instant::now();
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    let mut crossed: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut latencies = Vec::new();
+    let mut rss = Vec::new();
+    let mut next_rss = Instant::now();
+    let mut received = 2; // cluster_started … status_server, read above.
+    while started.elapsed() < run_for {
+        if Instant::now() >= next_rss {
+            let mib = vm_rss(pid).unwrap_or(0) as f64 / (1 << 20) as f64;
+            rss.push((started.elapsed().as_secs(), mib));
+            next_rss += Duration::from_secs(10);
+        }
+        let Some((read_at, event)) = pool.next(Duration::from_millis(200)) else {
+            continue;
+        };
+        received += 1;
+        tally(&event, read_at, &mut counts, &mut crossed, &mut latencies);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let requests = hammer.join().expect("the hammer thread does not panic");
+    let rest = pool.stop();
+    let stopped = rest
+        .iter()
+        .find(|e| e["event"] == "cluster_stopped")
+        .context("no cluster_stopped at the end")?
+        .clone();
+    for event in &rest {
+        if event["event"] != "cluster_stopped" {
+            received += 1;
+            tally(
+                event,
+                monotonic_ns(),
+                &mut counts,
+                &mut crossed,
+                &mut latencies,
+            );
+        }
+    }
+    // Every event before cluster_stopped, whether read here or lost on the way.
+    let emitted = stopped["eventsEmitted"].as_u64().unwrap_or(0);
+    let lost_output = counts.get("lost:output").copied().unwrap_or(0);
+    let lost_kernel = counts.get("lost:kernel").copied().unwrap_or(0);
+    let seconds = started.elapsed().as_secs_f64();
+    let per_role = f64::from(WORKERS / 4);
+    let expected_crashes = per_role * (seconds / (CRASH_AFTER_SECS + 0.2)).floor();
+    let expected_replacements =
+        per_role * (seconds / ((128.0 - 32.0) / LEAK_MIB_PER_SEC + 1.0)).floor();
+    latencies.sort_by(f64::total_cmp);
+    let result = json!({
+        "minutes": minutes,
+        "workers": WORKERS,
+        "events": {
+            "emitted": emitted,
+            "received": received,
+            "lostOutput": lost_output,
+            "lostKernel": lost_kernel,
+            "unaccounted": emitted as i64 - received as i64 - lost_output as i64,
+            "byName": counts,
+        },
+        "controllerRssMiB": rss,
+        "restarts": {
+            "crashes": counts.get("worker_restarted").copied().unwrap_or(0),
+            "crashesExpected": expected_crashes,
+            "replacements": counts.get("action:restart").copied().unwrap_or(0),
+            "replacementsExpected": expected_replacements,
+            "errored": counts.get("worker_errored").copied().unwrap_or(0),
+        },
+        "alertLatencyMs": {
+            "count": latencies.len(),
+            "p50": percentile(&latencies, 0.5),
+            "p99": percentile(&latencies, 0.99),
+            "max": latencies.last().copied().unwrap_or(f64::NAN),
+        },
+        "statusServer": requests,
+    });
+    let out = root.join("target/bench");
+    fs::create_dir_all(&out)?;
+    fs::write(
+        out.join("soak.json"),
+        serde_json::to_string_pretty(&result)?,
+    )?;
+    print(&result);
+    println!("→ {}", out.join("soak.json").display());
+    if result["events"]["unaccounted"] != 0 {
+        bail!("events unaccounted for: {}", result["events"]);
+    }
+    Ok(())
+}
+
+/// Counts `event` and, for a worker's alert, its latency from the kernel's
+/// timestamp of the crossing (the threshold sample before it) to `read_at`.
+fn tally(
+    event: &Value,
+    read_at: u64,
+    counts: &mut BTreeMap<String, u64>,
+    crossed: &mut BTreeMap<u64, u64>,
+    latencies: &mut Vec<f64>,
+) {
+    let name = event["event"].as_str().unwrap_or("?").to_owned();
+    let worker = event["workerId"].as_u64();
+    match name.as_str() {
+        "memory_sample" if event["trigger"] == "threshold" => {
+            if let (Some(id), Some(at)) = (worker, event["monotonicNs"].as_u64()) {
+                crossed.insert(id, at);
+            }
+        }
+        "memory_alert" => {
+            if let Some(at) = worker.and_then(|id| crossed.remove(&id))
+                && event["type"] != "leak_detected"
+            {
+                latencies.push(read_at.saturating_sub(at) as f64 / 1e6);
+            }
+            if let Some(action) = event["action"].as_str() {
+                *counts.entry(format!("action:{action}")).or_default() += 1;
+            }
+        }
+        "events_lost" => {
+            let stage = event["stage"].as_str().unwrap_or("?");
+            *counts.entry(format!("lost:{stage}")).or_default() +=
+                event["count"].as_u64().unwrap_or(0);
+        }
+        _ => {}
+    }
+    *counts.entry(name).or_default() += 1;
+}
+
+/// GETs `/cluster/memory` and `/metrics` in turn until `stop`: how many
+/// answered 200, how many did not, and the latency percentiles.
+fn hammer(address: SocketAddr, stop: &AtomicBool) -> Value {
+    let (mut ok, mut failed) = (0u64, 0u64);
+    let mut times = Vec::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for path in ["/cluster/memory", "/metrics"].iter().cycle() {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let sent = Instant::now();
+        match get(address, path) {
+            Ok(200) => {
+                ok += 1;
+                times.push(sent.elapsed().as_secs_f64() * 1e3);
+            }
+            Ok(status) => {
+                failed += 1;
+                *errors.entry(format!("HTTP {status}")).or_default() += 1;
+            }
+            Err(err) => {
+                failed += 1;
+                *errors.entry(err.to_string()).or_default() += 1;
+            }
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    json!({
+        "ok": ok,
+        "failed": failed,
+        "errors": errors,
+        "p50Ms": percentile(&times, 0.5),
+        "p99Ms": percentile(&times, 0.99),
+    })
+}
+
+/// One HTTP/1.1 GET; the response's status code.
+fn get(address: SocketAddr, path: &str) -> Result<u16> {
+    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let head = String::from_utf8_lossy(&response[..response.len().min(32)]).into_owned();
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("not an HTTP response: {head:?}"))
+}
+
+fn print(result: &Value) {
+    let events = &result["events"];
+    let restarts = &result["restarts"];
+    let alerts = &result["alertLatencyMs"];
+    let server = &result["statusServer"];
+    let rss = result["controllerRssMiB"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mib = |i: usize| {
+        rss.get(i)
+            .map_or(f64::NAN, |p| p[1].as_f64().unwrap_or(f64::NAN))
+    };
+    println!(
+        "soak: {} workers for {} min",
+        result["workers"], result["minutes"]
+    );
+    println!("| measure | figure |\n| --- | --- |");
+    println!(
+        "| events emitted / received / lost at stdout / lost in the kernel | {} / {} / {} / {} (unaccounted: {}) |",
+        events["emitted"],
+        events["received"],
+        events["lostOutput"],
+        events["lostKernel"],
+        events["unaccounted"]
+    );
+    println!(
+        "| controller RSS: first / last / max | {:.1} / {:.1} / {:.1} MiB |",
+        mib(0),
+        mib(rss.len().saturating_sub(1)),
+        rss.iter()
+            .filter_map(|p| p[1].as_f64())
+            .fold(f64::NAN, f64::max)
+    );
+    println!(
+        "| crash restarts (expected) | {} ({}) |",
+        restarts["crashes"], restarts["crashesExpected"]
+    );
+    println!(
+        "| limit replacements (expected) | {} ({}) |",
+        restarts["replacements"], restarts["replacementsExpected"]
+    );
+    println!("| workers errored | {} |", restarts["errored"]);
+    println!(
+        "| worker alert latency p50 / p99 / max ({} alerts) | {:.2} / {:.2} / {:.2} ms |",
+        alerts["count"],
+        alerts["p50"].as_f64().unwrap_or(f64::NAN),
+        alerts["p99"].as_f64().unwrap_or(f64::NAN),
+        alerts["max"].as_f64().unwrap_or(f64::NAN)
+    );
+    println!(
+        "| status server: ok / failed, p50 / p99 | {} / {}, {:.2} / {:.2} ms |",
+        server["ok"],
+        server["failed"],
+        server["p50Ms"].as_f64().unwrap_or(f64::NAN),
+        server["p99Ms"].as_f64().unwrap_or(f64::NAN)
+    );
+}
