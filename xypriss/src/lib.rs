@@ -23,6 +23,7 @@ pub mod observe;
 pub mod output;
 pub mod policy;
 pub mod recommend;
+pub mod runtime_dir;
 pub mod series;
 pub mod size;
 pub mod supervise;
