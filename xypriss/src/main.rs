@@ -5,7 +5,10 @@ use std::{io::IsTerminal as _, process::ExitCode};
 
 use clap::Parser as _;
 use tracing_subscriber::EnvFilter;
-use xypriss::cli::{self, Command, Flags};
+use xypriss::{
+    cli::{self, Command, Flags, RestartTarget, Switch},
+    operate,
+};
 
 fn main() -> ExitCode {
     match run() {
@@ -47,11 +50,23 @@ fn run() -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             runtime.block_on(xypriss::controller::run(config))?;
-            Ok(ExitCode::SUCCESS)
         }
-        Command::Watchdog => {
-            xypriss::supervise::watchdog::run()?;
-            Ok(ExitCode::SUCCESS)
+        Command::Watchdog => xypriss::supervise::watchdog::run()?,
+        Command::Status { pool, json } => operate::status(&pool.name, json)?,
+        Command::Scale { workers, pool } => operate::scale(&pool.name, workers)?,
+        Command::Restart { target, pool } => {
+            let worker = match target {
+                RestartTarget::Worker(id) => Some(id),
+                RestartTarget::All => None,
+            };
+            operate::restart(&pool.name, worker)?;
         }
+        Command::LowMemory { state, pool } => {
+            operate::low_memory(&pool.name, state == Switch::On)?;
+        }
+        Command::Events { pool } => operate::events(&pool.name)?,
+        Command::Top { pool } => operate::top::run(&pool.name)?,
+        Command::Recommend { pool, json } => operate::recommend(&pool.name, json)?,
     }
+    Ok(ExitCode::SUCCESS)
 }
