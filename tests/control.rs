@@ -467,6 +467,39 @@ impl Tmux {
     fn screen(&self) -> String {
         stdout(&self.run(&["capture-pane", "-p", "-t", "top"]))
     }
+
+    /// Starts `command` in a 160×40 session named `top`.
+    fn start(&self, command: &str) {
+        let started = self.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            "top",
+            "-x",
+            "160",
+            "-y",
+            "40",
+            command,
+        ]);
+        assert!(started.status.success(), "{}", stderr(&started));
+    }
+
+    /// Waits until the screen shows `text`.
+    #[track_caller]
+    fn wait_for(&self, text: &str) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let screen = self.screen();
+            if screen.contains(text) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never showed {text:?}:\n{screen}"
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
 }
 
 impl Drop for Tmux {
@@ -491,18 +524,7 @@ fn top_shows_the_pool_and_quits_on_q() {
     let tmux = Tmux {
         socket: format!("xypriss-test-{}", std::process::id()),
     };
-    let started = tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "top",
-        "-x",
-        "160",
-        "-y",
-        "40",
-        &format!("{XYPRISS} top --name {name}"),
-    ]);
-    assert!(started.status.success(), "{}", stderr(&started));
+    tmux.start(&format!("{XYPRISS} top --name {name}"));
 
     let deadline = Instant::now() + WAIT;
     let screen = loop {
@@ -531,15 +553,7 @@ fn top_shows_the_pool_and_quits_on_q() {
     }
 
     ok(&["scale", "3", "--name", &name]);
-    let deadline = Instant::now() + WAIT;
-    while !tmux.screen().contains("scaled from 2 to 3 (api)") {
-        assert!(
-            Instant::now() < deadline,
-            "the scale never showed in the alerts:\n{}",
-            tmux.screen()
-        );
-        thread::sleep(Duration::from_millis(200));
-    }
+    tmux.wait_for("scaled from 2 to 3 (api)");
 
     tmux.run(&["send-keys", "-t", "top", "q"]);
     let deadline = Instant::now() + WAIT;
@@ -547,4 +561,42 @@ fn top_shows_the_pool_and_quits_on_q() {
         assert!(Instant::now() < deadline, "top did not quit on q");
         thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn top_restores_the_terminal_when_killed() {
+    if !root_or_skip("top_restores_the_terminal_when_killed") {
+        return;
+    }
+    let name = name("topkill");
+    let _pool = pool(&name);
+    let tmux = Tmux {
+        socket: format!("xypriss-test-kill-{}", std::process::id()),
+    };
+    // After top, the shell says how it ended and whether the terminal is
+    // back in canonical mode with echo (raw mode clears both).
+    tmux.start(&format!(
+        "{XYPRISS} top --name {name}; echo \"top ended $?\"; stty -a | tr ' ' '\\n' | grep -x -e icanon -e echo; sleep 60"
+    ));
+    tmux.wait_for(&format!("pool {name}"));
+    let shell = stdout(&tmux.run(&["list-panes", "-t", "top", "-F", "#{pane_pid}"]));
+    let shell = shell.trim();
+    let top: i32 = fs::read_to_string(format!("/proc/{shell}/task/{shell}/children"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .expect("top runs under the shell")
+        .parse()
+        .unwrap();
+    support::signal(top as u32, nix::sys::signal::Signal::SIGTERM);
+    let screen = tmux.wait_for("top ended 0");
+    let lines: Vec<&str> = screen.lines().map(str::trim_end).collect();
+    assert!(
+        lines.contains(&"icanon") && lines.contains(&"echo"),
+        "raw mode was left on:\n{screen}"
+    );
+    assert!(
+        !screen.contains("xypriss top"),
+        "the alternate screen was not left:\n{screen}"
+    );
 }

@@ -9,7 +9,7 @@
 use std::{
     io::{self, BufRead as _, BufReader, Write as _},
     os::unix::net::UnixStream,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::Duration,
 };
 
@@ -108,11 +108,6 @@ impl Client {
             writer,
             path,
         })
-    }
-
-    /// The socket's path.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Sends `request`; the pool's reply, or its refusal as [`ClientError::Api`].

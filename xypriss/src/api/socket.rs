@@ -557,6 +557,38 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn connections_past_the_limit_are_turned_away() {
+        let dir = scratch_dir("limit");
+        let (handle, calls) = api::channel();
+        let _loop = fake_loop(calls);
+        let _socket = ControlSocket::start(&dir, "l", handle).unwrap();
+        let path = dir.join("l.sock");
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            let mut client = Client::connect(&path).await;
+            // Answered: it is being served.
+            assert!(client.ask(r#"{"op":"scale","workers":1}"#).await.ok);
+            held.push(client);
+        }
+        let mut one_more = Client::connect(&path).await;
+        let busy = timeout(Duration::from_secs(5), one_more.lines.next_line())
+            .await
+            .expect("the connection past the limit is answered at once")
+            .unwrap()
+            .unwrap();
+        let busy: Response = serde_json::from_str(&busy).unwrap();
+        assert_eq!(busy.error.unwrap().code, "too_many_connections");
+        assert_eq!(one_more.lines.next_line().await.unwrap(), None);
+        // One leaves: there is room again.
+        drop(held.pop());
+        // Time for the server to see it go.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut again = Client::connect(&path).await;
+        assert!(again.ask(r#"{"op":"scale","workers":1}"#).await.ok);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
     async fn a_live_socket_is_refused_and_a_stale_one_replaced() {
         let dir = scratch_dir("stale");
         let (handle, _calls) = api::channel();
