@@ -12,7 +12,7 @@ pub mod top;
 
 use std::io::{self, Write as _};
 
-use serde::Deserialize;
+use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::Value;
 
 use crate::api::{
@@ -44,10 +44,7 @@ fn print(text: &str) -> Result<(), CommandError> {
 }
 
 /// Reads a reply of the shape `T`.
-fn reply<T: for<'de> Deserialize<'de>>(
-    request: &'static str,
-    value: Value,
-) -> Result<T, CommandError> {
+fn reply<T: DeserializeOwned>(request: &'static str, value: Value) -> Result<T, CommandError> {
     serde_json::from_value(value).map_err(|e| CommandError::Reply {
         request,
         reason: e.to_string(),
