@@ -9,6 +9,7 @@ mod support;
 use std::{
     fs,
     io::{BufRead as _, BufReader},
+    ops::{Deref, DerefMut},
     os::unix::{
         fs::{MetadataExt as _, PermissionsExt as _},
         net::UnixListener,
@@ -34,8 +35,41 @@ fn socket(name: &str) -> PathBuf {
     PathBuf::from(format!("/run/xypriss/{name}.sock"))
 }
 
+/// A pool that is stopped gracefully when the test ends (passed or not), so
+/// that it removes its socket; if it lingers, the [`Pool`] kills it.
+struct Running {
+    pool: Pool,
+    name: String,
+}
+
+impl Deref for Running {
+    type Target = Pool;
+
+    fn deref(&self) -> &Pool {
+        &self.pool
+    }
+}
+
+impl DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Pool {
+        &mut self.pool
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.pool.pid() as i32);
+        // Gone already is fine.
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while socket(&self.name).exists() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// A pool of two demo workers (at most four), both ready, both measured.
-fn pool(name: &str) -> Pool {
+fn pool(name: &str) -> Running {
     let mut pool = Pool::start(&[
         "--name",
         name,
@@ -52,7 +86,10 @@ fn pool(name: &str) -> Pool {
         pool.wait_event("worker_ready", WAIT, |e| e["workerId"] == id);
         pool.wait_event("memory_sample", WAIT, |e| e["workerId"] == id);
     }
-    pool
+    Running {
+        pool,
+        name: name.to_owned(),
+    }
 }
 
 /// `xypriss ARGS…`, to its end.
@@ -433,13 +470,16 @@ fn only_the_owner_may_connect() {
 
     // Started through sudo by nobody: the socket is theirs.
     let sudo_name = name("perm-sudo");
-    let mut sudo_pool = Pool::start_command(
-        Command::new(XYPRISS)
-            .args(["run", "--name", &sudo_name, "--workers", "1", DEMO])
-            .args(["oscillate", "8", "24"])
-            .env("SUDO_UID", "65534")
-            .env("SUDO_GID", "65534"),
-    );
+    let mut sudo_pool = Running {
+        pool: Pool::start_command(
+            Command::new(XYPRISS)
+                .args(["run", "--name", &sudo_name, "--workers", "1", DEMO])
+                .args(["oscillate", "8", "24"])
+                .env("SUDO_UID", "65534")
+                .env("SUDO_GID", "65534"),
+        ),
+        name: sudo_name.clone(),
+    };
     sudo_pool.wait_event("worker_ready", WAIT, |_| true);
     let meta = fs::metadata(socket(&sudo_name)).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
