@@ -30,7 +30,9 @@ const SERVER: &str = concat!(
 /// `xypriss run ARGS…` with `env` for the workers.
 fn start_with(args: &[&str], env: &[(&str, &str)]) -> Pool {
     let mut cmd = std::process::Command::new(support::XYPRISS);
-    cmd.arg("run").args(args).envs(env.iter().copied());
+    cmd.arg("run")
+        .args(support::named(args))
+        .envs(env.iter().copied());
     Pool::start_command(&mut cmd)
 }
 

@@ -50,7 +50,7 @@ fn as_nobody(args: &[&str]) -> Command {
         XYPRISS,
         "run",
     ])
-    .args(args);
+    .args(support::named(args));
     cmd
 }
 

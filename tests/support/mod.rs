@@ -12,7 +12,10 @@ use std::{
     fs,
     io::{BufRead as _, BufReader},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::mpsc::{self, Receiver, RecvTimeoutError},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc::{self, Receiver, RecvTimeoutError},
+    },
     thread,
     time::{Duration, Instant},
 };
@@ -45,10 +48,25 @@ pub struct Pool {
     pub log: Vec<String>,
 }
 
+/// `run`'s ARGS with a `--name` of their own if they have none: tests run
+/// side by side, and two pools of one name cannot (the control socket).
+pub fn named(args: &[&str]) -> Vec<String> {
+    static POOLS: AtomicU32 = AtomicU32::new(0);
+    let mut named: Vec<String> = args.iter().map(|&a| a.to_owned()).collect();
+    if !args.contains(&"--name") {
+        let n = POOLS.fetch_add(1, Ordering::Relaxed);
+        named.splice(
+            0..0,
+            ["--name".into(), format!("t{}-{n}", std::process::id())],
+        );
+    }
+    named
+}
+
 impl Pool {
-    /// Starts `xypriss run ARGS…`.
+    /// Starts `xypriss run ARGS…`, named by [`named`].
     pub fn start(args: &[&str]) -> Self {
-        Self::start_command(Command::new(XYPRISS).arg("run").args(args))
+        Self::start_command(Command::new(XYPRISS).arg("run").args(named(args)))
     }
 
     pub fn start_command(cmd: &mut Command) -> Self {

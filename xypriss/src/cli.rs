@@ -59,6 +59,84 @@ Examples:
   sudo xypriss doctor --json | jq '.checks[] | select(.status != \"ok\")'
   xypriss doctor --tracefs /mnt/tracing --cgroup-root /sys/fs/cgroup")]
     Doctor(crate::doctor::DoctorFlags),
+    /// Show a running pool's workers and their memory, as a table or as JSON.
+    #[command(after_help = "\
+Examples:
+  sudo xypriss status
+  sudo xypriss status --name api
+  sudo xypriss status --json | jq '.workers[] | {id, rssBytes}'")]
+    Status {
+        #[command(flatten)]
+        pool: PoolName,
+        /// Print the pool's status as one JSON object (the control socket's reply).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set the number of workers of a running pool, within its --min-workers and --max-workers.
+    #[command(after_help = "\
+Examples:
+  sudo xypriss scale 4
+  sudo xypriss scale 1 --name api")]
+    Scale {
+        /// The new number of workers.
+        #[arg(value_name = "N")]
+        workers: u32,
+        #[command(flatten)]
+        pool: PoolName,
+    },
+    /// Replace a worker, or every worker one at a time, each new process ready before the old one stops.
+    #[command(after_help = "\
+Examples:
+  sudo xypriss restart 0
+  sudo xypriss restart all --name api")]
+    Restart {
+        /// A worker id (its XYPRISS_WORKER_ID), or `all` for a rolling restart.
+        #[arg(value_name = "ID|all")]
+        target: RestartTarget,
+        #[command(flatten)]
+        pool: PoolName,
+    },
+    /// Turn a running pool's low-memory mode on or off.
+    #[command(after_help = "\
+Examples:
+  sudo xypriss low-memory on
+  sudo xypriss low-memory off --name api")]
+    LowMemory {
+        #[arg(value_enum, value_name = "on|off")]
+        state: Switch,
+        #[command(flatten)]
+        pool: PoolName,
+    },
+    /// Follow a running pool's events: the NDJSON lines of its stdout, from now on.
+    #[command(after_help = "\
+Examples:
+  sudo xypriss events
+  sudo xypriss events --name api | jq -c 'select(.event == \"memory_alert\")'")]
+    Events {
+        #[command(flatten)]
+        pool: PoolName,
+    },
+    /// A live view of a running pool: memory sparklines, fault rates, alerts. q quits.
+    #[command(after_help = "\
+Examples:
+  sudo xypriss top
+  sudo xypriss top --name api")]
+    Top {
+        #[command(flatten)]
+        pool: PoolName,
+    },
+    /// Memory recommendations and the optimal worker count for this host, from a running pool.
+    #[command(after_help = "\
+Examples:
+  sudo xypriss recommend
+  sudo xypriss recommend --name api --json")]
+    Recommend {
+        #[command(flatten)]
+        pool: PoolName,
+        /// Print the recommendations as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Internal: started by `run`; when its stdin closes (xypriss ended, however),
     /// kills and removes the cgroups of pools whose xypriss is gone.
     #[command(name = "__watchdog", hide = true)]
@@ -72,6 +150,41 @@ Examples:
     /// Internal: write the man pages, one per command, into DIR (`cargo xtask dist` runs it).
     #[command(name = "__manpages", hide = true)]
     Manpages { dir: PathBuf },
+}
+
+/// `--name` of the commands that talk to a running pool.
+#[derive(Args, Debug)]
+pub struct PoolName {
+    /// The pool to talk to: the `--name` it was started with.
+    #[arg(long, default_value = "default", value_name = "NAME", value_parser = parse_name)]
+    pub name: String,
+}
+
+/// `xypriss restart`'s target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartTarget {
+    Worker(u32),
+    All,
+}
+
+impl FromStr for RestartTarget {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.eq_ignore_ascii_case("all") {
+            return Ok(Self::All);
+        }
+        s.parse()
+            .map(Self::Worker)
+            .map_err(|_| format!("`{s}` is neither a worker id nor `all`"))
+    }
+}
+
+/// `on` or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 #[derive(Args, Debug)]
@@ -563,17 +676,25 @@ fn identity(
     })
 }
 
-/// `--name`: it names the pool's cgroup and, later, its socket.
+/// `--name`: it names the pool's cgroup and its control socket.
 fn check_name(name: String) -> Result<String, FlagError> {
-    let ok = (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
+    if valid_name(&name) {
         Ok(name)
     } else {
         Err(FlagError::Name { name })
     }
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// `--name` of the commands that talk to a pool: as `run` checks it.
+fn parse_name(name: &str) -> Result<String, String> {
+    check_name(name.to_owned()).map_err(|_| "use 1 to 64 letters, digits, `_` or `-`".into())
 }
 
 /// `--stop-signal`: a signal name, with or without `SIG`, any case.
@@ -703,6 +824,33 @@ mod tests {
         assert_eq!(parse_env("A=b=c"), Ok(("A".into(), "b=c".into())));
         assert!(parse_env("=x").is_err());
         assert!(parse_env("novalue").is_err());
+    }
+
+    #[test]
+    fn pool_commands_parse_their_arguments() {
+        let parse = |args: &[&str]| Flags::try_parse_from(args).map(|f| f.command);
+        let Ok(Command::Restart { target, pool }) = parse(&["xypriss", "restart", "ALL"]) else {
+            panic!("restart all");
+        };
+        assert_eq!(
+            (target, pool.name.as_str()),
+            (RestartTarget::All, "default")
+        );
+        let Ok(Command::Restart { target, .. }) = parse(&["xypriss", "restart", "3"]) else {
+            panic!("restart 3");
+        };
+        assert_eq!(target, RestartTarget::Worker(3));
+        assert!(parse(&["xypriss", "restart", "-1"]).is_err());
+        assert!(parse(&["xypriss", "scale", "many"]).is_err());
+        assert!(parse(&["xypriss", "low-memory", "maybe"]).is_err());
+        let err = parse(&["xypriss", "status", "--name", "../etc"]).unwrap_err();
+        assert!(err.to_string().contains("--name"), "{err}");
+        let Ok(Command::LowMemory { state, pool }) =
+            parse(&["xypriss", "low-memory", "on", "--name", "api"])
+        else {
+            panic!("low-memory on");
+        };
+        assert_eq!((state, pool.name.as_str()), (Switch::On, "api"));
     }
 
     #[test]

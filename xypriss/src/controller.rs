@@ -24,7 +24,7 @@ use tokio::{
 };
 
 use crate::{
-    api::{self, ApiError, Call, Reply, Request, Status, status},
+    api::{self, ApiError, Call, Reply, Request, Status, socket::ControlSocket, status},
     cli::{ObserverChoice, ReadyMode, RunConfig},
     detect::{
         leak::{LeakDetector, Params as LeakParams, Verdict},
@@ -36,7 +36,7 @@ use crate::{
         ndjson::{Output, QUEUE_LINES, QUEUE_LINES_MINIMAL},
     },
     policy::{self, Action},
-    recommend,
+    recommend, runtime_dir,
     series::Series,
     supervise::{
         backoff::{Decision, Failures},
@@ -208,6 +208,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     )?;
     let (api, mut calls) = api::channel();
     output.follow_with(api.event_sender());
+    let runtime_dir = runtime_dir::create()?;
+    // Before anything else: a pool of the same name makes this one refuse to start.
+    let control = ControlSocket::start(&runtime_dir, &config.name, api.clone())?;
     let (observer, degraded) = Observer::start(&config)?;
     let mut sigchld = signal(SignalKind::child())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -245,7 +248,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     });
 
     let listeners = Listeners::bind(&config.listen)?;
-    let notify = NotifySocket::bind(runtime_dir()?.join(format!(
+    let notify = NotifySocket::bind(runtime_dir.join(format!(
         "{}.{}.notify",
         config.name,
         std::process::id()
@@ -363,6 +366,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         reason,
         events_emitted,
     });
+    control.close().await;
     ctl.output.finish(FINAL_FLUSH);
     if matches!(stop, Stop::Errored) {
         anyhow::bail!("every worker errored");
@@ -415,27 +419,6 @@ fn pool_cgroup(name: &str, output: &Output) -> Option<PoolCgroup> {
         }
         Err(err) => disabled(err.to_string()),
     }
-}
-
-/// Where xypriss keeps its sockets: /run/xypriss as root, else the user's
-/// runtime directory. Workers that run as another user must reach them, so
-/// the directory is world-searchable; the sockets set their own modes.
-fn runtime_dir() -> anyhow::Result<std::path::PathBuf> {
-    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
-    let dir = if nix::unistd::geteuid().is_root() {
-        std::path::PathBuf::from("/run/xypriss")
-    } else if let Some(runtime) = std::env::var_os("XDG_RUNTIME_DIR") {
-        std::path::PathBuf::from(runtime).join("xypriss")
-    } else {
-        std::env::temp_dir().join(format!("xypriss-{}", nix::unistd::geteuid()))
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(&dir)
-        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
-    Ok(dir)
 }
 
 fn far_future() -> Instant {

@@ -9,7 +9,8 @@
 //! [`supervise`]) → [`output`] (NDJSON), with
 //! [`supervise`] starting and stopping the workers, and [`controller`]
 //! running the loop that ties them together. Operators reach the loop
-//! through [`api`] (HTTP and the control socket). [`cli`] turns flags into a
+//! through [`api`] (HTTP and the control socket), which the commands of
+//! [`operate`] (`xypriss status`, `top`, …) speak. [`cli`] turns flags into a
 //! checked configuration first; [`config`] does the same for the memory
 //! options, from XyPriss's cluster configuration file and flags. [`doctor`]
 //! checks, before any of it runs, what the machine offers it; [`dist`] makes
@@ -24,9 +25,11 @@ pub mod detect;
 pub mod dist;
 pub mod doctor;
 pub mod observe;
+pub mod operate;
 pub mod output;
 pub mod policy;
 pub mod recommend;
+pub mod runtime_dir;
 pub mod series;
 pub mod size;
 pub mod supervise;

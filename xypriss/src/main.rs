@@ -7,7 +7,10 @@ use clap::Parser as _;
 use tracing_subscriber::{
     EnvFilter, filter::LevelFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _,
 };
-use xypriss::cli::{self, Command, Flags};
+use xypriss::{
+    cli::{self, Command, Flags, RestartTarget, Switch},
+    operate,
+};
 
 fn main() -> ExitCode {
     match run() {
@@ -61,20 +64,28 @@ fn run() -> anyhow::Result<ExitCode> {
                 .enable_all()
                 .build()?;
             runtime.block_on(xypriss::controller::run(config))?;
-            Ok(ExitCode::SUCCESS)
         }
-        Command::Doctor(doctor_flags) => Ok(xypriss::doctor::run(&doctor_flags)?),
-        Command::Watchdog => {
-            xypriss::supervise::watchdog::run()?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Doctor(doctor_flags) => return Ok(xypriss::doctor::run(&doctor_flags)?),
+        Command::Watchdog => xypriss::supervise::watchdog::run()?,
         Command::Completions { shell } => {
             xypriss::dist::completions(shell, &mut std::io::stdout().lock())?;
-            Ok(ExitCode::SUCCESS)
         }
-        Command::Manpages { dir } => {
-            xypriss::dist::man_pages(&dir)?;
-            Ok(ExitCode::SUCCESS)
+        Command::Manpages { dir } => xypriss::dist::man_pages(&dir)?,
+        Command::Status { pool, json } => operate::status(&pool.name, json)?,
+        Command::Scale { workers, pool } => operate::scale(&pool.name, workers)?,
+        Command::Restart { target, pool } => {
+            let worker = match target {
+                RestartTarget::Worker(id) => Some(id),
+                RestartTarget::All => None,
+            };
+            operate::restart(&pool.name, worker)?;
         }
+        Command::LowMemory { state, pool } => {
+            operate::low_memory(&pool.name, state == Switch::On)?;
+        }
+        Command::Events { pool } => operate::events(&pool.name)?,
+        Command::Top { pool } => operate::top::run(&pool.name)?,
+        Command::Recommend { pool, json } => operate::recommend(&pool.name, json)?,
     }
+    Ok(ExitCode::SUCCESS)
 }

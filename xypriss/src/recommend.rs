@@ -39,7 +39,7 @@ pub struct Recommendations {
 }
 
 /// The p95 of `values` (nearest rank); `None` when empty.
-fn p95(values: &[u64]) -> Option<u64> {
+pub fn p95(values: &[u64]) -> Option<u64> {
     let mut sorted = values.to_vec();
     sorted.sort_unstable();
     let rank = (sorted.len() as f64 * 0.95).ceil() as usize;

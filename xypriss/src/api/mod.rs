@@ -12,6 +12,8 @@
 //! (one JSON object a line) and the bodies of the HTTP API, documented in
 //! `docs/api.md`.
 
+pub mod client;
+pub mod socket;
 pub mod status;
 
 use std::sync::Arc;

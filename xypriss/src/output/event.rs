@@ -274,4 +274,7 @@ pub enum LossStage {
     Kernel,
     /// stdout did not keep up and the bounded queue in front of it was full.
     Output,
+    /// A follower of the control socket (`xypriss events`) fell behind: only
+    /// it lost these lines, and only its stream says so.
+    Follower,
 }
