@@ -12,7 +12,10 @@
 //! (one JSON object a line) and the bodies of the HTTP API, documented in
 //! `docs/api.md`.
 
+pub mod http;
 pub mod status;
+pub mod token;
+pub mod views;
 
 use std::sync::Arc;
 

@@ -1,4 +1,6 @@
-//! What xypriss tells the world. Today: the NDJSON event stream on stdout.
+//! What xypriss tells the world: the NDJSON event stream on stdout, and the
+//! same figures for Prometheus (`/metrics`).
 
 pub mod event;
+pub mod metrics;
 pub mod ndjson;
