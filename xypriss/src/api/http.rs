@@ -122,8 +122,8 @@ impl Drop for StatusServer {
     }
 }
 
-/// Serves the API on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, handle: Handle, token: Arc<Token>) {
+/// Serves the API on `listener` until its task is aborted.
+async fn serve(listener: TcpListener, handle: Handle, token: Arc<Token>) {
     let router = router(handle, token);
     let mut connections = JoinSet::new();
     loop {
