@@ -57,7 +57,8 @@ pub fn render(status: &Status) -> String {
     text
 }
 
-/// A gauge from a byte count or a duration, which never reach `i64::MAX`.
+/// A gauge's value from a count (bytes, seconds, processes): none comes near
+/// `i64::MAX`, where it would saturate.
 fn int(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
