@@ -24,7 +24,10 @@ use tokio::{
 };
 
 use crate::{
-    api::{self, ApiError, Call, Reply, Request, Status, socket::ControlSocket, status},
+    api::{
+        self, ApiError, Call, Reply, Request, Status, http::StatusServer, socket::ControlSocket,
+        status,
+    },
     cli::{ObserverChoice, ReadyMode, RunConfig},
     detect::{
         leak::{LeakDetector, Params as LeakParams, Verdict},
@@ -263,6 +266,18 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                 .collect(),
         });
     }
+    let status_server = match config.status_addr {
+        Some(address) => {
+            let token = runtime_dir.join(format!("{}.token", config.name));
+            let server = StatusServer::start(address, &token, api.clone()).await?;
+            output.emit(&Event::StatusServer {
+                address: server.address().to_string(),
+                token_file: server.token_file().display().to_string(),
+            });
+            Some(server)
+        }
+        None => None,
+    };
     let cgroups = pool_cgroup(&config.name, &output);
     // Held open until xypriss ends: then the watchdog cleans what is left.
     let _watchdog = match &cgroups {
@@ -361,6 +376,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     {
         tracing::warn!("removing the pool's cgroup: {err}");
     }
+    // The server goes with the pool, and its token file with it.
+    drop(status_server);
     let events_emitted = ctl.output.counters().events_emitted;
     ctl.output.emit(&Event::ClusterStopped {
         reason,

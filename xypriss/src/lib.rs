@@ -6,7 +6,7 @@
 //! kernel tracepoints → [`observe`] (BPF maps and ring buffer, or /proc) →
 //! [`decode`] → [`series`] (per-worker rates) → [`detect`] (threshold
 //! alerts, leaks) → [`policy`] (what to do) → actions (in [`controller`] and
-//! [`supervise`]) → [`output`] (NDJSON), with
+//! [`supervise`]) → [`output`] (NDJSON, Prometheus metrics), with
 //! [`supervise`] starting and stopping the workers, and [`controller`]
 //! running the loop that ties them together. Operators reach the loop
 //! through [`api`] (HTTP and the control socket), which the commands of

@@ -13,8 +13,11 @@
 //! `docs/api.md`.
 
 pub mod client;
+pub mod http;
 pub mod socket;
 pub mod status;
+pub mod token;
+pub mod views;
 
 use std::sync::Arc;
 

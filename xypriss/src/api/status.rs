@@ -131,3 +131,122 @@ pub struct Counters {
     /// Events made so far, those lost on the way to stdout included.
     pub events_emitted: u64,
 }
+
+impl Status {
+    /// One process per worker id: the newest generation, which is the one
+    /// that stays when a replacement is under way.
+    pub fn newest_workers(&self) -> impl Iterator<Item = &Worker> {
+        let mut newest: BTreeMap<u32, &Worker> = BTreeMap::new();
+        for worker in &self.workers {
+            newest
+                .entry(worker.id)
+                .and_modify(|w| {
+                    if worker.generation > w.generation {
+                        *w = worker;
+                    }
+                })
+                .or_insert(worker);
+        }
+        newest.into_values()
+    }
+}
+
+/// A pool to cut views from in unit tests: worker 0 being replaced
+/// (generation 1 stopping, generation 2 starting) and worker 1 leaking.
+#[cfg(test)]
+pub(crate) fn sample() -> Status {
+    let worker = |id, pid, generation, status: &str, rss_bytes| Worker {
+        id,
+        pid,
+        generation,
+        status: status.into(),
+        health: "healthy".into(),
+        rss_bytes,
+        anon_bytes: rss_bytes / 2,
+        swap_bytes: 0,
+        allocation_rate: 1024.0,
+        fault_rate: 12.5,
+        page_faults: 1000 * u64::from(pid),
+        restarts: generation - 1,
+        uptime_sec: 60,
+        throttled: false,
+        leak: Leak {
+            leaking: false,
+            enabled: true,
+            slope_bytes_per_sec: None,
+            confidence: None,
+        },
+    };
+    let mut leaking = worker(1, 101, 1, "ready", 300 << 20);
+    leaking.health = "leaking".into();
+    leaking.throttled = true;
+    leaking.allocation_rate = -2048.5;
+    leaking.leak = Leak {
+        leaking: true,
+        enabled: true,
+        slope_bytes_per_sec: Some(1_048_576.0),
+        confidence: Some(0.99),
+    };
+    Status {
+        pool: "default".into(),
+        version: "0.1.0".into(),
+        pid: 42,
+        uptime_sec: 120,
+        observer: "ebpf".into(),
+        low_memory_mode: true,
+        low_memory_reason: Some("asked by an operator".into()),
+        workers_desired: 2,
+        min_workers: 1,
+        max_workers: 4,
+        memory: Memory {
+            recommendations: vec!["Worker 1 may be leaking memory".into()],
+            suggested_worker_count: 2,
+            optimal_worker_count: 3,
+            can_enable_low_memory_mode: false,
+            current_usage: Usage {
+                total_rss_bytes: 600 << 20,
+                max_total_memory_bytes: 2 << 30,
+                max_memory_per_worker_bytes: 512 << 20,
+                system_available_bytes: Some(8 << 30),
+                pressure_some_avg10: None,
+            },
+            healthy: false,
+        },
+        health: Health {
+            healthy: false,
+            details: vec!["worker 1 (pid 101) is leaking".into()],
+        },
+        workers: vec![
+            worker(0, 100, 1, "stopping", 100 << 20),
+            worker(0, 102, 2, "starting", 200 << 20),
+            leaking,
+        ],
+        counters: Counters {
+            alerts: BTreeMap::from([(
+                "warning".into(),
+                BTreeMap::from([("worker".into(), 3), ("cluster".into(), 1)]),
+            )]),
+            events_lost_kernel: 7,
+            events_lost_output: 0,
+            scale_ups: 2,
+            scale_downs: 1,
+            events_emitted: 40,
+        },
+        timestamp: "2026-01-02T03:04:05.678Z".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replaced_worker_counts_once_by_its_newest_generation() {
+        let status = sample();
+        let newest: Vec<(u32, u32)> = status
+            .newest_workers()
+            .map(|w| (w.id, w.generation))
+            .collect();
+        assert_eq!(newest, [(0, 2), (1, 1)]);
+    }
+}

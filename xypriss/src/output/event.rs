@@ -92,6 +92,13 @@ pub enum Event {
     Listening {
         addresses: Vec<String>,
     },
+    /// Where the HTTP status server listens (a port 0 shows the real port),
+    /// and the file holding the token its mutating endpoints take.
+    #[serde(rename_all = "camelCase")]
+    StatusServer {
+        address: String,
+        token_file: String,
+    },
     /// Where workers' cgroups are, or why there are none.
     #[serde(rename_all = "camelCase")]
     Cgroup {
