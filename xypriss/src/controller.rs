@@ -62,6 +62,9 @@ const ALERT_MARGIN: f64 = 0.05;
 /// the pool.
 const LOAD_WINDOW: Duration = Duration::from_secs(10);
 
+/// How old a status may be when an operator asks for it.
+const STATUS_MAX_AGE: Duration = Duration::from_millis(100);
+
 /// How much coarser sampling is in low-memory mode.
 const COARSE_FACTOR: u64 = 4;
 
@@ -180,6 +183,8 @@ struct Controller {
     last_load_scale: Option<Instant>,
     /// Periodic ticks so far.
     ticks: u64,
+    /// The last status made, when, and at which [`Output::changes`].
+    status_cache: Option<(Instant, u64, Status)>,
     /// When critical memory last scaled the pool down.
     last_memory_scale_down: Option<Instant>,
     /// The pool's cgroup, when a memory controller is usable.
@@ -314,6 +319,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         load: VecDeque::new(),
         last_load_scale: None,
         ticks: 0,
+        status_cache: None,
     };
     let optimization = &ctl.config.memory.performance_optimization;
     if optimization.enabled && optimization.lazy_worker_init {
@@ -339,20 +345,24 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let mut batch = Vec::new();
     let stop = loop {
         let timer = ctl.next_timer();
+        // In this order when several are ready: stopping first, then what
+        // the kernel says (alerts must not wait behind operators' requests),
+        // then the pool's own business, operators last.
         tokio::select! {
+            biased;
+            _ = sigint.recv() => break Stop::Signal("SIGINT"),
+            _ = sigterm.recv() => break Stop::Signal("SIGTERM"),
+            () = ctl.output.closed() => break Stop::StdoutClosed,
             () = ctl.observer.next_batch(&mut batch) => ctl.observed(&mut batch),
             _ = sigchld.recv() => ctl.reaped(&mut batch),
             message = ctl.notify.recv() => ctl.notified(message),
             () = sleep_until(timer.unwrap_or_else(far_future).into()), if timer.is_some() => ctl.timers(),
             _ = tick.tick() => ctl.tick(),
             _ = check.tick() => ctl.check_system(),
-            Some(call) = calls.recv() => ctl.answer(call),
             _ = sighup.recv() => ctl.rolling_restart(),
             _ = sigttin.recv() => ctl.scale_up(1, "SIGTTIN"),
             _ = sigttou.recv() => ctl.scale_down(1, None, "SIGTTOU"),
-            _ = sigint.recv() => break Stop::Signal("SIGINT"),
-            _ = sigterm.recv() => break Stop::Signal("SIGTERM"),
-            () = ctl.output.closed() => break Stop::StdoutClosed,
+            Some(call) = calls.recv() => ctl.answer(call),
         }
         if ctl.instances.is_empty() && ctl.workers.values().all(|w| w.errored || w.retired) {
             break Stop::Errored;
@@ -1395,7 +1405,7 @@ impl Controller {
     /// Answers an operator's request (HTTP or the control socket).
     fn answer(&mut self, call: Call) {
         let result = match call.request {
-            Request::Status => Ok(Reply::Status(Box::new(self.status()))),
+            Request::Status => Ok(Reply::Status(Box::new(self.cached_status()))),
             Request::Scale { workers } => self.scale_to(workers),
             Request::LowMemory { enabled } => {
                 Ok(self.set_low_memory(enabled, "asked by an operator", true))
@@ -1459,6 +1469,22 @@ impl Controller {
             from,
             to: self.size,
         })
+    }
+
+    /// The pool's status, made anew when anything but memory figures
+    /// changed, and otherwise at most every [`STATUS_MAX_AGE`]: a client
+    /// polling as fast as it can costs the loop no more than that.
+    fn cached_status(&mut self) -> Status {
+        let changes = self.output.changes();
+        if let Some((made, at, status)) = &self.status_cache
+            && *at == changes
+            && made.elapsed() < STATUS_MAX_AGE
+        {
+            return status.clone();
+        }
+        let status = self.status();
+        self.status_cache = Some((Instant::now(), changes, status.clone()));
+        status
     }
 
     /// Everything about the pool now.

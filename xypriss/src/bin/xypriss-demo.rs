@@ -24,7 +24,7 @@
 //! - `stubborn`: ignores SIGTERM and SIGINT (for kill-timeout tests).
 //! - `spin`: keeps one core busy until stopped (for load-driven scaling).
 //! - `mixed`: what a soak's pool does, chosen by `XYPRISS_WORKER_ID` mod 4:
-//!   0 leaks 4 MiB/s (up to its limit, and its replacement), 1 holds 32 MiB,
+//!   0 leaks 12 MiB/s (up to its limit, and its replacement), 1 holds 32 MiB,
 //!   2 exits with status 1 after 10 s (a crash), 3 takes 64 MiB for a second
 //!   every 5 s (bursts).
 //! - `faultbench MIB ROUNDS`: times the first touch of MIB, ROUNDS times, and
@@ -393,7 +393,7 @@ fn mixed(signals: &SigSet) {
     loop {
         let t = start.elapsed().as_secs_f64();
         match role {
-            "leak" => heap.resize(32 + (t * 4.0) as usize),
+            "leak" => heap.resize(32 + (t * 12.0) as usize),
             "crash" if t >= 10.0 => std::process::exit(1),
             "bursts" => heap.resize(if t % 5.0 < 1.0 { 96 } else { 32 }),
             _ => {}

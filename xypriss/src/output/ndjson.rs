@@ -12,7 +12,7 @@
 //! it said (alerts, scalings), for the status API and `/metrics`.
 
 use std::{
-    cell::RefCell,
+    cell::{Cell, RefCell},
     io::{self, Write as _},
     sync::{
         Arc,
@@ -77,6 +77,8 @@ pub struct Output {
     done: Receiver<()>,
     followers: Option<broadcast::Sender<Arc<str>>>,
     tally: RefCell<Counters>,
+    /// Events other than `memory_sample` so far: the pool's state changed.
+    changes: Cell<u64>,
     format: Format,
 }
 
@@ -107,6 +109,7 @@ impl Output {
             done,
             followers: None,
             tally: RefCell::default(),
+            changes: Cell::new(0),
             format,
         })
     }
@@ -123,9 +126,18 @@ impl Output {
         counters
     }
 
+    /// How many events other than `memory_sample` were said: when it has not
+    /// moved, neither has the pool's state, only its memory figures.
+    pub fn changes(&self) -> u64 {
+        self.changes.get()
+    }
+
     /// Queues `event`; never blocks.
     pub fn emit(&self, event: &Event) {
         count(&mut self.tally.borrow_mut(), event);
+        if !matches!(event, Event::MemorySample(_)) {
+            self.changes.set(self.changes.get() + 1);
+        }
         let timestamp = now_ms();
         let json = json_line(event, timestamp);
         if let Some(followers) = &self.followers
