@@ -9,16 +9,22 @@ use serde_json::{Value, json};
 
 use super::{Bench, Pool, percentile};
 
+/// What [`crossing_latencies`] saw.
+pub(super) struct Crossings {
+    /// Kernel timestamp → threshold `memory_sample` read, in µs, sorted.
+    pub samples_us: Vec<f64>,
+    /// Kernel timestamp of the crossing → its `memory_alert` read (a worker
+    /// alert follows the threshold sample that raised it), in µs, sorted.
+    pub alerts_us: Vec<f64>,
+    pub lost: u64,
+}
+
 /// Reads `pool`'s events until `count` threshold crossings or `within`: the
-/// latency of each crossing in µs (kernel timestamp → line read), sorted, and
-/// the events lost meanwhile.
-pub(super) fn crossing_latencies(
-    pool: &Pool,
-    count: usize,
-    within: Duration,
-) -> Result<(Vec<f64>, u64)> {
+/// latency of each crossing and of each alert, and the events lost meanwhile.
+pub(super) fn crossing_latencies(pool: &Pool, count: usize, within: Duration) -> Result<Crossings> {
     let deadline = Instant::now() + within;
     let (mut latencies_us, mut lost) = (Vec::with_capacity(count), 0);
+    let (mut alerts_us, mut crossed) = (Vec::new(), None);
     while latencies_us.len() < count && Instant::now() < deadline {
         let Some((read_at, event)) = pool.next(Duration::from_secs(5)) else {
             break;
@@ -29,10 +35,22 @@ pub(super) fn crossing_latencies(
         if event["event"] == "memory_sample" && event["trigger"] == "threshold" {
             let at = event["monotonicNs"].as_u64().context("monotonicNs")?;
             latencies_us.push(read_at.saturating_sub(at) as f64 / 1000.0);
+            crossed = Some(at);
+        }
+        if event["event"] == "memory_alert"
+            && event["type"] != "leak_detected"
+            && let Some(at) = crossed.take()
+        {
+            alerts_us.push(read_at.saturating_sub(at) as f64 / 1000.0);
         }
     }
     latencies_us.sort_by(f64::total_cmp);
-    Ok((latencies_us, lost))
+    alerts_us.sort_by(f64::total_cmp);
+    Ok(Crossings {
+        samples_us: latencies_us,
+        alerts_us,
+        lost,
+    })
 }
 
 impl Bench {
@@ -54,7 +72,11 @@ impl Bench {
                 "72",
             ],
         )?;
-        let (latencies_us, lost) = crossing_latencies(&pool, CROSSINGS, Duration::from_secs(120))?;
+        let Crossings {
+            samples_us: latencies_us,
+            alerts_us,
+            lost,
+        } = crossing_latencies(&pool, CROSSINGS, Duration::from_secs(120))?;
         drop(pool.stop());
         if latencies_us.len() < 1000 {
             bail!("only {} crossings seen in time", latencies_us.len());
@@ -66,6 +88,10 @@ impl Bench {
             "p99_us": percentile(&latencies_us, 0.99),
             "max_us": percentile(&latencies_us, 1.0),
             "events_lost": lost,
+            "alerts": alerts_us.len(),
+            "alert_p50_us": percentile(&alerts_us, 0.5),
+            "alert_p99_us": percentile(&alerts_us, 0.99),
+            "alert_max_us": percentile(&alerts_us, 1.0),
         });
         println!("latency: threshold crossing (kernel) → JSON line read from stdout");
         println!("| crossings | p50 | p90 | p99 | max | events lost |");
@@ -77,6 +103,13 @@ impl Bench {
             percentile(&latencies_us, 0.9),
             percentile(&latencies_us, 0.99),
             percentile(&latencies_us, 1.0)
+        );
+        println!(
+            "alerts (kernel crossing → memory_alert read): {} | p50 {:.0} µs | p99 {:.0} µs | max {:.0} µs",
+            alerts_us.len(),
+            percentile(&alerts_us, 0.5),
+            percentile(&alerts_us, 0.99),
+            percentile(&alerts_us, 1.0)
         );
         Ok(result)
     }

@@ -54,8 +54,8 @@ impl Bench {
             let pid = pool.child.id();
             let cpu_before = cpu_seconds(pid)?;
             let started = Instant::now();
-            let (latencies_us, lost) =
-                crossing_latencies(&pool, CROSSINGS, Duration::from_secs(90))?;
+            let crossings = crossing_latencies(&pool, CROSSINGS, Duration::from_secs(90))?;
+            let (latencies_us, lost) = (crossings.samples_us, crossings.lost);
             let cpu_pct =
                 (cpu_seconds(pid)? - cpu_before) / started.elapsed().as_secs_f64() * 100.0;
             let rss = vm_rss(pid).context("xypriss is gone")?;
