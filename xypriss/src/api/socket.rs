@@ -438,8 +438,45 @@ impl Lost {
 mod tests {
     use std::os::unix::fs::MetadataExt as _;
 
+    use proptest::prelude::*;
+
     use super::*;
     use crate::api::{self, Calls};
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Whatever a client sends, a line is one of the four answers, never a panic.
+        #[test]
+        fn any_bytes_parse_to_an_answer(line in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse(&line);
+        }
+
+        /// Lines shaped like requests, with any values, are parsed or refused
+        /// with a reason, and good ones come back as what was sent.
+        #[test]
+        fn request_shaped_lines_parse_or_say_why(
+            op in "(status|scale|low_memory|restart|reload|events|[a-z_]{0,12})",
+            key in "(workers|worker|enabled|[a-z]{0,8})",
+            value in prop_oneof![
+                any::<i64>().prop_map(|n| n.to_string()),
+                any::<bool>().prop_map(|b| b.to_string()),
+                "\\PC{0,12}".prop_map(|s| serde_json::to_string(&s).unwrap()),
+                Just("null".to_owned()),
+                Just("[1,2]".to_owned()),
+            ],
+        ) {
+            let line = format!(r#"{{"op":{},"{key}":{value}}}"#, serde_json::to_string(&op).unwrap());
+            match parse(line.as_bytes()) {
+                Parsed::Bad(why) => prop_assert!(!why.is_empty()),
+                Parsed::Call(request) => {
+                    let back = serde_json::to_value(&request).unwrap();
+                    prop_assert_eq!(back["op"].as_str(), Some(op.as_str()));
+                }
+                Parsed::Events | Parsed::Blank => prop_assert!(false, "{line} is neither"),
+            }
+        }
+    }
 
     fn scratch_dir(test: &str) -> PathBuf {
         let dir =
