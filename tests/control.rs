@@ -361,6 +361,37 @@ fn recommend_explains_the_worker_count() {
 }
 
 #[test]
+fn recommend_can_try_an_app_in_a_pool_of_its_own() {
+    if !root_or_skip("recommend_can_try_an_app_in_a_pool_of_its_own") {
+        return;
+    }
+    let text = ok(&[
+        "recommend",
+        "--json",
+        "--trial",
+        "3s",
+        "--workers",
+        "2",
+        "--app",
+        DEMO,
+        "steps",
+        "40",
+    ]);
+    let json: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(json["workers"], 2, "{json:#}");
+    assert!(
+        u64_of(&json, "workerRssP95Bytes") >= 40 * 1024 * 1024,
+        "{json:#}"
+    );
+    let pool = json["pool"].as_str().unwrap().to_owned();
+    assert!(pool.starts_with("recommend-"), "{json:#}");
+    // The trial pool is gone, socket and all.
+    assert!(!socket(&pool).exists());
+    let refused = refused(&["recommend", "--trial", "1s"]);
+    assert!(refused.contains("--app"), "{refused}");
+}
+
+#[test]
 fn pools_of_different_names_run_side_by_side() {
     if !root_or_skip("pools_of_different_names_run_side_by_side") {
         return;

@@ -125,17 +125,29 @@ Examples:
         #[command(flatten)]
         pool: PoolName,
     },
-    /// Memory recommendations and the optimal worker count for this host, from a running pool.
+    /// Memory recommendations and the optimal worker count for this host, from a running
+    /// pool, or from a short trial of an app (--app).
     #[command(after_help = "\
 Examples:
   sudo xypriss recommend
-  sudo xypriss recommend --name api --json")]
+  sudo xypriss recommend --name api --json
+  sudo xypriss recommend --trial 60s --workers 4 --app node server.js")]
     Recommend {
         #[command(flatten)]
         pool: PoolName,
         /// Print the recommendations as one JSON object.
         #[arg(long)]
         json: bool,
+        /// Run this app (and its arguments: put --app last) in a pool of its own for
+        /// --trial, then recommend from what its workers used.
+        #[arg(long, value_name = "APP", num_args = 1.., allow_hyphen_values = true)]
+        app: Option<Vec<OsString>>,
+        /// How long the --app trial runs.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION", requires = "app")]
+        trial: Duration,
+        /// The trial pool's --workers (default auto).
+        #[arg(long, value_name = "N|auto", requires = "app")]
+        workers: Option<WorkerCount>,
     },
     /// Internal: started by `run`; when its stdin closes (xypriss ended, however),
     /// kills and removes the cgroups of pools whose xypriss is gone.

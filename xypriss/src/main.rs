@@ -85,7 +85,22 @@ fn run() -> anyhow::Result<ExitCode> {
         }
         Command::Events { pool } => operate::events(&pool.name)?,
         Command::Top { pool } => operate::top::run(&pool.name)?,
-        Command::Recommend { pool, json } => operate::recommend(&pool.name, json)?,
+        Command::Recommend {
+            pool,
+            json,
+            app,
+            trial,
+            workers,
+        } => match app {
+            Some(app) => {
+                let workers = workers.map(|w| match w {
+                    cli::WorkerCount::Auto => "auto".to_owned(),
+                    cli::WorkerCount::Fixed(n) => n.to_string(),
+                });
+                operate::trial(&app, workers.as_deref(), trial, json)?;
+            }
+            None => operate::recommend(&pool.name, json)?,
+        },
     }
     Ok(ExitCode::SUCCESS)
 }

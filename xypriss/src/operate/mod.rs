@@ -1,5 +1,6 @@
 //! The commands an operator runs against a live pool: `status`, `scale`,
-//! `restart`, `low-memory`, `events`, `top` and `recommend`.
+//! `restart`, `low-memory`, `events`, `top` and `recommend` (which can also
+//! start a pool of its own for a short trial: [`trial`]).
 //!
 //! Each is a short conversation over the pool's control socket
 //! ([`crate::api::client`]); the pool does the work and says how it went.
@@ -33,6 +34,12 @@ pub enum CommandError {
         request: &'static str,
         reason: String,
     },
+    #[error("recommend --app: cannot start the trial pool: {0}")]
+    TrialStart(#[source] io::Error),
+    #[error(
+        "recommend --app: the trial pool ended early ({status}); run the app with `xypriss run` to see why"
+    )]
+    TrialEnded { status: std::process::ExitStatus },
 }
 
 /// Writes `text` to stdout; a reader that went away (`| head`) is no error.
@@ -141,6 +148,60 @@ pub fn events(name: &str) -> Result<(), CommandError> {
 /// `xypriss recommend [--json]`.
 pub fn recommend(name: &str, json: bool) -> Result<(), CommandError> {
     let status = Client::connect(name)?.status()?;
+    show_recommendations(&status, json)
+}
+
+/// `xypriss recommend --app APP…`: runs APP in a pool of its own (this
+/// binary's `run`, `--workers` as given) for `trial`, asks it for its
+/// status, stops it, and prints the recommendations from what was observed.
+pub fn trial(
+    app: &[std::ffi::OsString],
+    workers: Option<&str>,
+    trial: std::time::Duration,
+    json: bool,
+) -> Result<(), CommandError> {
+    use std::{
+        process::{Command, Stdio},
+        thread::sleep,
+        time::{Duration, Instant},
+    };
+    let name = format!("recommend-{}", std::process::id());
+    let exe = std::env::current_exe().map_err(CommandError::TrialStart)?;
+    let mut child = Command::new(exe)
+        .args([
+            "run",
+            "--json",
+            "--name",
+            &name,
+            "--workers",
+            workers.unwrap_or("auto"),
+        ])
+        .arg("--")
+        .args(app)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .map_err(CommandError::TrialStart)?;
+    let stop = |child: &mut std::process::Child| {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = child.wait();
+    };
+    let ends = Instant::now() + trial;
+    while Instant::now() < ends {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(CommandError::TrialEnded { status });
+        }
+        sleep(Duration::from_millis(100).min(ends.saturating_duration_since(Instant::now())));
+    }
+    let status = Client::connect(&name).and_then(|mut client| client.status());
+    stop(&mut child);
+    show_recommendations(&status?, json)
+}
+
+fn show_recommendations(status: &crate::api::Status, json: bool) -> Result<(), CommandError> {
     if json {
         let rss: Vec<u64> = status.workers.iter().map(|w| w.rss_bytes).collect();
         let body = serde_json::json!({
@@ -155,6 +216,6 @@ pub fn recommend(name: &str, json: bool) -> Result<(), CommandError> {
         });
         print(&format!("{body}\n"))
     } else {
-        print(&table::recommend(&status))
+        print(&table::recommend(status))
     }
 }
