@@ -45,6 +45,7 @@ use crate::{
         lifecycle::{Input, State, step},
         listen::Listeners,
         notify::{Notification, NotifySocket},
+        oom_score_adj,
         reap::{self, Exit},
         socket_ready,
         spawn::{Spec, signal_group, spawn},
@@ -193,6 +194,10 @@ struct Controller {
 
 /// Runs the pool until a signal, a closed stdout, or every worker errored.
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
+    match oom_score_adj::protect_self() {
+        Ok(adj) => tracing::debug!("oom_score_adj {adj}"),
+        Err(err) => tracing::warn!("the OOM killer may choose xypriss before a worker: {err}"),
+    }
     if let Err(err) = reap::become_subreaper() {
         tracing::warn!(
             "cannot become a child subreaper ({err}): orphaned descendants of workers go to init"

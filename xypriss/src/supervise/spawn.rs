@@ -5,8 +5,10 @@
 //! xypriss even when xypriss is SIGKILLed. It never keeps a capability:
 //! xypriss runs as root for eBPF, its workers need not. As another user
 //! (`--user`) the kernel clears them; as root, they are dropped for good
-//! (bounding set, ambient, securebits) before exec. Its stdout and stderr are prefixed and forwarded to
-//! xypriss's stderr: stdout is the NDJSON stream, and stays pure.
+//! (bounding set, ambient, securebits) before exec. Nor does it keep
+//! xypriss's shield from the OOM killer ([`oom_score_adj`]). Its stdout and
+//! stderr are prefixed and forwarded to xypriss's stderr: stdout is the
+//! NDJSON stream, and stays pure.
 //!
 //! Processes are spawned with std, not tokio: xypriss reaps every child
 //! itself (it is a subreaper, so orphaned descendants of workers come to it
@@ -23,7 +25,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use super::{control, listen::Listeners};
+use super::{control, listen::Listeners, oom_score_adj};
 use crate::observe::ebpf::Registration;
 use nix::{
     fcntl::{OFlag, open},
@@ -102,6 +104,8 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<u32> {
                     "xypriss exited while the worker was starting",
                 ));
             }
+            // Before the identity changes: only root sets the floor anew.
+            oom_score_adj::reset_in_child()?;
             if let Some((source, target)) = control {
                 control::install(source, target)?;
             }
