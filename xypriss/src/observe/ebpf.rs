@@ -4,6 +4,8 @@
 //! Nothing here outlives the process: programs, links and maps are not pinned,
 //! so the kernel frees them when xypriss exits, however it exits; tracefs, if
 //! we had to mount it, is unmounted as soon as the programs are attached.
+//! A program the verifier refuses is reported with the end of its log
+//! ([`verifier`], which also holds the test hook that injects a rejection).
 //!
 //! # Minimum kernel version
 //!
@@ -34,6 +36,7 @@ use super::{
     btf::{self, Btf, BtfError},
     ring_buf::Reader,
     trace_point::{TraceFs, TraceFsError},
+    verifier,
 };
 use crate::cli::RunConfig;
 
@@ -73,6 +76,17 @@ pub enum EbpfError {
     MissingMap { map: &'static str },
     #[error("BPF map `{map}`: {source}")]
     Map { map: &'static str, source: MapError },
+    #[error(
+        "BPF program `{program}` on {category}/{name} was rejected by the kernel's verifier ({source}): {verifier}"
+    )]
+    Rejected {
+        program: &'static str,
+        category: &'static str,
+        name: &'static str,
+        source: io::Error,
+        /// The end of the verifier's log, where it says why.
+        verifier: String,
+    },
     #[error("BPF program `{program}` on {category}/{name}: {source}")]
     Program {
         program: &'static str,
@@ -133,6 +147,15 @@ impl EbpfObserver {
             .map_err(|e| EbpfError::Load(Box::new(e)))?;
         if config.bpf_log {
             spawn_logger(&mut ebpf)?;
+        }
+        if verifier::fault_injected() {
+            tracing::warn!(
+                "{}=verifier: failing the eBPF load on purpose",
+                verifier::FAULT_INJECT
+            );
+            let (program, category, name) = PROGRAMS[0];
+            let (source, log) = verifier::reject_on_purpose();
+            return Err(rejected(program, category, name, source, &log));
         }
         for (program, category, name) in PROGRAMS {
             attach(&mut ebpf, program, Some(category), name)?;
@@ -325,12 +348,38 @@ fn attach(
             tp.attach(name).map(drop)
         }),
     };
-    attached.map_err(|source| EbpfError::Program {
-        program,
-        category: category.unwrap_or("raw_tp"),
-        name,
-        source: Box::new(source),
+    let category = category.unwrap_or("raw_tp");
+    attached.map_err(|source| match source {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => rejected(program, category, name, io_error, &verifier_log.to_string()),
+        source => EbpfError::Program {
+            program,
+            category,
+            name,
+            source: Box::new(source),
+        },
     })
+}
+
+/// The verifier refused `program`: its whole log to the debug log, the
+/// lines that say why in the error.
+fn rejected(
+    program: &'static str,
+    category: &'static str,
+    name: &'static str,
+    source: io::Error,
+    log: &str,
+) -> EbpfError {
+    tracing::debug!("the verifier's log for `{program}`:\n{log}");
+    EbpfError::Rejected {
+        program,
+        category,
+        name,
+        source,
+        verifier: verifier::summary(log),
+    }
 }
 
 fn page_size() -> u64 {

@@ -8,6 +8,7 @@ pub mod ebpf;
 pub mod procfs;
 mod ring_buf;
 pub mod trace_point;
+pub mod verifier;
 
 use crate::cli::{ObserverChoice, RunConfig};
 
