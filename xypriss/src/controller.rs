@@ -1655,6 +1655,32 @@ impl Controller {
                 total: lost,
             });
             self.lost_reported = lost;
+            self.resync(now);
+        }
+    }
+
+    /// Kernel records were lost: the last ones received may be stale, and
+    /// an idle worker sends no other. The kernel's totals are right: each
+    /// worker whose totals differ from what was received is reported from them.
+    fn resync(&mut self, now: u64) {
+        let mut batch = Vec::new();
+        self.observer.drain_now(&mut batch);
+        self.observed(&mut batch);
+        let slots: Vec<u32> = self.instances.keys().copied().collect();
+        for slot in slots {
+            let Some((counters, level)) = self.observer.totals(slot) else {
+                continue;
+            };
+            let Some(i) = self.instances.get_mut(&slot) else {
+                continue;
+            };
+            if counters == i.counters {
+                continue;
+            }
+            i.counters = counters;
+            i.level = level;
+            self.report(slot, now, Trigger::Interval);
+            self.check_thresholds(slot);
         }
     }
 

@@ -27,7 +27,7 @@ use aya::{
 };
 use xypriss_ebpf::{
     map_name, program_name,
-    rss_stat::{TaskEntry, Thresholds, WorkerState},
+    rss_stat::{self, TaskEntry, Thresholds, WorkerState},
     trace_point::{self, Settings},
 };
 
@@ -243,6 +243,15 @@ impl EbpfObserver {
         })?;
         let state = self.workers.get(&slot, 0).map_err(io::Error::other)?;
         Ok(Counters::from_kernel(state.counters))
+    }
+
+    /// The worker's totals and threshold level as the kernel has them now,
+    /// whatever records were lost on the way.
+    pub fn totals(&self, slot: u32) -> io::Result<(Counters, u32)> {
+        let state = self.workers.get(&slot, 0).map_err(io::Error::other)?;
+        let thresholds = self.thresholds.get(&slot, 0).map_err(io::Error::other)?;
+        let level = rss_stat::level(&thresholds, rss_stat::resident(&state.counters));
+        Ok((Counters::from_kernel(state.counters), level))
     }
 
     pub fn unwatch(&mut self, slot: u32) {

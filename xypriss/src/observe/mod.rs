@@ -197,6 +197,15 @@ impl Observer {
         }
     }
 
+    /// Worker `slot`'s totals and threshold level as the source has them
+    /// now, when they can differ from what it sent: records lost (eBPF).
+    pub fn totals(&self, slot: u32) -> Option<(Counters, u32)> {
+        match self {
+            Self::Ebpf(o) => o.totals(slot).ok(),
+            Self::Procfs(_) => None,
+        }
+    }
+
     /// Records the kernel could not send so far (the ring buffer was full).
     pub fn lost(&self) -> u64 {
         match self {
