@@ -373,13 +373,17 @@ fn daemon(signals: &SigSet, exit: bool) {
     match unsafe { fork() }.expect("fork") {
         ForkResult::Child => {
             let _ = nix::unistd::setsid();
-            if let ForkResult::Child = unsafe { fork() }.expect("fork") {
-                println!("daemon {}", std::process::id());
-                loop {
+            match unsafe { fork() }.expect("fork") {
+                ForkResult::Child => loop {
                     let _ = next_signal(signals, Duration::from_secs(3600));
+                },
+                // Said before the worker can exit, so that the line is out
+                // even if the daemon is killed with it at once.
+                ForkResult::Parent { child } => {
+                    println!("daemon {child}");
+                    std::process::exit(0);
                 }
             }
-            std::process::exit(0);
         }
         ForkResult::Parent { child } => {
             let _ = nix::sys::wait::waitpid(child, None);
