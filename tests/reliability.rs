@@ -968,3 +968,121 @@ fn bpf_objects_are_neither_pinned_nor_reachable_without_privilege() {
     assert_eq!(BpfFs::entries(), pinned_before);
     drop(bpffs);
 }
+
+/// A `stress-ng --vm` hog outside the pool, in a process group of its own,
+/// killed whole when dropped.
+struct Hog(std::process::Child);
+
+impl Hog {
+    fn start(bytes: &str) -> Self {
+        use std::os::unix::process::CommandExt as _;
+        assert!(
+            Path::new("/usr/bin/stress-ng").exists(),
+            "stress-ng is needed (apt-get install stress-ng)"
+        );
+        let child = Command::new("stress-ng")
+            .args(["--vm", "1", "--vm-bytes", bytes, "--vm-keep"])
+            // Holds its memory once written; gone after a minute whatever happens.
+            .args(["--vm-hang", "0", "--timeout", "60s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("stress-ng starts");
+        Self(child)
+    }
+}
+
+impl Drop for Hog {
+    fn drop(&mut self) {
+        let group = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::killpg(group, Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
+fn mem_available() -> u64 {
+    fs::read_to_string("/proc/meminfo")
+        .expect("meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .expect("MemAvailable")
+}
+
+#[test]
+fn a_memory_hog_outside_the_pool_makes_it_shed_workers_before_any_oom_kill() {
+    if !root_or_skip("a_memory_hog_outside_the_pool_makes_it_shed_workers_before_any_oom_kill") {
+        return;
+    }
+    // The host's capacity, as xypriss sees it, is its memory less
+    // memoryReservation: reserving all but 2 GiB of what is available now,
+    // a 3 GiB hog takes the host past it, as a real shortage would, without
+    // starving this shared machine.
+    let reservation = mem_available().saturating_sub(2048 * MIB).to_string();
+    let mut pool = Pool::start(&[
+        "--workers",
+        "4",
+        "--min-workers",
+        "1",
+        "--memory-check-interval",
+        "200ms",
+        "--memory-reservation",
+        &reservation,
+        "--name",
+        "hog",
+        DEMO,
+        "steps",
+        "8",
+    ]);
+    pool.take_logs("at 8 MiB", 4, TIMEOUT);
+    pool.collect_for(Duration::from_millis(500));
+    assert!(
+        of(&pool.events, "low_memory_mode").is_empty(),
+        "not before the hog: {:#?}",
+        pool.events
+    );
+    let hog = Hog::start("3G");
+    let on = pool.wait_event("low_memory_mode", Duration::from_secs(60), |e| {
+        e["enabled"] == true
+    });
+    assert!(
+        on["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("system memory")),
+        "{on}"
+    );
+    // Shed to the low-memory ceiling: half the pool.
+    pool.wait_event("scale", TIMEOUT, |e| e["to"] == 2);
+    let mut shed = BTreeSet::new();
+    while shed.len() < 2 {
+        let stopping = pool.wait_event("worker_stopping", TIMEOUT, |e| {
+            e["reason"] == "scale_down" && !shed.contains(&u64_of(e, "pid"))
+        });
+        shed.insert(u64_of(&stopping, "pid"));
+    }
+    for pid in shed {
+        pool.wait_event("worker_exited", TIMEOUT, |e| {
+            e["pid"] == pid && e["expected"] == true
+        });
+    }
+    drop(hog);
+    let off = pool.wait_event("low_memory_mode", Duration::from_secs(60), |e| {
+        e["enabled"] == false
+    });
+    assert!(
+        off["reason"].as_str().is_some_and(|r| r.contains("eased")),
+        "{off}"
+    );
+    pool.wait_event("scale", TIMEOUT, |e| e["reason"] == "low_memory_mode_ended");
+    assert!(pool.stop().success());
+    let events = &pool.events;
+    assert!(of(events, "oom_kill").is_empty(), "{events:#?}");
+    assert!(
+        of(events, "worker_exited")
+            .iter()
+            .all(|e| e["oomKilled"] == false && e["expected"] == true),
+        "{events:#?}"
+    );
+}
