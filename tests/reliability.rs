@@ -359,6 +359,38 @@ fn xypriss_shields_itself_from_the_oom_killer_and_its_workers_do_not() {
 }
 
 #[test]
+fn the_next_start_removes_the_notify_socket_a_sigkilled_xypriss_left() {
+    if !root_or_skip("the_next_start_removes_the_notify_socket_a_sigkilled_xypriss_left") {
+        return;
+    }
+    let args = [
+        "--workers",
+        "1",
+        "--name",
+        "stalesocket",
+        DEMO,
+        "steps",
+        "1",
+    ];
+    let mut first = Pool::start(&args);
+    let worker = first.worker_pids(1, TIMEOUT)[0];
+    first.wait_log("at 1 MiB", TIMEOUT);
+    let environ = fs::read(format!("/proc/{worker}/environ")).expect("the worker's environment");
+    let socket = environ
+        .split(|&b| b == 0)
+        .find_map(|var| var.strip_prefix(b"NOTIFY_SOCKET="))
+        .map(|path| PathBuf::from(String::from_utf8_lossy(path).into_owned()))
+        .expect("NOTIFY_SOCKET");
+    signal(first.pid(), Signal::SIGKILL);
+    first.wait();
+    let mut second = Pool::start(&args);
+    second.worker_pids(1, TIMEOUT);
+    // This start removed it, or another one starting meanwhile did.
+    assert!(!socket.exists(), "{} is left", socket.display());
+    assert!(second.stop().success());
+}
+
+#[test]
 fn sigterm_during_a_rolling_restart_stops_cleanly() {
     if !root_or_skip("sigterm_during_a_rolling_restart_stops_cleanly") {
         return;
