@@ -1,9 +1,9 @@
 //! Faults xypriss must survive, with real processes, cgroups and eBPF:
-//! workers that crash in every way or are OOM-killed together, xypriss
-//! itself stopped, signalled mid-restart or left with a stalled or closed
-//! stdout, eBPF refused by the verifier or tracefs missing; and what keeps
-//! others out: the OOM killer's choice, and BPF objects no unprivileged
-//! process can reach.
+//! workers that crash in every way or are OOM-killed together, a memory hog
+//! beside the pool, xypriss itself stopped, signalled mid-restart, SIGKILLed
+//! (what it leaves) or left with a stalled or closed stdout, eBPF refused by
+//! the verifier or tracefs missing; and what keeps others out: the OOM
+//! killer's choice, and BPF objects no unprivileged process can reach.
 //!
 //! The existing suites cover the rest (tests/supervise.rs: crash-loop
 //! backoff, kill timeout, SIGKILL of xypriss, stale cleanup, SIGHUP,
