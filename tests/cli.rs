@@ -1,37 +1,95 @@
-//! Malformed command lines get a clear error naming the argument, and a
-//! non-zero exit; never a panic, and never a started worker.
+//! Malformed command lines and configuration files get one clear error
+//! line naming the argument or the JSON path, and exit status 2; never a
+//! panic, and never a started worker.
 
 mod support;
 
-use std::{fs, os::unix::fs::PermissionsExt as _, process::Command};
+use std::{
+    fs,
+    io::{Read, Write as _},
+    os::unix::fs::PermissionsExt as _,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
 
 use support::{DEMO, XYPRISS};
 
-fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(XYPRISS)
-        .args(args)
-        .output()
+/// How long a refusal may take: a command still running then was accepted.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `cmd` to its end, or kills it after [`REFUSAL_TIMEOUT`] (the code is
+/// then -1): exit code, stdout and stderr.
+fn run_command(cmd: &mut Command) -> (i32, String, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("xypriss runs");
+    let drain = |mut pipe: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut text = Vec::new();
+            let _ = pipe.read_to_end(&mut text);
+            String::from_utf8_lossy(&text).into_owned()
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("stdout")));
+    let stderr = drain(Box::new(child.stderr.take().expect("stderr")));
+    let deadline = Instant::now() + REFUSAL_TIMEOUT;
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status.code().unwrap_or(-1);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break -1;
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
     (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+        code,
+        stdout.join().expect("stdout read"),
+        stderr.join().expect("stderr read"),
     )
+}
+
+fn run(args: &[&str]) -> (i32, String, String) {
+    run_command(Command::new(XYPRISS).args(args))
+}
+
+/// `cmd` exits with status 2, one error line on stderr names `names`, and
+/// no worker started; never a panic.
+#[track_caller]
+fn refused(cmd: &mut Command, names: &str) {
+    let what = format!("{cmd:?}");
+    let what = &what[..what.len().min(300)];
+    let (code, stdout, stderr) = run_command(cmd);
+    assert_eq!(code, 2, "{what}: exit code {code}; stderr: {stderr}");
+    // The error: its line, and clap's lines under it up to a blank one.
+    let lines: Vec<&str> = stderr.lines().collect();
+    let starts: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].starts_with("error:") || lines[i].starts_with("xypriss:"))
+        .collect();
+    assert_eq!(starts.len(), 1, "{what}: one error: {stderr}");
+    let error = lines[starts[0]..]
+        .iter()
+        .take_while(|l| !l.trim().is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        error.contains(names),
+        "{what}: the error does not name `{names}`: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{what} panicked: {stderr}");
+    assert!(!stdout.contains("worker_spawned"), "{what} started workers");
 }
 
 #[track_caller]
 fn rejected(args: &[&str], names: &str) {
-    let (code, stdout, stderr) = run(args);
-    assert_ne!(code, 0, "{args:?} was accepted");
-    assert!(
-        stderr.contains(names),
-        "{args:?}: stderr does not name `{names}`: {stderr}"
-    );
-    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
-    assert!(
-        !stdout.contains("worker_spawned"),
-        "{args:?} started workers"
-    );
+    refused(Command::new(XYPRISS).args(args), names);
 }
 
 #[test]
@@ -134,12 +192,8 @@ fn unknown_flags_and_subcommands() {
 
 /// Writes `json` to a temporary config file and runs `xypriss run --config` on it.
 fn with_config(json: &str, expected: &str) {
-    let dir = std::env::temp_dir().join(format!("xypriss-config-{}", std::process::id()));
-    fs::create_dir_all(&dir).unwrap();
-    let file = dir.join(format!("{}.json", expected.len()));
-    fs::write(&file, json).unwrap();
-    rejected(&["run", "--config", file.to_str().unwrap(), DEMO], expected);
-    let _ = fs::remove_file(&file);
+    let file = TempFile::with(&format!("{}.json", expected.len()), json.as_bytes());
+    rejected(&["run", "--config", file.path(), DEMO], expected);
 }
 
 #[test]
@@ -331,4 +385,176 @@ fn man_pages_cover_each_command_and_render() {
         &["__manpages", "/proc/xypriss-no-such-dir/man"],
         "/proc/xypriss-no-such-dir/man",
     );
+}
+
+/// Values `xypriss run` must refuse, for each kind of value its `--help`
+/// shows. Sizes without a unit are bytes, and `MS|DURATION` without one is
+/// milliseconds (as in XyPriss's configuration): both are valid forms.
+fn bad_values(kind: &str) -> Option<&'static [&'static str]> {
+    Some(match kind {
+        "N|auto" => &[
+            "",
+            "-1",
+            "0",
+            "100000",
+            "99999999999999999999",
+            "lots",
+            "2.5",
+        ],
+        "N" => &["", "-1", "99999999999999999999", "three", "2.5"],
+        "SIZE" => &["", "-1MB", "99999999999999TB", "12parsecs", "MB", "1.5.5GB"],
+        "DURATION" => &["", "-1s", "99999999999999999999s", "soon", "5"],
+        "MS|DURATION" => &["", "-5", "99999999999999999999999", "soon", "0"],
+        "PERCENT" => &["", "-5", "0", "1e308", "half", "NaN", "inf"],
+        "FACTOR" => &["", "-1", "1e400", "double", "NaN"],
+        "true|false" => &["", "maybe", "2"],
+        "SIGNAL" => &["", "SIGNOPE", "99"],
+        "MODE" => &["", "sometimes"],
+        "ADDR" => &[
+            "",
+            "nohost:notaport",
+            "127.0.0.1:99999",
+            "/nonexistent/dir/xypriss.sock",
+        ],
+        "[HOST:]PORT" => &["", "-1", "70000", "localhost:80"],
+        "FILE" => &["", "/nonexistent/xypriss.json"],
+        "USER" | "GROUP" => &["", "no-such-name-xypriss"],
+        "DIR" => &["", "/nonexistent/dir"],
+        "KEY=VALUE" => &["", "NOEQUALS", "=x"],
+        "NAME" => &[
+            "",
+            "a/b",
+            "../etc",
+            "x123456789x123456789x123456789x123456789x123456789x123456789x1234",
+        ],
+        _ => return None,
+    })
+}
+
+#[test]
+fn every_flag_of_run_refuses_bad_values_naming_itself() {
+    let (code, help, _) = run(&["run", "--help"]);
+    assert_eq!(code, 0);
+    // `      --granularity <SIZE>`: the flags that take a value, and its kind.
+    let flags: Vec<(&str, &str)> = help
+        .lines()
+        .filter_map(|line| {
+            let line = line.trim_start();
+            let (flag, kind) = line.strip_prefix("--").map(|_| line)?.split_once(" <")?;
+            Some((flag, kind.strip_suffix('>')?))
+        })
+        .collect();
+    assert!(flags.len() > 50, "{flags:?}");
+    for (flag, kind) in flags {
+        let bad = bad_values(kind).unwrap_or_else(|| {
+            panic!(
+                "{flag} <{kind}>: a kind of value this test does not know yet: list its bad values"
+            )
+        });
+        for value in bad {
+            rejected(&["run", flag, value, DEMO], flag);
+        }
+    }
+}
+
+/// A file in a directory of this test run's own, removed on drop.
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("xypriss-cli-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        Self(dir.join(name))
+    }
+
+    fn with(name: &str, contents: &[u8]) -> Self {
+        let file = Self::new(name);
+        fs::write(&file.0, contents).unwrap();
+        file
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("a UTF-8 path")
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn broken_configuration_files_are_refused_clearly() {
+    let deep = format!(
+        "{{\"workers\": {}{}}}",
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
+    for (name, contents, says) in [
+        (
+            "truncated.json",
+            &br#"{"resources": {"maxMemoryPerWorker": "1GB", "memoryMan"#[..],
+            "is it truncated?",
+        ),
+        (
+            "types.json",
+            br#"{"resources": {"memoryManagement": {"memoryCheckInterval": true}}}"#,
+            "resources.memoryManagement.memoryCheckInterval",
+        ),
+        (
+            "unknown.json",
+            br#"{"resources": {"maxMemoryPerWorkers": "1GB"}}"#,
+            "did you mean `maxMemoryPerWorker`?",
+        ),
+        (
+            "deep.json",
+            deep.as_bytes(),
+            "nested more than 128 levels deep",
+        ),
+        ("latin1.json", b"{\"workers\": \"caf\xe9\"}", "not UTF-8"),
+        ("empty.json", b"", "the file is empty"),
+    ] {
+        let file = TempFile::with(name, contents);
+        rejected(&["run", "--config", file.path(), DEMO], says);
+        rejected(&["run", "--config", file.path(), DEMO], file.path());
+    }
+}
+
+#[test]
+fn a_100_mb_configuration_is_refused_without_being_read() {
+    // As a file: refused from its size. A sparse file: no 100 MB written.
+    let file = TempFile::new("huge.json");
+    fs::File::create(&file.0)
+        .unwrap()
+        .set_len(100 << 20)
+        .unwrap();
+    rejected(
+        &["run", "--config", file.path(), DEMO],
+        "100MiB is over the 1MiB limit",
+    );
+    // As a stream: read up to the limit, then refused.
+    let mut cmd = Command::new(XYPRISS);
+    cmd.args(["run", "--config", "/dev/stdin", DEMO]);
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("xypriss runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let feeder = thread::spawn(move || {
+        let chunk = vec![b' '; 1 << 20];
+        // xypriss stops reading at the limit: the pipe breaks, as it should.
+        (0..100)
+            .take_while(|_| stdin.write_all(&chunk).is_ok())
+            .count()
+    });
+    let out = child.wait_with_output().expect("xypriss ends");
+    let written = feeder.join().expect("the feeder");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("more than the 1MiB limit"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(written < 100, "xypriss read all 100 MiB");
 }

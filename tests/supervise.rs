@@ -8,17 +8,9 @@ use std::{fs, path::Path, thread, time::Duration};
 
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use support::{DEMO, Pool, of, root_or_skip, signal, u64_of};
+use support::{DEMO, Pool, alive, daemon_pid, of, root_or_skip, signal, u64_of};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
-
-fn alive(pid: u32) -> bool {
-    // A zombie is dead for our purposes: it runs nothing and holds no memory.
-    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
-    })
-}
 
 #[test]
 fn a_crash_loop_backs_off_then_the_worker_errors() {
@@ -188,14 +180,8 @@ fn sigkill_of_xypriss_leaves_no_worker_or_daemon_alive() {
         return;
     }
     let mut pool = Pool::start(&["--workers", "3", "--name", "sigkill", DEMO, "daemon"]);
-    let mut pids = Vec::new();
-    for id in 0..3u64 {
-        let e = pool.wait_event("worker_spawned", TIMEOUT, |e| e["workerId"] == id);
-        pids.push(u64_of(&e, "pid") as u32);
-    }
-    for _ in 0..3 {
-        let line = pool.wait_log("daemon ", TIMEOUT);
-        pool.log.retain(|l| *l != line);
+    let mut pids = pool.worker_pids(3, TIMEOUT);
+    for line in pool.take_logs("daemon ", 3, TIMEOUT) {
         pids.push(daemon_pid(&line));
     }
     signal(pool.pid(), Signal::SIGKILL);
@@ -383,14 +369,6 @@ fn workers_get_their_environment_and_directory() {
 
 fn cgroup_of(pid: u32) -> String {
     fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default()
-}
-
-fn daemon_pid(line: &str) -> u32 {
-    line.split_whitespace()
-        .skip_while(|w| *w != "daemon")
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no daemon pid in {line}"))
 }
 
 #[test]

@@ -70,6 +70,18 @@ impl Pool {
     }
 
     pub fn start_command(cmd: &mut Command) -> Self {
+        Self::start_gated(cmd, None)
+    }
+
+    /// Starts `xypriss run ARGS…` with nobody reading its stdout until the
+    /// returned sender sends (or is dropped): a stalled consumer.
+    pub fn start_paused(args: &[&str]) -> (Self, mpsc::Sender<()>) {
+        let (resume, gate) = mpsc::channel();
+        let pool = Self::start_gated(Command::new(XYPRISS).arg("run").args(args), Some(gate));
+        (pool, resume)
+    }
+
+    fn start_gated(cmd: &mut Command, gate: Option<Receiver<()>>) -> Self {
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -79,6 +91,9 @@ impl Pool {
         let (out_tx, stdout) = mpsc::channel();
         let out = child.stdout.take().expect("stdout");
         thread::spawn(move || {
+            if let Some(gate) = gate {
+                let _ = gate.recv();
+            }
             for line in BufReader::new(out).lines() {
                 let line = line.expect("stdout is UTF-8");
                 let value: Value = serde_json::from_str(&line)
@@ -175,6 +190,28 @@ impl Pool {
         self.wait_for_log(timeout, |line| line.contains(text))
     }
 
+    /// Waits for `n` stderr lines containing `text` (one per worker, say),
+    /// and takes them out of the log, so that the next wait sees new ones.
+    pub fn take_logs(&mut self, text: &str, n: usize, timeout: Duration) -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                let line = self.wait_log(text, timeout);
+                self.log.retain(|l| *l != line);
+                line
+            })
+            .collect()
+    }
+
+    /// The pids of workers 0 to `n` - 1, from their first `worker_spawned`.
+    pub fn worker_pids(&mut self, n: u64, timeout: Duration) -> Vec<u32> {
+        (0..n)
+            .map(|id| {
+                let spawned = self.wait_event("worker_spawned", timeout, |e| e["workerId"] == id);
+                u64_of(&spawned, "pid") as u32
+            })
+            .collect()
+    }
+
     /// Waits for a stderr line matching `pred`.
     pub fn wait_for_log(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + timeout;
@@ -259,6 +296,24 @@ pub fn proc_status(pid: u32, field: &str) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kib| kib * 1024)
         .unwrap_or_else(|| panic!("/proc/{pid}/status has no {field}"))
+}
+
+/// Whether `pid` runs. A zombie is dead for our purposes: it runs nothing
+/// and holds no memory.
+pub fn alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
+}
+
+/// The pid in the `daemon PID` line of `xypriss-demo daemon`.
+pub fn daemon_pid(line: &str) -> u32 {
+    line.split_whitespace()
+        .skip_while(|w| *w != "daemon")
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no daemon pid in {line}"))
 }
 
 /// Sends `signal` to `pid`.

@@ -333,7 +333,7 @@ pub struct RunFlags {
 
     /// Serve status, metrics and the control API over HTTP on this address: PORT (on
     /// 127.0.0.1) or HOST:PORT. Off by default; any address off loopback is your choice.
-    #[arg(long, value_name = "[HOST:]PORT", value_parser = parse_status_addr)]
+    #[arg(long, value_name = "[HOST:]PORT", value_parser = parse_status_addr, allow_hyphen_values = true)]
     pub status_addr: Option<SocketAddr>,
 
     /// Fail instead of falling back to /proc polling when eBPF cannot be used.

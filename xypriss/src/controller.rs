@@ -48,6 +48,7 @@ use crate::{
         lifecycle::{Input, State, step},
         listen::Listeners,
         notify::{Notification, NotifySocket},
+        oom_score_adj,
         reap::{self, Exit},
         socket_ready,
         spawn::{Spec, signal_group, spawn},
@@ -201,6 +202,10 @@ struct Controller {
 
 /// Runs the pool until a signal, a closed stdout, or every worker errored.
 pub async fn run(config: RunConfig) -> anyhow::Result<()> {
+    match oom_score_adj::protect_self() {
+        Ok(adj) => tracing::debug!("oom_score_adj {adj}"),
+        Err(err) => tracing::warn!("the OOM killer may choose xypriss before a worker: {err}"),
+    }
     if let Err(err) = reap::become_subreaper() {
         tracing::warn!(
             "cannot become a child subreaper ({err}): orphaned descendants of workers go to init"
@@ -1708,6 +1713,32 @@ impl Controller {
                 total: lost,
             });
             self.lost_reported = lost;
+            self.resync(now);
+        }
+    }
+
+    /// Kernel records were lost: the last ones received may be stale, and
+    /// an idle worker sends no other. The kernel's totals are right: each
+    /// worker whose totals differ from what was received is reported from them.
+    fn resync(&mut self, now: u64) {
+        let mut batch = Vec::new();
+        self.observer.drain_now(&mut batch);
+        self.observed(&mut batch);
+        let slots: Vec<u32> = self.instances.keys().copied().collect();
+        for slot in slots {
+            let Some((counters, level)) = self.observer.totals(slot) else {
+                continue;
+            };
+            let Some(i) = self.instances.get_mut(&slot) else {
+                continue;
+            };
+            if counters == i.counters {
+                continue;
+            }
+            i.counters = counters;
+            i.level = level;
+            self.report(slot, now, Trigger::Interval);
+            self.check_thresholds(slot);
         }
     }
 

@@ -19,8 +19,12 @@
 //!   `step` (+64 MiB once, after 30 s) or `churn` (1 to 64 MiB held for a
 //!   few milliseconds, again and again).
 //! - `exit CODE [AFTER_MS]`: exits with CODE, at once or after AFTER_MS.
-//! - `daemon`: starts a daemon (a grandchild in a session of its own, as a
-//!   double fork makes), prints `daemon PID`, and waits.
+//! - `crash segv|abort [AFTER_MS]`: dies of a real segmentation fault (a
+//!   write to a page mapped without access) or of `abort()`, at once or
+//!   after AFTER_MS, without a core dump.
+//! - `daemon [exit]`: starts a daemon (a grandchild in a session of its own,
+//!   as a double fork makes), prints `daemon PID`, and waits; with `exit`,
+//!   exits (status 0) once the daemon is started, leaving it behind.
 //! - `stubborn`: ignores SIGTERM and SIGINT (for kill-timeout tests).
 //! - `spin`: keeps one core busy until stopped (for load-driven scaling).
 //! - `mixed`: what a soak's pool does, chosen by `XYPRISS_WORKER_ID` mod 4:
@@ -158,14 +162,32 @@ fn main() -> ExitCode {
             sleep(Duration::from_millis(after));
             std::process::exit(i32::from(code))
         }),
-        Some("daemon") => {
-            daemon(&signals);
-            Ok(())
+        Some("crash") => {
+            let after = if args.len() > 2 {
+                parse(args.get(2), "AFTER_MS")
+            } else {
+                Ok(0)
+            };
+            after.and_then(|after| {
+                sleep(Duration::from_millis(after));
+                crash(args.get(1).map(String::as_str))
+            })
         }
         Some("mixed") => {
             mixed(&signals);
             Ok(())
         }
+        Some("daemon") => match args.get(1).map(String::as_str) {
+            None => {
+                daemon(&signals, false);
+                Ok(())
+            }
+            Some("exit") => {
+                daemon(&signals, true);
+                Ok(())
+            }
+            Some(other) => Err(format!("daemon {other:?}: only `exit` may follow")),
+        },
         Some("spin") => {
             println!("spinning");
             while !stopping(next_signal(&signals, Duration::ZERO)) {
@@ -183,7 +205,7 @@ fn main() -> ExitCode {
             }
         }
         Some(other) => Err(format!(
-            "unknown mode `{other}`: leak, steps, fork, grow, oscillate, pattern, exit, daemon, stubborn, spin, mixed or faultbench"
+            "unknown mode `{other}`: leak, steps, fork, grow, oscillate, pattern, exit, crash, daemon, stubborn, spin, mixed or faultbench"
         )),
     };
     match result {
@@ -328,21 +350,54 @@ fn faultbench(mib: usize, rounds: usize) {
     );
 }
 
-fn daemon(signals: &SigSet) {
+/// Dies of `how`: `segv` or `abort`. Returns only to say `how` is neither.
+fn crash(how: Option<&str>) -> Result<(), String> {
+    // A crash on purpose leaves no core file behind.
+    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0)
+        .map_err(|e| format!("RLIMIT_CORE: {e}"))?;
+    match how {
+        Some("segv") => {
+            let len = NonZeroUsize::new(PAGE).expect("non-zero");
+            // SAFETY: a fresh anonymous mapping aliases nothing.
+            let page =
+                unsafe { mmap_anonymous(None, len, ProtFlags::PROT_NONE, MapFlags::MAP_PRIVATE) }
+                    .map_err(|e| format!("mmap: {e}"))?;
+            println!("crashing: SIGSEGV");
+            // SAFETY: a mapped page; writing it faults, by design, and the
+            // kernel kills the process with SIGSEGV.
+            unsafe { page.cast::<u8>().as_ptr().write_volatile(1) };
+            Err("the write to a page without access did not fault".into())
+        }
+        Some("abort") => {
+            println!("crashing: SIGABRT");
+            std::process::abort()
+        }
+        other => Err(format!("crash {other:?}: segv or abort")),
+    }
+}
+
+fn daemon(signals: &SigSet, exit: bool) {
     // SAFETY: single-threaded here; the children only call setsid, fork, write and wait.
     match unsafe { fork() }.expect("fork") {
         ForkResult::Child => {
             let _ = nix::unistd::setsid();
-            if let ForkResult::Child = unsafe { fork() }.expect("fork") {
-                println!("daemon {}", std::process::id());
-                loop {
+            match unsafe { fork() }.expect("fork") {
+                ForkResult::Child => loop {
                     let _ = next_signal(signals, Duration::from_secs(3600));
+                },
+                // Said before the worker can exit, so that the line is out
+                // even if the daemon is killed with it at once.
+                ForkResult::Parent { child } => {
+                    println!("daemon {child}");
+                    std::process::exit(0);
                 }
             }
-            std::process::exit(0);
         }
         ForkResult::Parent { child } => {
             let _ = nix::sys::wait::waitpid(child, None);
+            if exit {
+                return;
+            }
             while !stopping(next_signal(signals, Duration::from_secs(3600))) {}
         }
     }

@@ -4,6 +4,8 @@
 //! Nothing here outlives the process: programs, links and maps are not pinned,
 //! so the kernel frees them when xypriss exits, however it exits; tracefs, if
 //! we had to mount it, is unmounted as soon as the programs are attached.
+//! A program the verifier refuses is reported with the end of its log
+//! ([`verifier`], which also holds the test hook that injects a rejection).
 //!
 //! # Minimum kernel version
 //!
@@ -25,7 +27,7 @@ use aya::{
 };
 use xypriss_ebpf::{
     map_name, program_name,
-    rss_stat::{TaskEntry, Thresholds, WorkerState},
+    rss_stat::{self, TaskEntry, Thresholds, WorkerState},
     trace_point::{self, Settings},
 };
 
@@ -37,6 +39,7 @@ use super::{
         MARK_VICTIM, PAGE_FAULT_USER, RSS_STAT, SCHED_PROCESS_EXIT, SCHED_PROCESS_FORK, TraceFs,
         TraceFsError, Tracepoint,
     },
+    verifier,
 };
 use crate::cli::RunConfig;
 
@@ -68,6 +71,17 @@ pub enum EbpfError {
     MissingMap { map: &'static str },
     #[error("BPF map `{map}`: {source}")]
     Map { map: &'static str, source: MapError },
+    #[error(
+        "BPF program `{program}` on {category}/{name} was rejected by the kernel's verifier ({source}): {verifier}"
+    )]
+    Rejected {
+        program: &'static str,
+        category: &'static str,
+        name: &'static str,
+        source: io::Error,
+        /// The end of the verifier's log, where it says why.
+        verifier: String,
+    },
     #[error("BPF program `{program}` on {category}/{name}: {source}")]
     Program {
         program: &'static str,
@@ -128,6 +142,21 @@ impl EbpfObserver {
             .map_err(|e| EbpfError::Load(Box::new(e)))?;
         if config.bpf_log {
             spawn_logger(&mut ebpf)?;
+        }
+        if verifier::fault_injected() {
+            tracing::warn!(
+                "{}=verifier: failing the eBPF load on purpose",
+                verifier::FAULT_INJECT
+            );
+            let (program, tracepoint) = PROGRAMS[0];
+            let (source, log) = verifier::reject_on_purpose();
+            return Err(rejected(
+                program,
+                tracepoint.category,
+                tracepoint.name,
+                source,
+                &log,
+            ));
         }
         for (program, tracepoint) in PROGRAMS {
             attach(
@@ -220,6 +249,15 @@ impl EbpfObserver {
         })?;
         let state = self.workers.get(&slot, 0).map_err(io::Error::other)?;
         Ok(Counters::from_kernel(state.counters))
+    }
+
+    /// The worker's totals and threshold level as the kernel has them now,
+    /// whatever records were lost on the way.
+    pub fn totals(&self, slot: u32) -> io::Result<(Counters, u32)> {
+        let state = self.workers.get(&slot, 0).map_err(io::Error::other)?;
+        let thresholds = self.thresholds.get(&slot, 0).map_err(io::Error::other)?;
+        let level = rss_stat::level(&thresholds, rss_stat::resident(&state.counters));
+        Ok((Counters::from_kernel(state.counters), level))
     }
 
     pub fn unwatch(&mut self, slot: u32) {
@@ -325,12 +363,38 @@ fn attach(
             tp.attach(name).map(drop)
         }),
     };
-    attached.map_err(|source| EbpfError::Program {
-        program,
-        category: category.unwrap_or("raw_tp"),
-        name,
-        source: Box::new(source),
+    let category = category.unwrap_or("raw_tp");
+    attached.map_err(|source| match source {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => rejected(program, category, name, io_error, &verifier_log.to_string()),
+        source => EbpfError::Program {
+            program,
+            category,
+            name,
+            source: Box::new(source),
+        },
     })
+}
+
+/// The verifier refused `program`: its whole log to the debug log, the
+/// lines that say why in the error.
+fn rejected(
+    program: &'static str,
+    category: &'static str,
+    name: &'static str,
+    source: io::Error,
+    log: &str,
+) -> EbpfError {
+    tracing::debug!("the verifier's log for `{program}`:\n{log}");
+    EbpfError::Rejected {
+        program,
+        category,
+        name,
+        source,
+        verifier: verifier::summary(log),
+    }
 }
 
 pub(crate) fn page_size() -> u64 {

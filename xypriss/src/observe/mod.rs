@@ -8,6 +8,7 @@ pub mod ebpf;
 pub mod procfs;
 mod ring_buf;
 pub mod trace_point;
+pub mod verifier;
 
 use crate::cli::{ObserverChoice, RunConfig};
 
@@ -193,6 +194,15 @@ impl Observer {
         match self {
             Self::Ebpf(o) => o.faults(slot),
             Self::Procfs(o) => o.faults(slot),
+        }
+    }
+
+    /// Worker `slot`'s totals and threshold level as the source has them
+    /// now, when they can differ from what it sent: records lost (eBPF).
+    pub fn totals(&self, slot: u32) -> Option<(Counters, u32)> {
+        match self {
+            Self::Ebpf(o) => o.totals(slot).ok(),
+            Self::Procfs(_) => None,
         }
     }
 

@@ -4,7 +4,9 @@
 //! The control loop never waits for stdout. Lines go through a bounded queue;
 //! when a stalled consumer lets it fill, lines are counted as lost and an
 //! `events_lost` line says how many, once the queue drains. A closed stdout
-//! (EPIPE) is reported through [`Output::closed`], so xypriss stops gracefully.
+//! (EPIPE) is reported through [`Output::closed`], so xypriss stops gracefully;
+//! an idle writer would only learn of it at its next line, which a quiet pool
+//! may never send, so while it waits it asks `poll` every [`PROBE`].
 //!
 //! The same lines go to followers of the control socket (`xypriss events`)
 //! through a broadcast, which drops lines for a follower that falls behind
@@ -14,6 +16,7 @@
 use std::{
     cell::{Cell, RefCell},
     io::{self, Write as _},
+    os::fd::AsFd,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -23,6 +26,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 
@@ -31,6 +35,8 @@ use crate::api::status::Counters;
 
 /// Lines that may wait for stdout.
 pub const QUEUE_LINES: usize = 65_536;
+/// How often an idle writer checks that stdout still has a reader.
+const PROBE: Duration = Duration::from_millis(500);
 /// …with `minimalFootprint`: at most a few MiB of waiting lines.
 pub const QUEUE_LINES_MINIMAL: usize = 4_096;
 
@@ -202,7 +208,15 @@ fn count(counters: &mut Counters, event: &Event) {
 fn write_lines(lines: &Receiver<String>, lost: &AtomicU64, format: Format) -> io::Result<()> {
     let mut stdout = io::stdout().lock();
     let mut reported = 0;
-    while let Ok(line) = lines.recv() {
+    loop {
+        let line = match lines.recv_timeout(PROBE) {
+            Ok(line) => line,
+            Err(RecvTimeoutError::Timeout) => {
+                check_reader(&stdout)?;
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        };
         stdout.write_all(line.as_bytes())?;
         // Write what else is queued before one flush.
         while let Ok(line) = lines.try_recv() {
@@ -223,6 +237,20 @@ fn write_lines(lines: &Receiver<String>, lost: &AtomicU64, format: Format) -> io
             reported = total;
         }
         stdout.flush()?;
+    }
+}
+
+/// Fails with `BrokenPipe` when `stdout` has lost its reader: `poll` says
+/// so at once (POLLERR on a pipe whose read end is closed, POLLHUP on a
+/// socket or terminal that hung up), where a write would only at the next line.
+fn check_reader(stdout: &impl AsFd) -> io::Result<()> {
+    let mut fds = [PollFd::new(stdout.as_fd(), PollFlags::POLLOUT)];
+    poll(&mut fds, PollTimeout::ZERO)?;
+    let gone = fds[0]
+        .revents()
+        .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP));
+    if gone {
+        return Err(io::ErrorKind::BrokenPipe.into());
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ pub mod control;
 pub mod lifecycle;
 pub mod listen;
 pub mod notify;
+pub mod oom_score_adj;
 pub mod reap;
 pub mod socket_ready;
 pub mod spawn;

@@ -8,13 +8,21 @@
 //! credentials (SO_PASSCRED): the kernel stamps each datagram with the
 //! sender's pid, which a worker cannot forge, so xypriss knows who is ready.
 //! Which pids it accepts is the caller's business.
+//!
+//! Each xypriss names its socket with its pid, and removes it when it ends;
+//! one that was SIGKILLed cannot, and no later xypriss would bind that name
+//! again. So binding one also removes the dead `*.notify` sockets beside it
+//! (those nobody is bound to any more), and the directory does not fill up.
 
 use std::{
     fs::{self, Permissions},
     io::{self, IoSliceMut},
     os::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
-        unix::{fs::PermissionsExt as _, net},
+        unix::{
+            fs::{FileTypeExt as _, PermissionsExt as _},
+            net,
+        },
     },
     path::{Path, PathBuf},
 };
@@ -90,6 +98,24 @@ pub fn parse(datagram: &[u8]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Removes the `*.notify` sockets in `dir` that nothing is bound to any
+/// more; returns their paths. Live ones, and anything else, stay.
+fn remove_stale(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for path in entries.filter_map(|entry| Some(entry.ok()?.path())) {
+        let socket = path.extension().is_some_and(|e| e == "notify")
+            && fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket());
+        // A socket still bound is refused, and stays.
+        if socket && clear_stale_socket(&path).is_ok() {
+            removed.push(path);
+        }
+    }
+    removed
+}
+
 /// The socket workers notify, bound at a path and removed on drop.
 pub struct NotifySocket {
     socket: UnixDatagram,
@@ -102,6 +128,14 @@ impl NotifySocket {
     /// called within a tokio runtime.
     pub fn bind(path: PathBuf) -> io::Result<Self> {
         clear_stale_socket(&path)?;
+        if let Some(dir) = path.parent() {
+            for stale in remove_stale(dir) {
+                tracing::info!(
+                    "removed {}, left by an xypriss that is gone",
+                    stale.display()
+                );
+            }
+        }
         let socket = net::UnixDatagram::bind(&path).map_err(|err| {
             io::Error::new(err.kind(), format!("cannot bind {}: {err}", path.display()))
         })?;
@@ -184,7 +218,7 @@ impl NotifySocket {
 
 #[cfg(test)]
 mod tests {
-    use std::{os::unix::fs::FileTypeExt as _, time::Duration};
+    use std::time::Duration;
 
     use tokio::time::timeout;
 
@@ -274,6 +308,27 @@ mod tests {
         let err = NotifySocket::bind(path.clone()).err().unwrap();
         assert!(err.to_string().contains("is not a socket"), "{err}");
         assert_eq!(fs::read_to_string(&path).unwrap(), "data");
+    }
+
+    #[tokio::test]
+    async fn bind_removes_the_dead_notify_sockets_beside_it() {
+        let dir = TempDir::new("notify-stale");
+        let at = |name: &str| dir.path().join(name);
+        drop(net::UnixDatagram::bind(at("gone.1.notify")).unwrap());
+        let live = net::UnixDatagram::bind(at("live.2.notify")).unwrap();
+        fs::write(at("data.3.notify"), "data").unwrap();
+        drop(net::UnixDatagram::bind(at("gone.4.sock")).unwrap());
+        let socket = NotifySocket::bind(at("new.5.notify")).unwrap();
+        assert!(!at("gone.1.notify").exists(), "a dead notify socket stays");
+        for kept in [
+            "live.2.notify",
+            "data.3.notify",
+            "gone.4.sock",
+            "new.5.notify",
+        ] {
+            assert!(at(kept).exists(), "{kept} was removed");
+        }
+        drop((live, socket));
     }
 
     #[tokio::test]

@@ -6,10 +6,9 @@
 //! xypriss runs as root for eBPF, its workers need not. As another user
 //! (`--user`) the kernel clears them; as root, they are dropped for good
 //! (bounding set, ambient, securebits) before exec. Nor does it keep
-//! xypriss's shield from the OOM killer: a service manager may lower
-//! xypriss's `oom_score_adj` (the systemd unit does), which children inherit,
-//! and the kernel must stay free to pick a runaway worker, so a negative one
-//! is reset to 0 before exec. Its stdout and stderr are prefixed and forwarded to
+//! xypriss's shield from the OOM killer ([`oom_score_adj`]), whether
+//! xypriss set it itself or a service manager did (the systemd unit's
+//! `OOMScoreAdjust=`). Its stdout and stderr are prefixed and forwarded to
 //! xypriss's stderr: stdout is the NDJSON stream, and stays pure.
 //!
 //! Processes are spawned with std, not tokio: xypriss reaps every child
@@ -27,7 +26,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use super::{cgroup::WorkerCgroup, control, listen::Listeners};
+use super::{cgroup::WorkerCgroup, control, listen::Listeners, oom_score_adj};
 use crate::observe::ebpf::Registration;
 use nix::{
     fcntl::{OFlag, open},
@@ -99,10 +98,6 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<u32> {
         .ok()
         .and_then(|s| s.trim().parse::<libc::c_ulong>().ok())
         .unwrap_or(63);
-    let shielded = std::fs::read_to_string("/proc/self/oom_score_adj")
-        .ok()
-        .and_then(|s| s.trim().parse::<i32>().ok())
-        .is_some_and(|adj| adj < 0);
     // SAFETY: between fork and exec the closure only makes system calls.
     unsafe {
         cmd.pre_exec(move || {
@@ -113,6 +108,8 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<u32> {
                     "xypriss exited while the worker was starting",
                 ));
             }
+            // Before the identity changes: only root sets the floor anew.
+            oom_score_adj::reset_in_child()?;
             if let Some((source, target)) = control {
                 control::install(source, target)?;
             }
@@ -123,15 +120,6 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<u32> {
                 // "0" is the writing process itself; still root, so allowed.
                 let fd = open(
                     procs.as_c_str(),
-                    OFlag::O_WRONLY | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )?;
-                write(&fd, b"0")?;
-            }
-            if shielded {
-                // Raising it needs no privilege.
-                let fd = open(
-                    c"/proc/self/oom_score_adj",
                     OFlag::O_WRONLY | OFlag::O_CLOEXEC,
                     Mode::empty(),
                 )?;
