@@ -98,3 +98,52 @@ fn without_root_it_degrades_with_a_reason_or_refuses_when_required() {
             || !String::from_utf8_lossy(&refused.stdout).contains("worker_spawned")
     );
 }
+
+#[test]
+fn in_a_pid_namespace_of_its_own_it_polls_proc_and_says_why() {
+    if !root_or_skip("in_a_pid_namespace_of_its_own_it_polls_proc_and_says_why") {
+        return;
+    }
+    // BPF sees the host's pids; workers there are known by the namespace's.
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--pid",
+        "--fork",
+        "--mount-proc",
+        XYPRISS,
+        "run",
+        "--workers",
+        "1",
+    ])
+    .args(["--name", &format!("pidns-{}", std::process::id())])
+    .args(["--poll-interval", "50ms", DEMO, "steps", "64"]);
+    let mut pool = Pool::start_command(&mut cmd);
+    let observer = pool.wait_event("observer", TIMEOUT, |_| true);
+    assert_eq!(observer["source"], "procfs", "{observer}");
+    assert!(
+        observer["reason"]
+            .as_str()
+            .unwrap()
+            .contains("pid namespace"),
+        "{observer}"
+    );
+    pool.wait_log("at 64 MiB", TIMEOUT);
+    pool.collect_for(Duration::from_millis(300));
+    let sample = pool.latest_sample(0).expect("a sample").clone();
+    assert!(u64_of(&sample, "rssBytes") >= 64 * MIB, "{sample}");
+    let refused = Command::new("unshare")
+        .args([
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            XYPRISS,
+            "run",
+            "--require-ebpf",
+            DEMO,
+        ])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("pid namespace"), "{stderr}");
+}

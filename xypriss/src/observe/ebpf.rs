@@ -59,6 +59,10 @@ pub enum EbpfError {
         "not running as root (euid {euid}): loading BPF programs needs root or CAP_BPF and CAP_PERFMON"
     )]
     NotRoot { euid: u32 },
+    #[error(
+        "xypriss runs in a pid namespace of its own (pid:[{inode}]): the BPF programs see the host's pids, its workers are known by this namespace's, so eBPF would watch nobody; share the host's pid namespace (hostPID in Kubernetes, no PrivatePIDs= in systemd)"
+    )]
+    PidNamespace { inode: u64 },
     #[error(transparent)]
     TraceFs(#[from] TraceFsError),
     #[error(transparent)]
@@ -123,6 +127,9 @@ impl EbpfObserver {
             return Err(EbpfError::NotRoot {
                 euid: euid.as_raw(),
             });
+        }
+        if let Some(inode) = own_pid_namespace() {
+            return Err(EbpfError::PidNamespace { inode });
         }
         let layout = Btf::from_file(Path::new(btf::VMLINUX))?.kernel_layout(page_size())?;
         let tracefs = TraceFs::open()?;
@@ -395,6 +402,18 @@ fn rejected(
         source,
         verifier: verifier::summary(log),
     }
+}
+
+/// The kernel's initial pid namespace's inode (`PROC_PID_INIT_INO`): the
+/// same on every Linux.
+const INIT_PID_NAMESPACE: u64 = 0xEFFF_FFFC;
+
+/// The inode of this process's pid namespace when it is not the host's
+/// (the kernel's initial one), where pids differ from those BPF sees.
+pub(crate) fn own_pid_namespace() -> Option<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    let inode = std::fs::metadata("/proc/self/ns/pid").ok()?.ino();
+    (inode != INIT_PID_NAMESPACE).then_some(inode)
 }
 
 pub(crate) fn page_size() -> u64 {
