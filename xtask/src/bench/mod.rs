@@ -34,7 +34,7 @@ mod http;
 mod latency;
 mod leak;
 mod overhead;
-mod peers;
+pub(crate) mod peers;
 mod reaction;
 mod scale;
 mod throughput;

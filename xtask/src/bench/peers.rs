@@ -2,7 +2,8 @@
 //! so that `cargo xtask bench` needs nothing else: Debian's packages
 //! (stress-ng, wrk, bpftrace) through `apt-get`, and PM2 from the npm
 //! registry into `.bench/peers` at the workspace root, which git ignores.
-//! Each install is skipped when the tool is already there.
+//! Each install is skipped when the tool is already there. `cargo xtask
+//! test` installs the Debian tools its tests drive the same way.
 
 use std::{
     path::{Path, PathBuf},
@@ -22,13 +23,23 @@ pub fn debian(binary: &str, package: &str) -> Result<PathBuf> {
     if let Some(found) = find() {
         return Ok(found);
     }
-    eprintln!("xtask: installing {package} (Debian) for the comparison");
-    let status = Command::new("apt-get")
-        .args(["install", "-y", "-qq", package])
-        .status()
-        .context("running apt-get")?;
-    if !status.success() {
-        bail!("apt-get install {package} failed: {status}");
+    eprintln!("xtask: installing {package} (Debian)");
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", package])
+            .status()
+            .context("running apt-get")
+    };
+    if !install()?.success() {
+        // A fresh machine's package lists may be missing or stale.
+        let updated = Command::new("apt-get")
+            .args(["update", "-qq"])
+            .status()
+            .context("running apt-get update")?;
+        let status = install()?;
+        if !(updated.success() && status.success()) {
+            bail!("apt-get install {package} failed: {status}");
+        }
     }
     find().with_context(|| format!("{package} is installed but has no {binary}"))
 }
