@@ -291,7 +291,8 @@ fn a_pool_whose_xypriss_is_gone_is_killed_and_removed() {
         .expect("the process is added");
     }
 
-    // A pool named after a running process that is not an xypriss: its pid was reused.
+    // A pool named after a process that started after it was made: its pid
+    // was reused. (Made an hour ago, as far as its mtime says.)
     let stranger = ChildGuard::sleep();
     let foreign = hierarchy
         .path()
@@ -299,6 +300,22 @@ fn a_pool_whose_xypriss_is_gone_is_killed_and_removed() {
         .join(format!("test-foreign.{}", stranger.pid()));
     let _foreign_guard = StaleGuard(foreign.clone());
     fs::create_dir_all(foreign.join("w0.g0")).expect("a stale pool");
+    let status = Command::new("touch")
+        .args(["-d", "1 hour ago"])
+        .arg(&foreign)
+        .status()
+        .expect("touch runs");
+    assert!(status.success());
+    // A pool of another running process that is not xypriss, made after it
+    // started (the library's user, or an xypriss in a pid namespace of its
+    // own, whose pid means another process here): it stays.
+    let owner = ChildGuard::sleep();
+    let library = hierarchy
+        .path()
+        .join("xypriss")
+        .join(format!("test-library.{}", owner.pid()));
+    let _library_guard = StaleGuard(library.clone());
+    fs::create_dir_all(library.join("w0.g0")).expect("a live pool");
 
     let removed = hierarchy
         .remove_stale()
@@ -328,6 +345,7 @@ fn a_pool_whose_xypriss_is_gone_is_killed_and_removed() {
     }
 
     assert!(!foreign.exists(), "{} is left", foreign.display());
+    assert!(library.exists(), "a live owner's pool was removed");
     assert!(
         fs::exists(format!("/proc/{}", stranger.pid())).expect("/proc"),
         "the process the pid now names is not touched"

@@ -60,8 +60,6 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 const POLL: Duration = Duration::from_millis(10);
 /// The directory under the hierarchy's root that holds every pool.
 const TOP: &str = "xypriss";
-/// The `comm` of a running xypriss.
-const XYPRISS_COMM: &str = "xypriss";
 const PROCS: &str = "cgroup.procs";
 /// The smallest CPU quota the kernel takes, in microseconds.
 const MIN_QUOTA_US: u64 = 1000;
@@ -365,9 +363,8 @@ impl Hierarchy {
         })
     }
 
-    /// Kills and removes every pool whose xypriss is gone: its pid is not
-    /// running, or runs something other than xypriss, or started after the
-    /// pool was made (the pid was reused). Pools of a running xypriss,
+    /// Kills and removes every pool whose owner is gone: its pid is not
+    /// running, or started after the pool was made (the pid was reused). Pools of a running xypriss,
     /// this one's included, are left alone. A pool's cpu twin goes with it,
     /// and one left without its memory part too. Each pool is reported, with
     /// what went wrong if it could not be removed whole.
@@ -722,8 +719,6 @@ fn pool_pid(dir_name: &str) -> Option<u32> {
 /// What is known of the process whose pid names a pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Owner {
-    /// It is this process, or runs the xypriss binary.
-    xypriss: bool,
     /// When it started, if that could be read.
     started: Option<SystemTime>,
 }
@@ -735,11 +730,6 @@ fn owner(pid: u32) -> Option<Owner> {
     if matches!(stat.state, 'Z' | 'X' | 'x') {
         return None;
     }
-    let same_exe = match (process.exe(), std::env::current_exe()) {
-        (Ok(theirs), Ok(ours)) => theirs == ours,
-        _ => false,
-    };
-    let xypriss = pid == std::process::id() || stat.comm == XYPRISS_COMM || same_exe;
     // Boot time is whole seconds, rounded down: the start may come out up to a
     // second early, never late, so a live pool is never taken for stale.
     let started = procfs::boot_time_secs().ok().map(|boot| {
@@ -748,15 +738,19 @@ fn owner(pid: u32) -> Option<Owner> {
             + Duration::from_secs(boot)
             + Duration::from_millis(stat.starttime.saturating_mul(1000) / ticks)
     });
-    Some(Owner { xypriss, started })
+    Some(Owner { started })
 }
 
-/// Whether a pool made at `created` by the process now known as `owner` is stale.
+/// Whether a pool made at `created` by the process now known as `owner` is
+/// stale: the process is gone, or started after the pool was made (its pid
+/// was reused). What the process runs is not asked: a pool made through the
+/// library belongs to a process that is not xypriss, and one made in a pid
+/// namespace of its own is named after a pid that means another process
+/// here; killing either while its owner runs would be far worse than leaving
+/// it to its own watchdog.
 fn is_stale(owner: Option<&Owner>, created: Option<SystemTime>) -> bool {
     match owner {
         None => true,
-        Some(owner) if !owner.xypriss => true,
-        // An xypriss makes its pools after it starts: one that started later reused the pid.
         Some(owner) => matches!((owner.started, created), (Some(s), Some(c)) if s > c),
     }
 }
@@ -1214,18 +1208,8 @@ mod tests {
         let made = UNIX_EPOCH + Duration::from_secs(1000);
         let before = Some(made - Duration::from_secs(1));
         let after = Some(made + Duration::from_secs(1));
-        let xypriss = |started| Owner {
-            xypriss: true,
-            started,
-        };
+        let xypriss = |started| Owner { started };
         assert!(is_stale(None, Some(made)));
-        assert!(is_stale(
-            Some(&Owner {
-                xypriss: false,
-                started: before
-            }),
-            Some(made)
-        ));
         assert!(is_stale(Some(&xypriss(after)), Some(made)), "pid reused");
         assert!(!is_stale(Some(&xypriss(before)), Some(made)));
         assert!(!is_stale(Some(&xypriss(None)), Some(made)));
