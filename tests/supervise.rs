@@ -313,6 +313,30 @@ fn workers_run_as_the_given_user_without_capabilities() {
 }
 
 #[test]
+fn workers_run_as_another_user_still_die_with_xypriss() {
+    if !root_or_skip("workers_run_as_another_user_still_die_with_xypriss") {
+        return;
+    }
+    // setuid clears the parent-death signal; the worker must have it back.
+    let script = "import ctypes; v = ctypes.c_int(); \
+                  ctypes.CDLL(None).prctl(2, ctypes.byref(v)); \
+                  print('pdeathsig', v.value, flush=True); \
+                  import time; time.sleep(60)";
+    let mut pool = Pool::start(&[
+        "--workers",
+        "1",
+        "--user",
+        "nobody",
+        "/usr/bin/python3",
+        "-c",
+        script,
+    ]);
+    let line = pool.wait_log("pdeathsig", TIMEOUT);
+    assert!(line.ends_with("pdeathsig 9"), "SIGKILL is 9: {line}");
+    assert!(pool.stop().success());
+}
+
+#[test]
 fn workers_left_as_root_have_no_capabilities_either() {
     if !root_or_skip("workers_left_as_root_have_no_capabilities_either") {
         return;

@@ -138,6 +138,15 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<u32> {
                 // Still root: give up every capability, for good.
                 None => drop_capabilities(last_cap)?,
             }
+            if uid.is_some() || gid.is_some() {
+                // A change of credentials clears the parent-death signal: set it again.
+                prctl::set_pdeathsig(Signal::SIGKILL)?;
+                if getppid() != supervisor {
+                    return Err(io::Error::other(
+                        "xypriss exited while the worker was starting",
+                    ));
+                }
+            }
             Ok(())
         });
     }
