@@ -104,6 +104,10 @@ fn in_a_pid_namespace_of_its_own_it_polls_proc_and_says_why() {
     if !root_or_skip("in_a_pid_namespace_of_its_own_it_polls_proc_and_says_why") {
         return;
     }
+    // A pool of the host's, whose owner's pid means nothing in the namespace:
+    // the namespaced xypriss must not take it for stale.
+    let mut host = Pool::start(&["--workers", "1", DEMO, "steps", "8"]);
+    host.wait_log("at 8 MiB", TIMEOUT);
     // BPF sees the host's pids; workers there are known by the namespace's.
     let mut cmd = Command::new("unshare");
     cmd.args([
@@ -146,4 +150,13 @@ fn in_a_pid_namespace_of_its_own_it_polls_proc_and_says_why() {
     assert!(!refused.status.success());
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("pid namespace"), "{stderr}");
+    // Its start-up cleanup (done by its `cgroup` event) left the host's pool alone.
+    pool.wait_event("cgroup", TIMEOUT, |_| true);
+    host.collect_for(Duration::from_millis(500));
+    assert!(
+        host.events.iter().all(|e| e["event"] != "worker_exited"),
+        "{:#?}",
+        host.events
+    );
+    assert!(host.stop().success());
 }

@@ -251,7 +251,7 @@ pub fn examine(flags: &DoctorFlags) -> Report {
     let mut checks = vec![
         kernel::version(&version),
         capability::privileges(&credentials),
-        pid_namespace::pid_namespace(crate::observe::ebpf::own_pid_namespace()),
+        pid_namespace::pid_namespace(crate::supervise::pid_namespace::own_pid_namespace()),
         lockdown::lockdown(&fs::read_to_string(lockdown::LOCKDOWN), tracefs_readable),
         btf::btf(&flags.btf, &btf, page_size()),
         ring_buf::ring_buf(&ring_buf, root),

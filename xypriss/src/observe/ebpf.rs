@@ -41,7 +41,7 @@ use super::{
     },
     verifier,
 };
-use crate::cli::RunConfig;
+use crate::{cli::RunConfig, supervise::pid_namespace::own_pid_namespace};
 
 /// The BPF object built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xypriss"));
@@ -402,18 +402,6 @@ fn rejected(
         source,
         verifier: verifier::summary(log),
     }
-}
-
-/// The kernel's initial pid namespace's inode (`PROC_PID_INIT_INO`): the
-/// same on every Linux.
-const INIT_PID_NAMESPACE: u64 = 0xEFFF_FFFC;
-
-/// The inode of this process's pid namespace when it is not the host's
-/// (the kernel's initial one), where pids differ from those BPF sees.
-pub(crate) fn own_pid_namespace() -> Option<u64> {
-    use std::os::unix::fs::MetadataExt as _;
-    let inode = std::fs::metadata("/proc/self/ns/pid").ok()?.ino();
-    (inode != INIT_PID_NAMESPACE).then_some(inode)
 }
 
 pub(crate) fn page_size() -> u64 {

@@ -54,6 +54,8 @@ use nix::{
 };
 use procfs::process::{MountInfo, Process};
 
+use super::pid_namespace::own_pid_namespace;
+
 /// How long killing a cgroup's processes may take before it is reported as still populated.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often a draining cgroup is looked at again.
@@ -368,7 +370,28 @@ impl Hierarchy {
     /// this one's included, are left alone. A pool's cpu twin goes with it,
     /// and one left without its memory part too. Each pool is reported, with
     /// what went wrong if it could not be removed whole.
+    ///
+    /// In a pid namespace of its own, pools' pids cannot be told apart from
+    /// the host's, so nothing is judged stale there: see [`Self::remove_pools_of`].
     pub fn remove_stale(&self) -> Result<Vec<Stale>, CgroupError> {
+        if own_pid_namespace().is_some() {
+            return Ok(Vec::new());
+        }
+        self.remove_where(|pid, created| is_stale(owner(pid).as_ref(), created))
+    }
+
+    /// Kills and removes the pools made by process `pid`, which is gone:
+    /// what the watchdog of an xypriss in a pid namespace of its own can
+    /// still clean.
+    pub fn remove_pools_of(&self, pid: u32) -> Result<Vec<Stale>, CgroupError> {
+        self.remove_where(|owner, _| owner == pid)
+    }
+
+    /// Kills and removes the pools for which `remove(owner pid, made at)` holds.
+    fn remove_where(
+        &self,
+        remove: impl Fn(u32, Option<SystemTime>) -> bool,
+    ) -> Result<Vec<Stale>, CgroupError> {
         let top = self.root.join(TOP);
         let mut names = BTreeSet::new();
         for dir in top.each() {
@@ -399,7 +422,7 @@ impl Hierarchy {
             let created = pool
                 .each()
                 .find_map(|dir| fs::metadata(dir).and_then(|m| m.modified()).ok());
-            if !is_stale(owner(pid).as_ref(), created) {
+            if !remove(pid, created) {
                 continue;
             }
             let mut killed = 0;

@@ -9,6 +9,7 @@ pub mod lifecycle;
 pub mod listen;
 pub mod notify;
 pub mod oom_score_adj;
+pub mod pid_namespace;
 pub mod reap;
 pub mod socket_ready;
 pub mod spawn;

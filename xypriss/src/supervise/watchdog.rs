@@ -15,7 +15,7 @@ use std::{
     process::{ChildStdin, Command, Stdio},
 };
 
-use super::cgroup::Hierarchy;
+use super::{cgroup::Hierarchy, pid_namespace::own_pid_namespace};
 
 /// Starts the watchdog; keep the returned pipe open as long as xypriss runs.
 pub fn start() -> io::Result<ChildStdin> {
@@ -31,12 +31,21 @@ pub fn start() -> io::Result<ChildStdin> {
         .ok_or_else(|| io::Error::other("the watchdog has no stdin"))
 }
 
-/// The watchdog itself: waits for end of file on stdin, then cleans up.
+/// The watchdog itself: waits for end of file on stdin, then cleans up:
+/// every stale pool, or, in a pid namespace of its own (where the host's
+/// pools cannot be judged), its own xypriss's.
 pub fn run() -> anyhow::Result<()> {
+    let xypriss = nix::unistd::getppid().as_raw() as u32;
     let mut sink = [0u8; 64];
     let mut stdin = io::stdin().lock();
     while stdin.read(&mut sink)? > 0 {}
-    for stale in Hierarchy::find()?.remove_stale()? {
+    let hierarchy = Hierarchy::find()?;
+    let removed = if own_pid_namespace().is_some() {
+        hierarchy.remove_pools_of(xypriss)?
+    } else {
+        hierarchy.remove_stale()?
+    };
+    for stale in removed {
         match stale.error {
             None => tracing::info!(
                 "removed {} of xypriss {}, killing {} left-over processes",
