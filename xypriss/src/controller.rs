@@ -326,8 +326,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         ticks: 0,
         status_cache: None,
     };
-    let optimization = &ctl.config.memory.performance_optimization;
-    if optimization.enabled && optimization.lazy_worker_init {
+    if ctl.config.optimizes(|o| o.lazy_worker_init) {
         // Start small; load grows the pool to --workers on demand.
         ctl.size = ctl.config.min_workers.min(ctl.size);
     }
@@ -475,16 +474,20 @@ impl Controller {
             ("XYPRISS_GENERATION".into(), generation.to_string().into()),
             ("NOTIFY_SOCKET".into(), self.notify.path().into()),
         ];
-        let optimization = &self.config.memory.performance_optimization;
         for (name, on) in [
-            ("XYPRISS_MEMORY_POOLING", optimization.memory_pooling),
-            ("XYPRISS_WORKER_POOLING", optimization.worker_pooling),
+            (
+                "XYPRISS_MEMORY_POOLING",
+                self.config.optimizes(|o| o.memory_pooling),
+            ),
+            (
+                "XYPRISS_WORKER_POOLING",
+                self.config.optimizes(|o| o.worker_pooling),
+            ),
             (
                 "XYPRISS_EFFICIENT_DATA_STRUCTURES",
-                optimization.efficient_data_structures,
+                self.config.optimizes(|o| o.efficient_data_structures),
             ),
         ] {
-            let on = optimization.enabled && on;
             env.push((name.into(), if on { "1" } else { "0" }.into()));
         }
         env.push((
@@ -743,11 +746,18 @@ impl Controller {
 
     /// Whether a worker has two processes (a replacement not yet done).
     fn replacing(&self) -> bool {
-        let mut ids = BTreeSet::new();
+        !self.doubled(|_| true).is_empty()
+    }
+
+    /// The worker ids with more than one process in the states `counted`.
+    fn doubled(&self, counted: impl Fn(State) -> bool) -> Vec<u32> {
+        let mut seen = BTreeSet::new();
         self.instances
             .values()
-            .filter(|i| matches!(i.state, State::Starting | State::Ready | State::Stopping))
-            .any(|i| !ids.insert(i.id))
+            .filter(|i| counted(i.state))
+            .filter(|i| !seen.insert(i.id))
+            .map(|i| i.id)
+            .collect()
     }
 
     /// SIGHUP: replace every worker, one at a time.
@@ -1426,7 +1436,8 @@ impl Controller {
             Request::Restart { worker: None } | Request::Reload => {
                 self.rolling_restart();
                 let mut workers = self.rolling.clone();
-                workers.extend(self.replacing_ids());
+                // Those whose new process is not ready yet.
+                workers.extend(self.doubled(|state| state != State::Stopping));
                 workers.sort_unstable();
                 workers.dedup();
                 Ok(Reply::Restarting { workers })
@@ -1441,17 +1452,6 @@ impl Controller {
         self.workers
             .get(&id)
             .is_some_and(|w| !w.retired && !w.errored)
-    }
-
-    /// The workers with a replacement under way.
-    fn replacing_ids(&self) -> Vec<u32> {
-        let mut seen = BTreeSet::new();
-        self.instances
-            .values()
-            .filter(|i| i.state != State::Stopping)
-            .filter(|i| !seen.insert(i.id))
-            .map(|i| i.id)
-            .collect()
     }
 
     /// `POST /cluster/scale`, `xypriss scale N`.
@@ -1745,6 +1745,12 @@ impl Controller {
     /// Reads each worker's CPU use, and scales the pool on load when
     /// `autoScaling` (or `lazyWorkerInit`) asks for it.
     fn measure_load(&mut self) {
+        let scaling = &self.config.memory.auto_scaling;
+        let lazy = self.config.optimizes(|o| o.lazy_worker_init);
+        if !(scaling.enabled || lazy) {
+            // Nothing scales on load: no /proc reads every tick for nothing.
+            return;
+        }
         let now = Instant::now();
         let per_second = procfs::ticks_per_second() as f64;
         for i in self.instances.values_mut() {
@@ -1780,15 +1786,13 @@ impl Controller {
         {
             self.load.pop_front();
         }
-        let scaling = &self.config.memory.auto_scaling;
-        let lazy = self.config.memory.performance_optimization.enabled
-            && self.config.memory.performance_optimization.lazy_worker_init;
         let spanned = self.load.front().is_some_and(|(at, _)| {
             now.duration_since(*at) >= LOAD_WINDOW - self.config.sample_interval
         });
-        if !(scaling.enabled || lazy) || !spanned || self.replacing() {
+        if !spanned || self.replacing() {
             return;
         }
+        let scaling = &self.config.memory.auto_scaling;
         let observed = self.memory_observed();
         let load = policy::Load {
             cpu_pct: self.load.iter().map(|(_, l)| l).sum::<f64>() / self.load.len() as f64,
