@@ -104,6 +104,21 @@ fn reservation_leaving_room() -> String {
     reservation.to_string()
 }
 
+/// A pool checking the host every 200 ms against `reservation`, with room
+/// for a 4 GiB worker, and `args`.
+fn under_pressure(reservation: &str, args: &[&str]) -> Pool {
+    let mut all = vec![
+        "--memory-check-interval",
+        "200ms",
+        "--memory-reservation",
+        reservation,
+        "--max-memory-per-worker",
+        "4GiB",
+    ];
+    all.extend(args);
+    Pool::start(&all)
+}
+
 #[test]
 fn host_pressure_enters_low_memory_mode_and_its_end_leaves_it() {
     if !root_or_skip("host_pressure_enters_low_memory_mode_and_its_end_leaves_it") {
@@ -113,23 +128,20 @@ fn host_pressure_enters_low_memory_mode_and_its_end_leaves_it() {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let reservation = reservation_leaving_room();
-    let mut pool = Pool::start(&[
-        "--workers",
-        "1",
-        "--memory-check-interval",
-        "200ms",
-        "--memory-reservation",
+    let mut pool = under_pressure(
         &reservation,
-        "--max-memory-per-worker",
-        "4GiB",
-        "--max-total-memory",
-        "8GiB",
-        DEMO,
-        "steps",
-        "8",
-        "4096",
-        "8",
-    ]);
+        &[
+            "--workers",
+            "1",
+            "--max-total-memory",
+            "8GiB",
+            DEMO,
+            "steps",
+            "8",
+            "4096",
+            "8",
+        ],
+    );
     let pid = u64_of(&pool.wait_event("worker_spawned", TIMEOUT, |_| true), "pid") as u32;
     pool.wait_log("at 8 MiB", TIMEOUT);
     pool.collect_for(Duration::from_millis(500));
@@ -177,28 +189,25 @@ fn graceful_degradation_sheds_workers_while_the_host_is_critical() {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let reservation = reservation_leaving_room();
-    let mut pool = Pool::start(&[
-        "--workers",
-        "3",
-        "--min-workers",
-        "1",
-        "--graceful-degradation",
-        "true",
-        "--auto-scale-on-memory",
-        "false",
-        "--memory-check-interval",
-        "200ms",
-        "--memory-reservation",
+    let mut pool = under_pressure(
         &reservation,
-        "--max-memory-per-worker",
-        "4GiB",
-        "--max-total-memory",
-        "16GiB",
-        DEMO,
-        "steps",
-        "8",
-        "4096",
-    ]);
+        &[
+            "--workers",
+            "3",
+            "--min-workers",
+            "1",
+            "--graceful-degradation",
+            "true",
+            "--auto-scale-on-memory",
+            "false",
+            "--max-total-memory",
+            "16GiB",
+            DEMO,
+            "steps",
+            "8",
+            "4096",
+        ],
+    );
     let pid = u64_of(&pool.wait_event("worker_spawned", TIMEOUT, |_| true), "pid") as u32;
     pool.wait_event("worker_ready", TIMEOUT, |e| e["workerId"] == 2);
     signal(pid, Signal::SIGUSR1);

@@ -289,6 +289,19 @@ fn sigttin_and_sigttou_scale_within_the_bounds() {
     assert!(pool.stop().success());
 }
 
+/// The words of each field of process `pid`'s `/proc/<pid>/status`, by name
+/// (`"Uid:"`, `"CapEff:"`, …).
+fn status_fields(pid: u64) -> impl Fn(&str) -> Vec<String> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    move |name| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().map(str::to_owned).collect())
+            .unwrap()
+    }
+}
+
 #[test]
 fn workers_run_as_the_given_user_without_capabilities() {
     if !root_or_skip("workers_run_as_the_given_user_without_capabilities") {
@@ -297,14 +310,7 @@ fn workers_run_as_the_given_user_without_capabilities() {
     let mut pool = Pool::start(&["--workers", "1", "--user", "nobody", DEMO, "steps", "1"]);
     let spawned = pool.wait_event("worker_spawned", TIMEOUT, |_| true);
     pool.wait_log("at 1 MiB", TIMEOUT);
-    let status = fs::read_to_string(format!("/proc/{}/status", u64_of(&spawned, "pid"))).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .map(|v| v.split_whitespace().collect::<Vec<_>>())
-            .unwrap()
-    };
+    let field = status_fields(u64_of(&spawned, "pid"));
     assert_eq!(field("Uid:"), ["65534"; 4]);
     assert_eq!(field("CapEff:"), ["0000000000000000"]);
     assert_eq!(field("CapPrm:"), ["0000000000000000"]);
@@ -344,18 +350,10 @@ fn workers_left_as_root_have_no_capabilities_either() {
     let mut pool = Pool::start(&["--workers", "1", DEMO, "steps", "1"]);
     let spawned = pool.wait_event("worker_spawned", TIMEOUT, |_| true);
     pool.wait_log("at 1 MiB", TIMEOUT);
-    let status = fs::read_to_string(format!("/proc/{}/status", u64_of(&spawned, "pid"))).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap()
-            .trim()
-            .to_owned()
-    };
-    assert_eq!(field("Uid:").split_whitespace().next(), Some("0"));
+    let field = status_fields(u64_of(&spawned, "pid"));
+    assert_eq!(field("Uid:").first().map(String::as_str), Some("0"));
     for caps in ["CapEff:", "CapPrm:", "CapInh:", "CapAmb:", "CapBnd:"] {
-        assert_eq!(field(caps), "0000000000000000", "{caps}");
+        assert_eq!(field(caps), ["0000000000000000"], "{caps}");
     }
     assert!(pool.stop().success());
 }
