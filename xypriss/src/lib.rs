@@ -5,9 +5,9 @@
 //!
 //! kernel tracepoints → [`observe`] (BPF maps and ring buffer, or /proc) →
 //! [`decode`] → [`series`] (per-worker rates) → [`detect`] (threshold
-//! alerts, leaks) → [`policy`] (what to do) → actions (in [`controller`] and
+//! alerts, leaks) → [`policy`] (what to do) → actions (in [`pool`] and
 //! [`supervise`]) → [`output`] (NDJSON, Prometheus metrics), with
-//! [`supervise`] starting and stopping the workers, and [`controller`]
+//! [`supervise`] starting and stopping the workers, and [`pool`]
 //! running the loop that ties them together. Operators reach the loop
 //! through [`api`] (HTTP and the control socket), which the commands of
 //! [`operate`] (`xypriss status`, `top`, …) speak. [`cli`] turns flags into a
@@ -19,7 +19,6 @@
 pub mod api;
 pub mod cli;
 pub mod config;
-pub mod controller;
 pub mod decode;
 pub mod detect;
 pub mod dist;
@@ -28,6 +27,7 @@ pub mod observe;
 pub mod operate;
 pub mod output;
 pub mod policy;
+pub mod pool;
 pub mod recommend;
 pub mod runtime_dir;
 pub mod series;

@@ -63,7 +63,7 @@ fn run() -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(xypriss::controller::run(config))?;
+            runtime.block_on(xypriss::pool::run(config))?;
         }
         Command::Doctor(doctor_flags) => return Ok(xypriss::doctor::run(&doctor_flags)?),
         Command::Watchdog => xypriss::supervise::watchdog::run()?,

@@ -1,0 +1,480 @@
+//! Memory: the worker, cluster and system scopes' thresholds, leaks,
+//! low-memory mode and throttling. The pure parts (`detect`, `policy`)
+//! decide; this carries their decisions out.
+
+use std::time::Instant;
+
+use super::{ALERT_MARGIN, Instance, LowMemory, Pool};
+use crate::{
+    api::Reply,
+    detect::threshold::{Change, Level},
+    observe::procfs::monotonic_ns,
+    output::event::{AlertType, Event},
+    policy::{self, Action},
+};
+
+impl Pool {
+    /// Raises or lifts instance `slot`'s alerts for its latest memory, and
+    /// carries out what the policy decides.
+    pub(super) fn check_thresholds(&mut self, slot: u32) {
+        let thresholds = self.worker_thresholds();
+        let Some(i) = self.instances.get_mut(&slot) else {
+            return;
+        };
+        // Every report counts for the leak detector's troughs; its verdict
+        // waits for the tick, off this path.
+        if let Some(detector) = i.leak.as_mut() {
+            detector.push(monotonic_ns(), i.counters.rss());
+        }
+        let usage = i.counters.rss();
+        let memory = &self.config.memory;
+        let mut restart = false;
+        let mut throttling = Vec::new();
+        for change in i.alerts.update(usage, thresholds, ALERT_MARGIN) {
+            let event = match change {
+                Change::Raised { level, threshold } => {
+                    let (action, said) =
+                        policy::on_crossing(level, &memory.memory_management, &memory.enforcement);
+                    let done = match action {
+                        Action::None => "none",
+                        Action::GcHint => {
+                            let hint = serde_json::json!({
+                                "event": "gc_hint",
+                                "reason": "critical",
+                                "memoryUsage": usage,
+                                "threshold": threshold,
+                            });
+                            if i.control.send(&hint) {
+                                "gc_hint"
+                            } else {
+                                "gc_hint_dropped"
+                            }
+                        }
+                        Action::Restart => {
+                            restart = true;
+                            // Slowed while its replacement starts, so that it
+                            // cannot run far past its limit meanwhile.
+                            if i.throttle.is_none() {
+                                throttle(i, usage, threshold, &mut throttling);
+                            }
+                            action.as_str()
+                        }
+                    };
+                    let throttled = level == Level::Critical
+                        && policy::throttles(&memory.enforcement)
+                        && throttle(i, usage, threshold, &mut throttling);
+                    let done = match (done, throttled) {
+                        ("none", true) => "throttle",
+                        ("gc_hint", true) => "gc_hint+throttle",
+                        (done, _) => done,
+                    };
+                    if !said {
+                        continue;
+                    }
+                    threshold_event(
+                        "worker",
+                        Some((i.id, i.pid)),
+                        &format!("worker {}", i.id),
+                        None,
+                        usage,
+                        change,
+                        done,
+                    )
+                }
+                Change::Recovered { level, threshold } => {
+                    if level == Level::Critical {
+                        release(i, usage, threshold, &mut throttling);
+                    }
+                    threshold_event(
+                        "worker",
+                        Some((i.id, i.pid)),
+                        "",
+                        None,
+                        usage,
+                        change,
+                        "none",
+                    )
+                }
+            };
+            self.output.emit(&event);
+        }
+        for event in throttling {
+            self.output.emit(&event);
+        }
+        if restart {
+            let id = i.id;
+            self.replace(id);
+        }
+        self.check_pool();
+    }
+
+    /// The system scope, at `memoryCheckInterval`: the host's memory in use
+    /// against what it has less `memoryReservation`.
+    pub(super) fn check_system(&mut self) {
+        let management = &self.config.memory.memory_management;
+        if !management.enabled {
+            return;
+        }
+        let Ok(meminfo) = <procfs::Meminfo as procfs::Current>::current() else {
+            return;
+        };
+        let Some(available) = meminfo.mem_available else {
+            return;
+        };
+        let used = meminfo.mem_total.saturating_sub(available);
+        let capacity = meminfo
+            .mem_total
+            .saturating_sub(management.memory_reservation)
+            .max(1);
+        let pct = |p: f64| (capacity as f64 * p / 100.0) as u64;
+        let thresholds = [
+            pct(management.memory_warning_threshold),
+            pct(management.memory_critical_threshold),
+            capacity,
+        ];
+        let changes = self.system_alerts.update(used, thresholds, ALERT_MARGIN);
+        let action = self.memory_scaling(&changes);
+        for event in scope_events(
+            "system",
+            used,
+            changes,
+            "the host",
+            "memory less memoryReservation",
+            action,
+        ) {
+            self.output.emit(&event);
+        }
+        self.scale_down_for_memory(action);
+        let swap_used_pct = (meminfo.swap_total > 0).then(|| {
+            meminfo.swap_total.saturating_sub(meminfo.swap_free) as f64 * 100.0
+                / meminfo.swap_total as f64
+        });
+        let pressure = policy::HostPressure {
+            system_level: self.system_alerts.highest(),
+            psi_some_avg10: psi_memory_some_avg10(),
+            swap_used_pct,
+        };
+        self.degrade(&pressure, action);
+    }
+
+    /// Low-memory mode on host pressure, off when it eases (unless an
+    /// operator turned it on); and `gracefulDegradation`: while system memory
+    /// stays critical, one worker less per cooldown, down to `minWorkers`.
+    pub(super) fn degrade(&mut self, pressure: &policy::HostPressure, scaled: &str) {
+        let swap_limit = self.config.memory.memory_management.swap_usage_limit;
+        let reason = policy::low_memory_reason(pressure, swap_limit, self.low_memory.is_some());
+        match (&self.low_memory, reason) {
+            (None, Some(reason)) => {
+                self.set_low_memory(true, &reason, false);
+            }
+            (Some(on), None) if !on.manual => {
+                self.set_low_memory(false, "memory pressure eased", false);
+            }
+            _ => {}
+        }
+        let enforcement = &self.config.memory.enforcement;
+        let critical = pressure.system_level.is_some_and(|l| l >= Level::Critical);
+        let cooled = self.last_memory_scale_down.is_none_or(|t| {
+            t.elapsed() >= policy::scale_down_cooldown(&self.config.memory.auto_scaling)
+        });
+        if enforcement.enabled
+            && enforcement.graceful_degradation
+            && critical
+            && scaled != "scale_down"
+            && cooled
+            && self.size > self.config.min_workers
+        {
+            self.last_memory_scale_down = Some(Instant::now());
+            self.scale_down(1, None, "graceful_degradation");
+        }
+    }
+
+    /// The cluster scope: the pool's total against `maxTotalMemory`.
+    pub(super) fn check_pool(&mut self) {
+        let management = &self.config.memory.memory_management;
+        if !management.enabled {
+            return;
+        }
+        let total = management.max_total_memory;
+        let pct = |p: f64| (total as f64 * p / 100.0) as u64;
+        let thresholds = [
+            pct(management.memory_warning_threshold),
+            pct(management.memory_critical_threshold),
+            total,
+        ];
+        let usage: u64 = self.instances.values().map(|i| i.counters.rss()).sum();
+        let changes = self.pool_alerts.update(usage, thresholds, ALERT_MARGIN);
+        let action = self.memory_scaling(&changes);
+        for event in scope_events(
+            "cluster",
+            usage,
+            changes,
+            "the pool",
+            "maxTotalMemory",
+            action,
+        ) {
+            self.output.emit(&event);
+        }
+        self.scale_down_for_memory(action);
+    }
+
+    /// Whether this scope's new alerts scale the pool down (the policy's
+    /// `autoScaleOnMemory`, with its cooldown): the alerts' `action`.
+    pub(super) fn memory_scaling(&self, changes: &[Change]) -> &'static str {
+        let memory = &self.config.memory;
+        let since = self.last_memory_scale_down.map(|t| t.elapsed());
+        let scale = changes.iter().any(|c| {
+            matches!(c, Change::Raised { level, .. }
+                if policy::scale_down_on(*level, &memory.memory_management, &memory.auto_scaling, since))
+        });
+        if scale && self.size > self.config.min_workers {
+            "scale_down"
+        } else {
+            "none"
+        }
+    }
+
+    pub(super) fn scale_down_for_memory(&mut self, action: &str) {
+        if action == "scale_down" {
+            self.last_memory_scale_down = Some(Instant::now());
+            self.scale_down(1, None, "memory_critical");
+        }
+    }
+
+    /// Feeds instance `slot`'s memory at `at_ns` to its leak detector; a new
+    /// "leaking" verdict raises `leak_detected`, and acts as the policy says.
+    pub(super) fn check_leak(&mut self, slot: u32, at_ns: u64) {
+        let limit = self.config.thresholds[2];
+        let Some(i) = self.instances.get_mut(&slot) else {
+            return;
+        };
+        let Some(detector) = i.leak.as_mut() else {
+            return;
+        };
+        detector.push(at_ns, i.counters.rss());
+        let verdict = detector.verdict((limit != 0).then_some(limit));
+        let rising = verdict.leaking && !i.leaking;
+        i.leaking = verdict.leaking;
+        i.verdict = Some(verdict);
+        if !rising {
+            return;
+        }
+        let action = policy::on_leak(&self.config.memory.enforcement);
+        let usage = i.counters.rss();
+        let id = i.id;
+        self.output.emit(&Event::MemoryAlert {
+            kind: AlertType::LeakDetected,
+            scope: "worker",
+            worker_id: Some(id),
+            pid: Some(i.pid),
+            message: format!(
+                "worker {id} grows steadily by {} KiB/s (confidence {:.3})",
+                (verdict.slope_bytes_per_sec / 1024.0).round(),
+                verdict.confidence
+            ),
+            action: action.as_str(),
+            memory_usage: usage,
+            threshold: limit,
+            slope_bytes_per_sec: Some(verdict.slope_bytes_per_sec.round()),
+            confidence: Some(verdict.confidence),
+            eta_to_limit_sec: verdict.eta_to_limit_sec.map(f64::round),
+        });
+        if action == Action::Restart {
+            self.replace(id);
+        }
+    }
+
+    /// The worker thresholds in force: tighter in low-memory mode.
+    pub(super) fn worker_thresholds(&self) -> [u64; 3] {
+        if self.low_memory.is_some() {
+            policy::tightened(self.config.thresholds)
+        } else {
+            self.config.thresholds
+        }
+    }
+
+    /// Turns low-memory mode on or off, for `reason`; `manual` when an
+    /// operator (or the configuration) asks. Says so, tells the workers, and
+    /// applies its effects: the pool's ceiling, tighter worker thresholds.
+    pub(super) fn set_low_memory(&mut self, enabled: bool, reason: &str, manual: bool) -> Reply {
+        if enabled == self.low_memory.is_some() {
+            if let Some(l) = self.low_memory.as_mut() {
+                l.manual |= manual;
+            }
+            return Reply::LowMemory {
+                enabled,
+                changed: false,
+            };
+        }
+        let size_before = self.low_memory.as_ref().map(|l| l.size_before);
+        self.low_memory = enabled.then(|| LowMemory {
+            reason: reason.into(),
+            manual,
+            cap: self.config.min_workers.max(self.size.div_ceil(2)),
+            size_before: self.size,
+        });
+        let cap = self.low_memory.as_ref().map(|l| l.cap);
+        self.output.emit(&Event::LowMemoryMode {
+            enabled,
+            reason: reason.into(),
+            pool_cap: cap,
+        });
+        let message = serde_json::json!({
+            "event": "low_memory_mode",
+            "enabled": enabled,
+            "reason": reason,
+        });
+        let thresholds = self.worker_thresholds();
+        for i in self.instances.values_mut() {
+            i.control.send(&message);
+            if let Err(err) = self.observer.retune(i.slot, thresholds) {
+                tracing::warn!("worker {}: new thresholds not set: {err}", i.id);
+            }
+        }
+        match (cap, size_before) {
+            (Some(cap), _) if self.size > cap => {
+                self.scale_down(self.size - cap, None, "low_memory_mode");
+            }
+            (None, Some(before)) if self.size < before => {
+                self.scale_up(before - self.size, "low_memory_mode_ended");
+            }
+            _ => {}
+        }
+        Reply::LowMemory {
+            enabled,
+            changed: true,
+        }
+    }
+}
+
+/// `resourceThrottling` at a critical crossing: has the kernel slow `i`
+/// down (see [`WorkerCgroup::throttle`]), and says so in `events`. False
+/// when it could not be done (no cgroup, or the kernel refused: logged).
+pub(super) fn throttle(
+    i: &mut Instance,
+    usage: u64,
+    threshold: u64,
+    events: &mut Vec<Event>,
+) -> bool {
+    let Some(cgroup) = &i.cgroup else {
+        tracing::warn!("worker {}: no cgroup to throttle it in", i.id);
+        return false;
+    };
+    match cgroup.throttle(threshold, policy::THROTTLE_CPU_FRACTION) {
+        Ok(mechanism) => {
+            i.throttle = Some(mechanism.as_str().to_owned());
+            events.push(Event::MemoryThrottling {
+                action: "throttle",
+                worker_id: i.id,
+                pid: i.pid,
+                mechanism: mechanism.as_str().to_owned(),
+                memory_usage: usage,
+                threshold,
+            });
+            true
+        }
+        Err(err) => {
+            tracing::warn!("worker {}: cannot throttle it: {err}", i.id);
+            false
+        }
+    }
+}
+
+/// Lifts `i`'s throttle, if it has one, and says so in `events`.
+pub(super) fn release(i: &mut Instance, usage: u64, threshold: u64, events: &mut Vec<Event>) {
+    let (Some(mechanism), Some(cgroup)) = (i.throttle.take(), &i.cgroup) else {
+        return;
+    };
+    if let Err(err) = cgroup.unthrottle() {
+        tracing::warn!("worker {}: cannot lift its throttle: {err}", i.id);
+        i.throttle = Some(mechanism);
+        return;
+    }
+    events.push(Event::MemoryThrottling {
+        action: "release",
+        worker_id: i.id,
+        pid: i.pid,
+        mechanism,
+        memory_usage: usage,
+        threshold,
+    });
+}
+
+/// The events of a scope without workers (`cluster`, `system`); `action`
+/// goes with its critical and limit alerts.
+pub(super) fn scope_events(
+    scope: &'static str,
+    usage: u64,
+    changes: Vec<Change>,
+    who: &str,
+    against: &str,
+    action: &'static str,
+) -> Vec<Event> {
+    changes
+        .into_iter()
+        .map(|change| {
+            let action = match change {
+                Change::Raised { level, .. } if level >= Level::Critical => action,
+                _ => "none",
+            };
+            threshold_event(scope, None, who, Some(against), usage, change, action)
+        })
+        .collect()
+}
+
+/// One scope's `memory_alert` (going up) or `memory_recovered` for `change`.
+pub(super) fn threshold_event(
+    scope: &'static str,
+    worker: Option<(u32, u32)>,
+    who: &str,
+    against: Option<&str>,
+    usage: u64,
+    change: Change,
+    action: &'static str,
+) -> Event {
+    match change {
+        Change::Raised { level, threshold } => Event::MemoryAlert {
+            kind: level.into(),
+            scope,
+            worker_id: worker.map(|(id, _)| id),
+            pid: worker.map(|(_, pid)| pid),
+            message: format!(
+                "{who} uses {} MiB, over its {} of {} MiB{}",
+                usage >> 20,
+                level_name(level),
+                threshold >> 20,
+                against.map(|a| format!(" ({a})")).unwrap_or_default()
+            ),
+            action,
+            memory_usage: usage,
+            threshold,
+            slope_bytes_per_sec: None,
+            confidence: None,
+            eta_to_limit_sec: None,
+        },
+        Change::Recovered { level, threshold } => Event::MemoryRecovered {
+            kind: level,
+            scope,
+            worker_id: worker.map(|(id, _)| id),
+            pid: worker.map(|(_, pid)| pid),
+            memory_usage: usage,
+            threshold,
+        },
+    }
+}
+
+/// How a message names an alert level.
+pub(super) fn level_name(level: Level) -> &'static str {
+    match level {
+        Level::Warning => "warning threshold",
+        Level::Critical => "critical threshold",
+        Level::LimitExceeded => "limit",
+    }
+}
+
+/// The host's memory pressure: PSI `some avg10` of /proc/pressure/memory,
+/// in percent; `None` without PSI.
+pub(super) fn psi_memory_some_avg10() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/pressure/memory").ok()?;
+    policy::psi_some_avg10(&text)
+}

@@ -1,0 +1,183 @@
+//! The control loop: it wires the stages together.
+//!
+//! observe (kernel or /proc) → decode → per-worker series → outputs, with the
+//! supervision of the worker processes alongside. One task on one thread owns
+//! all the state, and waits on everything that can happen: observations,
+//! SIGCHLD, restart and readiness timers, the periodic tick, signals, and
+//! stdout closing.
+//!
+//! Signals: SIGINT/SIGTERM stop the pool gracefully (a second SIGINT forces
+//! it); SIGHUP replaces every worker, one at a time, the new one ready before
+//! the old one is asked to stop; SIGTTIN adds a worker and SIGTTOU removes
+//! one, as Einhorn and unicorn do.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    api::Status,
+    cli::RunConfig,
+    detect::{
+        leak::{LeakDetector, Verdict},
+        threshold::Alerts,
+    },
+    observe::{Counters, Observer},
+    output::ndjson::Output,
+    series::Series,
+    supervise::{
+        backoff::Failures,
+        cgroup::{PoolCgroup, WorkerCgroup},
+        control::Control,
+        lifecycle::State,
+        listen::Listeners,
+        notify::NotifySocket,
+    },
+};
+
+mod memory;
+mod observed;
+mod run;
+mod scale;
+mod status;
+mod workers;
+
+pub use run::run;
+
+/// An alert is lifted when memory falls this far below its threshold.
+pub(super) const ALERT_MARGIN: f64 = 0.05;
+
+/// The span over which the workers' CPU use is averaged before load scales
+/// the pool.
+pub(super) const LOAD_WINDOW: Duration = Duration::from_secs(10);
+
+/// How old a status may be when an operator asks for it.
+pub(super) const STATUS_MAX_AGE: Duration = Duration::from_millis(100);
+
+/// How much coarser sampling is in low-memory mode.
+pub(super) const COARSE_FACTOR: u64 = 4;
+
+/// How often `--ready socket` looks at starting workers.
+pub(super) const SOCKET_READY_POLL: Duration = Duration::from_millis(50);
+
+/// How long the last events may take to reach a stalled stdout at exit.
+pub(super) const FINAL_FLUSH: Duration = Duration::from_secs(2);
+
+/// Why a worker was asked to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum StopReason {
+    Shutdown,
+    ScaleDown,
+    /// Replaced by a newer generation (rolling restart).
+    Replaced,
+}
+
+impl StopReason {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Self::Shutdown => "shutdown",
+            Self::ScaleDown => "scale_down",
+            Self::Replaced => "replaced",
+        }
+    }
+}
+
+/// One process of a worker. During a rolling restart a worker has two.
+pub(super) struct Instance {
+    id: u32,
+    generation: u32,
+    pid: u32,
+    /// Its slot in the kernel's per-worker maps.
+    slot: u32,
+    state: State,
+    started: Instant,
+    stop: Option<StopReason>,
+    oom_killed: bool,
+    counters: Counters,
+    level: u32,
+    series: Series,
+    children: BTreeSet<u32>,
+    cgroup: Option<WorkerCgroup>,
+    /// Killed for not saying READY=1 in time (`--ready notify`).
+    not_ready: bool,
+    alerts: Alerts,
+    /// Leak detection (`memoryLeakDetection`), and whether it said "leaking".
+    leak: Option<LeakDetector>,
+    leaking: bool,
+    /// The leak detector's latest verdict.
+    verdict: Option<Verdict>,
+    /// How it is throttled (`resourceThrottling`), while it is.
+    throttle: Option<String>,
+    /// CPU time used by it and its children (clock ticks) when last read.
+    cpu: Option<(u64, Instant)>,
+    /// Its CPU use over the last tick, percent of one core.
+    cpu_pct: Option<f64>,
+    /// xypriss's end of the worker's control channel (`XYPRISS_CONTROL_FD`).
+    control: Control,
+}
+
+/// A worker id's history across its processes.
+#[derive(Default)]
+pub(super) struct Worker {
+    generation: u32,
+    restarts: u32,
+    failures: Failures,
+    /// When a crashed worker is due to start again, and why it crashed.
+    restart_at: Option<(Instant, &'static str)>,
+    errored: bool,
+    /// Removed by a scale-down: nothing restarts it.
+    retired: bool,
+}
+
+/// Low-memory mode, while it is on.
+pub(super) struct LowMemory {
+    reason: String,
+    /// Turned on by an operator (or the configuration): only an operator
+    /// turns it off. Otherwise it ends when the pressure that started it does.
+    manual: bool,
+    /// The pool's ceiling meanwhile.
+    cap: u32,
+    /// The pool's size when it began, restored when it ends.
+    size_before: u32,
+}
+
+pub(crate) struct Pool {
+    config: RunConfig,
+    started: Instant,
+    observer: Observer,
+    output: Output,
+    workers: BTreeMap<u32, Worker>,
+    /// Live processes by slot.
+    instances: BTreeMap<u32, Instance>,
+    /// The wanted pool size.
+    size: u32,
+    /// Worker ids still to replace in the rolling restart under way.
+    rolling: Vec<u32>,
+    lost_reported: u64,
+    /// The cluster scope's alerts.
+    pool_alerts: Alerts,
+    /// The system scope's alerts.
+    system_alerts: Alerts,
+    low_memory: Option<LowMemory>,
+    /// The ready workers' mean CPU use at each tick, over the load window.
+    load: VecDeque<(Instant, f64)>,
+    /// When load last scaled the pool.
+    last_load_scale: Option<Instant>,
+    /// Periodic ticks so far.
+    ticks: u64,
+    /// The last status made, when, and at which [`Output::changes`].
+    status_cache: Option<(Instant, u64, Status)>,
+    /// When critical memory last scaled the pool down.
+    last_memory_scale_down: Option<Instant>,
+    /// The pool's cgroup, when a memory controller is usable.
+    cgroups: Option<PoolCgroup>,
+    /// Worker cgroups being emptied and removed, off the control loop.
+    cleanups: Vec<tokio::task::JoinHandle<()>>,
+    /// The sockets every worker gets (`--listen`).
+    listeners: Listeners,
+    /// Where workers say READY=1.
+    notify: NotifySocket,
+    /// The `--listen` sockets' inodes, for `--ready socket`.
+    listen_inodes: BTreeSet<u64>,
+}

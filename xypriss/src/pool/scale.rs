@@ -1,0 +1,230 @@
+//! The pool's size: operators' requests, memory's and load's.
+
+use std::time::{Duration, Instant};
+
+use super::{LOAD_WINDOW, Pool, StopReason, Worker};
+use crate::{
+    api::{ApiError, Reply},
+    output::event::Event,
+    policy::{self},
+    recommend,
+    supervise::{lifecycle::State, workers},
+};
+
+impl Pool {
+    /// Sets the wanted pool size to `to` and says so; `None` when it is the
+    /// size already (a bound was hit: `bound` says which).
+    pub(super) fn resize(&mut self, to: u32, bound: &str, reason: &str) -> Option<u32> {
+        let from = self.size;
+        if to == from {
+            tracing::warn!("scaling refused: the pool is at {bound}");
+            return None;
+        }
+        self.size = to;
+        self.output.emit(&Event::Scale {
+            from,
+            to,
+            reason: reason.into(),
+        });
+        Some(from)
+    }
+
+    /// Adds `n` workers, up to `--max-workers`.
+    pub(super) fn scale_up(&mut self, n: u32, reason: &str) {
+        let cap = self.pool_cap();
+        let mut to = self.size.saturating_add(n).min(cap);
+        let mut bound = if self.low_memory.is_some() {
+            format!("its low-memory mode ceiling of {cap}")
+        } else {
+            format!("--max-workers {cap}")
+        };
+        let management = &self.config.memory.memory_management;
+        if management.enabled && management.auto_scale_on_memory {
+            // Memory caps the pool: what fits at the workers' observed size.
+            let fits = recommend::optimal_worker_count(&self.memory_observed());
+            if fits < to {
+                to = fits.max(self.size);
+                bound = format!("the {fits} workers that fit its memory budget");
+            }
+        }
+        let Some(from) = self.resize(to, &bound, reason) else {
+            return;
+        };
+        for _ in from..to {
+            let id = (0..)
+                .find(|id| self.workers.get(id).is_none_or(|w| w.retired))
+                .unwrap_or(0);
+            self.workers.insert(id, Worker::default());
+            if let Err(err) = self.start(id) {
+                tracing::error!("worker {id}: {err:#}");
+                self.failed(id, Duration::ZERO, "spawn_failed");
+            }
+        }
+    }
+
+    /// What the memory recommendations are computed from, now.
+    pub(super) fn memory_observed(&self) -> recommend::Observed {
+        let memory = &self.config.memory;
+        recommend::Observed {
+            worker_rss: self
+                .instances
+                .values()
+                .filter(|i| i.state != State::Stopping)
+                .map(|i| i.counters.rss())
+                .collect(),
+            available: workers::available_memory(),
+            max_total_memory: memory.memory_management.max_total_memory,
+            memory_reservation: memory.memory_management.memory_reservation,
+            max_memory_per_worker: memory.max_memory_per_worker,
+            min_workers: self.config.min_workers,
+            max_workers: self.config.max_workers,
+            low_memory_mode: memory.memory_management.low_memory_mode,
+        }
+    }
+
+    /// Removes `n` workers, down to `--min-workers`: the one named, or else
+    /// the one using the most memory, stopped gracefully.
+    pub(super) fn scale_down(&mut self, n: u32, named: Option<u32>, reason: &str) {
+        let to = self.size.saturating_sub(n).max(self.config.min_workers);
+        let bound = format!("--min-workers {}", self.config.min_workers);
+        let Some(from) = self.resize(to, &bound, reason) else {
+            return;
+        };
+        for _ in to..from {
+            let pick = named
+                .filter(|id| self.workers.get(id).is_some_and(|w| !w.retired))
+                .or_else(|| {
+                    self.instances
+                        .values()
+                        .filter(|i| i.state != State::Stopping)
+                        .max_by_key(|i| i.counters.rss())
+                        .map(|i| i.id)
+                });
+            let Some(id) = pick else { return };
+            if let Some(w) = self.workers.get_mut(&id) {
+                w.retired = true;
+                w.restart_at = None;
+            }
+            let slots: Vec<u32> = self
+                .instances
+                .iter()
+                .filter(|(_, i)| i.id == id)
+                .map(|(&s, _)| s)
+                .collect();
+            for slot in slots {
+                self.stop_instance(slot, StopReason::ScaleDown);
+            }
+        }
+    }
+
+    /// The most workers the pool may have now: `maxWorkers`, or less in
+    /// low-memory mode.
+    pub(super) fn pool_cap(&self) -> u32 {
+        self.low_memory
+            .as_ref()
+            .map_or(self.config.max_workers, |l| l.cap)
+    }
+
+    /// `POST /cluster/scale`, `xypriss scale N`.
+    pub(super) fn scale_to(&mut self, workers: u32) -> Result<Reply, ApiError> {
+        let (min, max) = (self.config.min_workers, self.pool_cap());
+        if !(min..=max).contains(&workers) {
+            return Err(ApiError::OutOfRange {
+                requested: workers,
+                min,
+                max,
+            });
+        }
+        let from = self.size;
+        if workers > from {
+            self.scale_up(workers - from, "api");
+        } else if workers < from {
+            self.scale_down(from - workers, None, "api");
+        }
+        Ok(Reply::Scaled {
+            from,
+            to: self.size,
+        })
+    }
+
+    /// Reads each worker's CPU use, and scales the pool on load when
+    /// `autoScaling` (or `lazyWorkerInit`) asks for it.
+    pub(super) fn measure_load(&mut self) {
+        let scaling = &self.config.memory.auto_scaling;
+        let lazy = self.config.optimizes(|o| o.lazy_worker_init);
+        if !(scaling.enabled || lazy) {
+            // Nothing scales on load: no /proc reads every tick for nothing.
+            return;
+        }
+        let now = Instant::now();
+        let per_second = procfs::ticks_per_second() as f64;
+        for i in self.instances.values_mut() {
+            let ticks = std::iter::once(i.pid)
+                .chain(i.children.iter().copied())
+                .filter_map(|pid| procfs::process::Process::new(pid as i32).ok()?.stat().ok())
+                .map(|stat| stat.utime + stat.stime)
+                .sum::<u64>();
+            if let Some((before, at)) = i.cpu {
+                let seconds = now.duration_since(at).as_secs_f64();
+                if seconds > 0.0 {
+                    i.cpu_pct =
+                        Some(ticks.saturating_sub(before) as f64 / per_second / seconds * 100.0);
+                }
+            }
+            i.cpu = Some((ticks, now));
+        }
+        let busy: Vec<f64> = self
+            .instances
+            .values()
+            .filter(|i| i.state == State::Ready)
+            .filter_map(|i| i.cpu_pct)
+            .collect();
+        if busy.is_empty() {
+            return;
+        }
+        self.load
+            .push_back((now, busy.iter().sum::<f64>() / busy.len() as f64));
+        while self
+            .load
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > LOAD_WINDOW)
+        {
+            self.load.pop_front();
+        }
+        let spanned = self.load.front().is_some_and(|(at, _)| {
+            now.duration_since(*at) >= LOAD_WINDOW - self.config.sample_interval
+        });
+        if !spanned || self.replacing() {
+            return;
+        }
+        let scaling = &self.config.memory.auto_scaling;
+        let observed = self.memory_observed();
+        let load = policy::Load {
+            cpu_pct: self.load.iter().map(|(_, l)| l).sum::<f64>() / self.load.len() as f64,
+            memory_pct: recommend::memory_share(&observed, 0),
+            memory_pct_with_one_more: recommend::memory_share(&observed, 1),
+            size: self.size,
+            min_workers: self.config.min_workers,
+            cap: if scaling.enabled {
+                self.pool_cap()
+            } else {
+                self.pool_cap().min(self.config.workers)
+            },
+            since_last: self.last_load_scale.map(|t| t.elapsed()),
+        };
+        let mut settings = scaling.clone();
+        if !scaling.enabled {
+            // lazyWorkerInit alone grows on demand up to --workers, and never shrinks.
+            settings.scale_down_threshold.cpu = -1.0;
+        }
+        let step = policy::scale_on_load(&load, &settings);
+        let reason = format!("cpu {:.0}% over {}s", load.cpu_pct, LOAD_WINDOW.as_secs());
+        match step {
+            policy::Step::Hold => return,
+            policy::Step::Up(n) => self.scale_up(n, &reason),
+            policy::Step::Down(n) => self.scale_down(n, None, &reason),
+        }
+        self.last_load_scale = Some(now);
+        self.load.clear();
+    }
+}

@@ -1,0 +1,510 @@
+//! The worker processes: start, stop, ready, exit, restart, replacement.
+
+use std::{
+    collections::BTreeSet,
+    ffi::OsString,
+    time::{Duration, Instant},
+};
+
+use nix::sys::signal::Signal;
+
+use super::observed::*;
+use super::{Instance, Pool, SOCKET_READY_POLL, StopReason};
+use crate::{
+    cli::ReadyMode,
+    detect::{
+        leak::{LeakDetector, Params as LeakParams},
+        threshold::Alerts,
+    },
+    observe::{Counters, Observation, Trigger, procfs::monotonic_ns},
+    output::event::Event,
+    policy::{self},
+    series::Series,
+    supervise::{
+        backoff::Decision,
+        control::{self},
+        lifecycle::{Input, State, step},
+        notify::Notification,
+        reap::{self, Exit},
+        socket_ready,
+        spawn::{Spec, signal_group, spawn},
+    },
+};
+
+impl Pool {
+    /// The lowest kernel slot no live process holds.
+    pub(super) fn free_slot(&self) -> u32 {
+        (0..).find(|s| !self.instances.contains_key(s)).unwrap_or(0)
+    }
+
+    /// Starts a new process for worker `id` (its first, a restart, or a replacement).
+    pub(super) fn start(&mut self, id: u32) -> anyhow::Result<()> {
+        let slot = self.free_slot();
+        let worker = self.workers.entry(id).or_default();
+        worker.generation += 1;
+        let generation = worker.generation;
+        let mut env: Vec<(OsString, OsString)> = vec![
+            ("XYPRISS_WORKER_ID".into(), id.to_string().into()),
+            ("XYPRISS_WORKER_COUNT".into(), self.size.to_string().into()),
+            ("XYPRISS_GENERATION".into(), generation.to_string().into()),
+            ("NOTIFY_SOCKET".into(), self.notify.path().into()),
+        ];
+        for (name, on) in [
+            (
+                "XYPRISS_MEMORY_POOLING",
+                self.config.optimizes(|o| o.memory_pooling),
+            ),
+            (
+                "XYPRISS_WORKER_POOLING",
+                self.config.optimizes(|o| o.worker_pooling),
+            ),
+            (
+                "XYPRISS_EFFICIENT_DATA_STRUCTURES",
+                self.config.optimizes(|o| o.efficient_data_structures),
+            ),
+        ] {
+            env.push((name.into(), if on { "1" } else { "0" }.into()));
+        }
+        env.push((
+            "XYPRISS_LOW_MEMORY_MODE".into(),
+            if self.low_memory.is_some() { "1" } else { "0" }.into(),
+        ));
+        env.extend(self.config.env.iter().cloned());
+        let cgroup = match &self.cgroups {
+            Some(pool) => Some(pool.worker(id, generation)?),
+            None => None,
+        };
+        let enforcement = &self.config.memory.enforcement;
+        if let Some(cgroup) = &cgroup
+            && enforcement.enabled
+            && enforcement.enforce_hard_limits
+            && self.config.thresholds[2] != 0
+        {
+            // The kernel's backstop, in case the worker outruns its graceful restart.
+            cgroup.set_max(Some(policy::backstop(self.config.thresholds[2])))?;
+        }
+        let (control, worker_end) = control::pair()?;
+        // After the --listen fds, which take 3, 4, ….
+        let control_fd = 3 + self.listeners.local_addrs().len() as i32;
+        env.push(("XYPRISS_CONTROL_FD".into(), control_fd.to_string().into()));
+        self.observer.prepare(slot, self.worker_thresholds())?;
+        let spawned = spawn(Spec {
+            app: &self.config.app,
+            args: &self.config.args,
+            id,
+            generation,
+            identity: &self.config.identity,
+            env,
+            cgroup: cgroup.as_ref(),
+            registration: self.observer.registration(slot),
+            listeners: Some(&self.listeners),
+            control: Some((worker_end.raw(), control_fd)),
+        });
+        drop(worker_end);
+        let pid = match spawned {
+            Ok(pid) => pid,
+            Err(err) => {
+                if let Some(cgroup) = cgroup {
+                    let _ = cgroup.remove();
+                }
+                anyhow::bail!("could not start {}: {err}", self.config.app.display());
+            }
+        };
+        let (state, _) = step(State::Stopped, Input::Spawned).expect("the table starts workers");
+        self.output.emit(&Event::WorkerSpawned {
+            worker_id: id,
+            pid,
+            generation,
+        });
+        let mut instance = Instance {
+            id,
+            generation,
+            pid,
+            slot,
+            state,
+            started: Instant::now(),
+            stop: None,
+            oom_killed: false,
+            counters: Counters::default(),
+            level: 0,
+            series: Series::default(),
+            children: BTreeSet::new(),
+            cgroup,
+            not_ready: false,
+            alerts: Alerts::default(),
+            leak: self
+                .config
+                .memory
+                .memory_management
+                .memory_leak_detection
+                .then(|| LeakDetector::new(LeakParams::default())),
+            leaking: false,
+            verdict: None,
+            throttle: None,
+            cpu: None,
+            cpu_pct: None,
+            control,
+        };
+        match self.observer.watch(slot, pid) {
+            Ok(seed) => {
+                instance.counters = seed;
+                let event = sample(
+                    &mut instance,
+                    &self.observer,
+                    monotonic_ns(),
+                    Trigger::Initial,
+                    self.config.optimizes(|o| o.compact_metrics),
+                );
+                self.output.emit(&event);
+            }
+            // It exited already: its exit is on its way.
+            Err(err) => tracing::debug!("worker {id} (pid {pid}) could not be watched: {err}"),
+        }
+        self.instances.insert(slot, instance);
+        Ok(())
+    }
+
+    /// Moves instance `slot` through the lifecycle table; false if the table refuses.
+    pub(super) fn transition(&mut self, slot: u32, input: Input) -> bool {
+        let Some(instance) = self.instances.get_mut(&slot) else {
+            return false;
+        };
+        match step(instance.state, input) {
+            Ok((to, _)) => {
+                instance.state = to;
+                true
+            }
+            Err(refused) => {
+                tracing::debug!("worker {}: {refused}", instance.id);
+                false
+            }
+        }
+    }
+
+    /// The processes still waiting to be ready (and not already killed for it).
+    pub(super) fn awaiting_ready(&self) -> impl Iterator<Item = (u32, &Instance)> {
+        self.instances
+            .iter()
+            .filter(|(_, i)| i.state == State::Starting && !i.not_ready)
+            .map(|(&slot, i)| (slot, i))
+    }
+
+    /// The earliest of the restart and readiness deadlines.
+    pub(super) fn next_timer(&self) -> Option<Instant> {
+        let restarts = self
+            .workers
+            .values()
+            .filter_map(|w| w.restart_at.map(|(at, _)| at));
+        let deadlines = self
+            .awaiting_ready()
+            .map(|(_, i)| i.started + self.config.ready_timeout);
+        let poll = (self.config.ready == ReadyMode::Socket
+            && self.awaiting_ready().next().is_some())
+        .then(|| Instant::now() + SOCKET_READY_POLL);
+        restarts.chain(deadlines).chain(poll).min()
+    }
+
+    /// Fires the restart and readiness deadlines that are due.
+    pub(super) fn timers(&mut self) {
+        let now = Instant::now();
+        if self.config.ready == ReadyMode::Socket {
+            let serving: Vec<u32> = self
+                .awaiting_ready()
+                .filter(|(_, i)| socket_ready::waiting_on(i.pid, &self.listen_inodes))
+                .map(|(slot, _)| slot)
+                .collect();
+            for slot in serving {
+                self.ready(slot);
+            }
+        }
+        let due: Vec<u32> = self
+            .awaiting_ready()
+            .filter(|(_, i)| i.started + self.config.ready_timeout <= now)
+            .map(|(slot, _)| slot)
+            .collect();
+        for slot in due {
+            match self.config.ready {
+                ReadyMode::Delay => self.ready(slot),
+                ReadyMode::Notify | ReadyMode::Socket => {
+                    let i = self.instances.get_mut(&slot).expect("listed above");
+                    tracing::warn!(
+                        "worker {} (pid {}) was not ready within --ready-timeout {:?}: killed",
+                        i.id,
+                        i.pid,
+                        self.config.ready_timeout
+                    );
+                    i.not_ready = true;
+                    signal_group(i.pid, Signal::SIGKILL);
+                }
+            }
+        }
+        let restarts: Vec<(u32, &'static str)> = self
+            .workers
+            .iter()
+            .filter_map(|(&id, w)| {
+                w.restart_at
+                    .filter(|(at, _)| *at <= now)
+                    .map(|(_, why)| (id, why))
+            })
+            .collect();
+        for (id, why) in restarts {
+            step(State::Stopped, Input::Restart).expect("the table restarts stopped workers");
+            let worker = self.workers.get_mut(&id).expect("listed above");
+            worker.restart_at = None;
+            worker.restarts += 1;
+            let restarts = worker.restarts;
+            self.output.emit(&Event::WorkerRestarted {
+                worker_id: id,
+                generation: worker.generation + 1,
+                restarts,
+                reason: why,
+            });
+            if let Err(err) = self.start(id) {
+                tracing::error!("worker {id}: {err:#}");
+                self.failed(id, Duration::ZERO, "spawn_failed");
+            }
+        }
+    }
+
+    /// Worker `id` failed after `uptime` when nobody asked it to stop:
+    /// schedule its restart, or give up on it.
+    pub(super) fn failed(&mut self, id: u32, uptime: Duration, why: &'static str) {
+        let Some(worker) = self.workers.get_mut(&id) else {
+            return;
+        };
+        match worker.failures.crashed(&self.config.restart, uptime) {
+            Decision::Restart { after } => {
+                worker.restart_at = Some((Instant::now() + after, why));
+            }
+            Decision::GiveUp { failures } => {
+                worker.errored = true;
+                step(State::Stopped, Input::GiveUp).expect("the table gives up on stopped workers");
+                self.output.emit(&Event::WorkerErrored {
+                    worker_id: id,
+                    failures,
+                    message: format!(
+                        "worker {id} failed {failures} times in a row, each within {:?} of starting: not restarted",
+                        self.config.restart.reset_after
+                    ),
+                });
+            }
+        }
+    }
+
+    /// Instance `slot` is ready: say so, and go on with a rolling restart.
+    pub(super) fn ready(&mut self, slot: u32) {
+        if !self.transition(slot, Input::Ready) {
+            return;
+        }
+        let i = &self.instances[&slot];
+        let (id, generation, pid) = (i.id, i.generation, i.pid);
+        self.output.emit(&Event::WorkerReady {
+            worker_id: id,
+            pid,
+            generation,
+            startup_ms: i.started.elapsed().as_millis() as u64,
+        });
+        // The replacement is serving: its predecessors may go.
+        let older: Vec<u32> = self
+            .instances
+            .iter()
+            .filter(|(_, o)| o.id == id && o.generation < generation)
+            .map(|(&s, _)| s)
+            .collect();
+        for old in older {
+            self.stop_instance(old, StopReason::Replaced);
+        }
+        if !self.rolling.is_empty() && !self.replacing() {
+            self.next_replacement();
+        }
+    }
+
+    /// Whether a worker has two processes (a replacement not yet done).
+    pub(super) fn replacing(&self) -> bool {
+        !self.doubled(|_| true).is_empty()
+    }
+
+    /// The worker ids with more than one process in the states `counted`.
+    pub(super) fn doubled(&self, counted: impl Fn(State) -> bool) -> Vec<u32> {
+        let mut seen = BTreeSet::new();
+        self.instances
+            .values()
+            .filter(|i| counted(i.state))
+            .filter(|i| !seen.insert(i.id))
+            .map(|i| i.id)
+            .collect()
+    }
+
+    /// SIGHUP: replace every worker, one at a time.
+    pub(super) fn rolling_restart(&mut self) {
+        self.rolling = self
+            .workers
+            .iter()
+            .filter(|(_, w)| !w.errored && !w.retired)
+            .map(|(&id, _)| id)
+            .rev()
+            .collect();
+        tracing::info!("rolling restart of {} workers", self.rolling.len());
+        if !self.replacing() {
+            self.next_replacement();
+        }
+    }
+
+    pub(super) fn next_replacement(&mut self) {
+        while let Some(id) = self.rolling.pop() {
+            if self
+                .workers
+                .get(&id)
+                .is_some_and(|w| !w.errored && !w.retired)
+            {
+                if let Err(err) = self.start(id) {
+                    tracing::error!("rolling restart of worker {id}: {err:#}");
+                    continue;
+                }
+                return;
+            }
+        }
+    }
+
+    /// Asks instance `slot` to stop.
+    pub(super) fn stop_instance(&mut self, slot: u32, reason: StopReason) {
+        if !self.transition(slot, Input::Stop) {
+            return;
+        }
+        let i = self.instances.get_mut(&slot).expect("transitioned");
+        i.stop = Some(reason);
+        self.output.emit(&Event::WorkerStopping {
+            worker_id: i.id,
+            pid: i.pid,
+            generation: i.generation,
+            reason: reason.as_str(),
+        });
+        signal_group(i.pid, self.config.stop_signal);
+    }
+
+    /// Starts a new generation of worker `id`, unless one is already on its
+    /// way; the old one is stopped when the new one is ready.
+    pub(super) fn replace(&mut self, id: u32) {
+        let processes = self
+            .instances
+            .values()
+            .filter(|i| i.id == id && i.state != State::Stopping)
+            .count();
+        if processes > 1 {
+            return;
+        }
+        if let Err(err) = self.start(id) {
+            tracing::error!("replacing worker {id}: {err:#}");
+        }
+    }
+
+    /// Whether worker `id` runs (not retired, not errored).
+    pub(super) fn live(&self, id: u32) -> bool {
+        self.workers
+            .get(&id)
+            .is_some_and(|w| !w.retired && !w.errored)
+    }
+
+    /// A datagram on NOTIFY_SOCKET: READY=1 from a worker, or one of its descendants.
+    pub(super) fn notified(&mut self, message: std::io::Result<Notification>) {
+        let message = match message {
+            Ok(m) => m,
+            Err(err) => {
+                tracing::warn!("notify socket: {err}");
+                return;
+            }
+        };
+        let Some(sender) = message.pid else {
+            return;
+        };
+        let Some(slot) = self.instance_of(sender) else {
+            tracing::debug!("READY from pid {sender}, which is no worker's");
+            return;
+        };
+        if message.ready() {
+            self.ready(slot);
+        }
+    }
+
+    /// The instance whose process is `pid` or one of its ancestors.
+    pub(super) fn instance_of(&self, mut pid: u32) -> Option<u32> {
+        for _ in 0..32 {
+            if let Some((&slot, _)) = self.instances.iter().find(|(_, i)| i.pid == pid) {
+                return Some(slot);
+            }
+            pid = procfs::process::Process::new(pid as i32)
+                .and_then(|p| p.stat())
+                .ok()
+                .and_then(|s| u32::try_from(s.ppid).ok())
+                .filter(|&ppid| ppid > 1)?;
+        }
+        None
+    }
+
+    /// SIGCHLD: reaps every ended child, workers and orphaned descendants alike.
+    pub(super) fn reaped(&mut self, batch: &mut Vec<Observation>) {
+        // What the kernel said before an exit (an OOM kill) comes first.
+        self.observer.drain_now(batch);
+        self.observed(batch);
+        for (pid, exit) in reap::reap() {
+            let Some((&slot, _)) = self.instances.iter().find(|(_, i)| i.pid == pid) else {
+                tracing::debug!("reaped orphaned descendant {pid}: {exit:?}");
+                continue;
+            };
+            self.exited(slot, exit);
+        }
+    }
+
+    pub(super) fn exited(&mut self, slot: u32, exit: Exit) {
+        self.transition(slot, Input::Exited);
+        let mut i = self.instances.remove(&slot).expect("found by the caller");
+        // Whatever it left behind goes with it: its cgroup holds every
+        // descendant, even those that left its process group.
+        match i.cgroup.take() {
+            Some(cgroup) => {
+                self.cleanups.retain(|c| !c.is_finished());
+                self.cleanups.push(tokio::task::spawn_blocking(move || {
+                    if let Err(err) = cgroup.remove() {
+                        tracing::warn!("{err}");
+                    }
+                }));
+            }
+            None => signal_group(i.pid, Signal::SIGKILL),
+        }
+        self.observer.unwatch(slot);
+        let (code, signal) = match exit {
+            Exit::Code(code) => (Some(code), None),
+            Exit::Signal(signal) => (None, Some(signal.as_str().to_owned())),
+        };
+        let uptime = i.started.elapsed();
+        self.check_pool();
+        self.output.emit(&Event::WorkerExited {
+            worker_id: i.id,
+            pid: i.pid,
+            generation: i.generation,
+            code,
+            signal,
+            oom_killed: i.oom_killed,
+            uptime_ms: uptime.as_millis() as u64,
+            expected: i.stop.is_some(),
+        });
+        if i.stop.is_some() {
+            if !self.rolling.is_empty() && !self.replacing() {
+                self.next_replacement();
+            }
+            return;
+        }
+        // Not asked to stop: a crash. A newer generation already running replaces it.
+        if self.instances.values().any(|o| o.id == i.id) {
+            return;
+        }
+        let why = if i.oom_killed {
+            "oom_killed"
+        } else if i.not_ready {
+            "not_ready"
+        } else {
+            "crashed"
+        };
+        self.failed(i.id, uptime, why);
+    }
+}
