@@ -222,6 +222,114 @@ fn bad_configuration_files_name_the_json_path() {
     with_config(r#"{"resources":{"memoryManagement":"#, "is it truncated?");
 }
 
+#[test]
+fn a_percentage_written_as_a_fraction_is_refused_with_a_suggestion() {
+    with_config(
+        r#"{"resources":{"memoryManagement":{"memoryWarningThreshold":0.8}}}"#,
+        "resources.memoryManagement.memoryWarningThreshold: 0.8 looks like a fraction",
+    );
+    with_config(
+        r#"{"resources":{"memoryManagement":{"swapUsageLimit":0.05}}}"#,
+        "write 5 for 5%",
+    );
+    rejected(
+        &["run", "--memory-warning-threshold", "0.8", DEMO],
+        "--memory-warning-threshold",
+    );
+}
+
+/// What `xypriss run --help` says of `flag`: its lines, up to the next flag.
+fn help_of(help: &str, flag: &str) -> String {
+    let mut lines = help
+        .lines()
+        .skip_while(|line| !line.trim_start().starts_with(&format!("{flag} ")));
+    let first = lines
+        .next()
+        .unwrap_or_else(|| panic!("no {flag} in {help}"));
+    let rest = lines.take_while(|line| !line.trim_start().starts_with('-') && !line.ends_with(':'));
+    std::iter::once(first)
+        .chain(rest)
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn help_says_when_each_reaction_acts() {
+    let (code, help, stderr) = run(&["run", "--help"]);
+    assert_eq!(code, 0, "{stderr}");
+    for (flag, says, never) in [
+        ("--garbage-collection-hint", "critical threshold", "warning"),
+        (
+            "--soft-limit-warnings",
+            "crossing of its limit",
+            "crosses its warning",
+        ),
+        (
+            "--graceful-degradation",
+            "host's memory stays critical",
+            "replace a critical",
+        ),
+        (
+            "--resource-throttling",
+            "critical threshold",
+            "at its limit",
+        ),
+        ("--swap-usage-limit", "not a limit", "the pool may use"),
+        ("--worker-pooling", "hint for the app", "Reuse"),
+        ("--memory-pooling", "hint for the app", "Use memory pooling"),
+        (
+            "--efficient-data-structures",
+            "hint for the app",
+            "Use efficient",
+        ),
+    ] {
+        let text = help_of(&help, flag);
+        assert!(text.contains(says), "{flag} does not say `{says}`: {text}");
+        assert!(!text.contains(never), "{flag} still says `{never}`: {text}");
+    }
+    let swap = help_of(&help, "--swap-usage-limit");
+    assert!(swap.contains("host's swap"), "{swap}");
+}
+
+#[test]
+fn a_whole_server_config_runs_and_its_other_sections_are_named_once() {
+    let file = TempFile::with(
+        "server.json",
+        br#"{
+            "env": "production",
+            "server": {"port": 3000, "host": "0.0.0.0"},
+            "security": {"enabled": true},
+            "logging": {"level": "info"},
+            "cluster": {"enabled": true, "config": {"workers": 1}}
+        }"#,
+    );
+    let out = Command::new("timeout")
+        .args([
+            "-s",
+            "INT",
+            "2",
+            XYPRISS,
+            "run",
+            "--config",
+            file.path(),
+            DEMO,
+        ])
+        .args(["steps", "8"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("worker_spawned"), "{stdout}{stderr}");
+    assert_eq!(
+        stderr
+            .matches("ignoring `env`, `server`, `security`, `logging`")
+            .count(),
+        1,
+        "{stderr}"
+    );
+}
+
 /// Runs `xypriss run ARGS…` in a tmux pane for 2 s and returns
 /// what the pane shows (stderr is dropped).
 fn on_a_terminal(name: &str, args: &str) -> String {

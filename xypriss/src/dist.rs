@@ -1,5 +1,5 @@
 //! Shell completions and man pages, made from the clap definitions in
-//! [`crate::cli`], so they can never drift from the flags.
+//! [`crate::flags`], so they can never drift from the flags.
 //!
 //! The binary makes them itself, through the hidden `__completions` and
 //! `__manpages` subcommands that `cargo xtask dist` runs: xtask cannot link
@@ -16,7 +16,7 @@ use std::{
 use clap::{Command, CommandFactory as _};
 use clap_complete::{Generator as _, Shell};
 
-use crate::cli::Flags;
+use crate::flags::Flags;
 
 /// The command's name, as typed.
 const BIN: &str = "xypriss";

@@ -10,19 +10,18 @@
 //! [`supervise`] starting and stopping the workers, and [`pool`]
 //! running the loop that ties them together. Operators reach the loop
 //! through [`api`] (HTTP and the control socket), which the commands of
-//! [`operate`] (`xypriss status`, `top`, …) speak. [`cli`] turns flags into a
-//! checked configuration first; [`config`] does the same for the memory
-//! options, from XyPriss's cluster configuration file and flags. [`doctor`]
-//! checks, before any of it runs, what the machine offers it; [`dist`] makes
-//! the shell completions and man pages from the same flags.
+//! [`operate`] (`xypriss status`, `top`, …) speak. Before any of it,
+//! [`flags`] turns the command line and XyPriss's configuration file into
+//! [`settings`], plain checked data that every stage reads and that knows
+//! nothing of flags. [`doctor`] checks what the machine offers; [`dist`]
+//! makes the shell completions and man pages from the same flags.
 
 pub mod api;
-pub mod cli;
-pub mod config;
 pub mod decode;
 pub mod detect;
 pub mod dist;
 pub mod doctor;
+pub mod flags;
 pub mod observe;
 pub mod operate;
 pub mod output;
@@ -31,5 +30,6 @@ pub mod pool;
 pub mod recommend;
 pub mod runtime_dir;
 pub mod series;
+pub mod settings;
 pub mod size;
 pub mod supervise;

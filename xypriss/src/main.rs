@@ -8,8 +8,9 @@ use tracing_subscriber::{
     EnvFilter, filter::LevelFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _,
 };
 use xypriss::{
-    cli::{self, Command, Flags, RestartTarget, Switch},
+    flags::{self, Command, Flags, RestartTarget, Switch},
     operate,
+    settings::WorkerCount,
 };
 
 fn main() -> ExitCode {
@@ -58,8 +59,11 @@ fn run() -> anyhow::Result<ExitCode> {
     }
     match flags.command {
         Command::Run(run_flags) => {
-            let config = cli::resolve(*run_flags)?;
+            let flags::Resolved { config, notices } = flags::resolve(*run_flags)?;
             init_tracing(config.log_level(), config.max_log_level());
+            for notice in notices {
+                tracing::warn!("{notice}");
+            }
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
@@ -94,8 +98,8 @@ fn run() -> anyhow::Result<ExitCode> {
         } => match app {
             Some(app) => {
                 let workers = workers.map(|w| match w {
-                    cli::WorkerCount::Auto => "auto".to_owned(),
-                    cli::WorkerCount::Fixed(n) => n.to_string(),
+                    WorkerCount::Auto => "auto".to_owned(),
+                    WorkerCount::Fixed(n) => n.to_string(),
                 });
                 operate::trial(&app, workers.as_deref(), trial, json)?;
             }

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use crate::{
-    config::{AutoScaling, Enforcement, MemoryManagement},
     detect::threshold::Level,
+    settings::{AutoScaling, Enforcement, MemoryManagement},
 };
 
 /// What to do when a worker crosses a threshold going up.
@@ -263,7 +263,7 @@ mod tests {
     use super::*;
 
     fn scaling() -> AutoScaling {
-        crate::config::MemoryConfig::default().auto_scaling
+        crate::settings::MemoryConfig::default().auto_scaling
     }
 
     fn load(cpu_pct: f64, memory_pct: f64) -> Load {
@@ -394,7 +394,7 @@ mod tests {
         assert_eq!(psi_some_avg10("some avg10=x\n"), None);
         assert_eq!(psi_some_avg10(""), None);
     }
-    use crate::config::MemoryConfig;
+    use crate::settings::MemoryConfig;
 
     fn config() -> (MemoryManagement, Enforcement) {
         let c = MemoryConfig::default();

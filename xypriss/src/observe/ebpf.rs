@@ -41,7 +41,7 @@ use super::{
     },
     verifier,
 };
-use crate::{cli::RunConfig, supervise::pid_namespace::own_pid_namespace};
+use crate::{settings::RunConfig, supervise::pid_namespace::own_pid_namespace};
 
 /// The BPF object built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xypriss"));

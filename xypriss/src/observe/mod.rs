@@ -10,7 +10,7 @@ mod ring_buf;
 pub mod trace_point;
 pub mod verifier;
 
-use crate::cli::{ObserverChoice, RunConfig};
+use crate::settings::{ObserverChoice, RunConfig};
 
 /// A process's (or a worker's) memory counters, in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

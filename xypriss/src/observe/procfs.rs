@@ -15,7 +15,7 @@ use procfs::process::Process;
 use tokio::time::{Interval, MissedTickBehavior, interval};
 
 use super::{Counters, Observation, Trigger};
-use crate::cli::RunConfig;
+use crate::settings::RunConfig;
 
 /// A process's counters from `/proc/<pid>/status` (RssFile, RssAnon, RssShmem, VmSwap).
 pub fn counters(pid: u32) -> io::Result<Counters> {

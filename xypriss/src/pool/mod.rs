@@ -18,7 +18,6 @@ use std::{
 
 use crate::{
     api::Status,
-    cli::RunConfig,
     detect::{
         leak::{LeakDetector, Verdict},
         threshold::Alerts,
@@ -26,6 +25,7 @@ use crate::{
     observe::{Counters, Observer},
     output::ndjson::Output,
     series::Series,
+    settings::RunConfig,
     supervise::{
         backoff::Failures,
         cgroup::{PoolCgroup, WorkerCgroup},

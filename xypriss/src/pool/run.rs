@@ -14,7 +14,6 @@ use tokio::{
 use super::{FINAL_FLUSH, Pool, StopReason, Worker};
 use crate::{
     api::{self, http::StatusServer, socket::ControlSocket},
-    cli::{ObserverChoice, RunConfig},
     detect::threshold::Alerts,
     observe::{Observation, Observer, Source},
     output::{
@@ -22,6 +21,7 @@ use crate::{
         ndjson::{Output, QUEUE_LINES, QUEUE_LINES_MINIMAL},
     },
     runtime_dir,
+    settings::{ObserverChoice, RunConfig},
     supervise::{
         cgroup::{Hierarchy, PoolCgroup, Version},
         listen::Listeners,

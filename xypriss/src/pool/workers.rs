@@ -11,7 +11,6 @@ use nix::sys::signal::Signal;
 use super::observed::*;
 use super::{Instance, Pool, SOCKET_READY_POLL, StopReason};
 use crate::{
-    cli::ReadyMode,
     detect::{
         leak::{LeakDetector, Params as LeakParams},
         threshold::Alerts,
@@ -20,6 +19,7 @@ use crate::{
     output::event::Event,
     policy::{self},
     series::Series,
+    settings::ReadyMode,
     supervise::{
         backoff::Decision,
         control::{self},
