@@ -304,18 +304,11 @@ fn a_whole_server_config_runs_and_its_other_sections_are_named_once() {
             "cluster": {"enabled": true, "config": {"workers": 1}}
         }"#,
     );
+    // A name of its own: another pool may run as `default` meanwhile.
+    let name = format!("cli-server-{}", std::process::id());
     let out = Command::new("timeout")
-        .args([
-            "-s",
-            "INT",
-            "2",
-            XYPRISS,
-            "run",
-            "--config",
-            file.path(),
-            DEMO,
-        ])
-        .args(["steps", "8"])
+        .args(["-s", "INT", "2", XYPRISS, "run", "--name", &name])
+        .args(["--config", file.path(), DEMO, "steps", "8"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
