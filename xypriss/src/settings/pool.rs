@@ -161,4 +161,20 @@ mod tests {
         };
         assert_eq!(auto_workers(host, &options), 9);
     }
+
+    #[test]
+    fn never_fewer_than_one_worker_nor_more_than_the_kernel_maps_hold() {
+        let mut options = Options::default();
+        options.memory.memory_management.enabled = false;
+        let none = Host {
+            cpus: 0,
+            available: Some(10 << 20),
+        };
+        assert_eq!(auto_workers(none, &options), 1);
+        let huge = Host {
+            cpus: 100_000,
+            available: None,
+        };
+        assert_eq!(auto_workers(huge, &options), MAX_WORKERS);
+    }
 }
