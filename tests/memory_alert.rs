@@ -289,57 +289,6 @@ fn the_cluster_scope_alerts_on_the_pools_total() {
 }
 
 #[test]
-fn the_system_scope_alerts_on_the_hosts_memory_less_the_reservation() {
-    if !root_or_skip("the_system_scope_alerts_on_the_hosts_memory_less_the_reservation") {
-        return;
-    }
-    // Reserve all but about 110% of what the host uses now: it is then over
-    // the 80% warning of what is left, and under the limit.
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
-    let kib = |key: &str| -> u64 {
-        meminfo
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
-    };
-    let (total, available) = (kib("MemTotal:") * 1024, kib("MemAvailable:") * 1024);
-    let used = total - available;
-    let reservation = total - used * 11 / 10;
-    let reservation_arg = reservation.to_string();
-    let mut pool = Pool::start(&[
-        "--workers",
-        "1",
-        "--memory-check-interval",
-        "100ms",
-        "--memory-reservation",
-        &reservation_arg,
-        DEMO,
-        "steps",
-        "1",
-    ]);
-    let alert = pool.wait_event("memory_alert", TIMEOUT, |e| e["scope"] == "system");
-    assert!(
-        alert["type"] == "warning" || alert["type"] == "critical",
-        "{alert}"
-    );
-    assert!(alert.get("workerId").is_none());
-    let threshold = u64_of(&alert, "threshold");
-    assert!(u64_of(&alert, "memoryUsage") >= threshold);
-    pool.collect_for(Duration::from_millis(500));
-    let system_alerts = pool
-        .events
-        .iter()
-        .filter(|e| e["event"] == "memory_alert" && e["scope"] == "system")
-        .count();
-    assert!(
-        system_alerts <= 2,
-        "an alert storm: {system_alerts} system alerts in 0.5 s"
-    );
-    assert!(pool.stop().success());
-}
-
-#[test]
 fn a_leaking_worker_is_found_and_a_steady_one_is_not() {
     if !root_or_skip("a_leaking_worker_is_found_and_a_steady_one_is_not") {
         return;

@@ -104,15 +104,6 @@ pub fn tightened([warning, critical, limit]: [u64; 3]) -> [u64; 3] {
     ]
 }
 
-/// PSI's `some avg10` (percent) from the text of /proc/pressure/memory.
-pub fn psi_some_avg10(text: &str) -> Option<f64> {
-    let some = text.lines().find(|l| l.starts_with("some "))?;
-    some.split_whitespace()
-        .find_map(|field| field.strip_prefix("avg10="))?
-        .parse()
-        .ok()
-}
-
 /// How long after a memory scale-down before the next: `aggressiveMemoryScaling`
 /// shortens it.
 pub fn scale_down_cooldown(scaling: &AutoScaling) -> Duration {
@@ -385,15 +376,6 @@ mod tests {
         assert_eq!(tightened([50, 60, 1000]), [10, 11, 1000]);
     }
 
-    #[test]
-    fn psi_avg10_is_read_from_the_some_line() {
-        let text = "some avg10=12.34 avg60=1.00 avg300=0.00 total=44306\n\
-                    full avg10=3.00 avg60=0.00 avg300=0.00 total=11718\n";
-        assert_eq!(psi_some_avg10(text), Some(12.34));
-        assert_eq!(psi_some_avg10("full avg10=3.00\n"), None);
-        assert_eq!(psi_some_avg10("some avg10=x\n"), None);
-        assert_eq!(psi_some_avg10(""), None);
-    }
     use crate::settings::MemoryConfig;
 
     fn config() -> (MemoryManagement, Enforcement) {

@@ -15,7 +15,6 @@
 pub mod client;
 pub mod http;
 pub mod socket;
-pub mod status;
 pub mod token;
 pub mod views;
 
@@ -24,7 +23,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-pub use status::Status;
+/// The status the API serves lives in [`crate::report`], which the
+/// outputs share; it is known here by its old name too.
+pub use crate::report::{self as status, Status};
 
 /// How many requests may wait for the control loop.
 const QUEUE: usize = 64;

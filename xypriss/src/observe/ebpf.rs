@@ -41,7 +41,7 @@ use super::{
     },
     verifier,
 };
-use crate::{settings::RunConfig, supervise::pid_namespace::own_pid_namespace};
+use super::{Settings as Config, host::own_pid_namespace};
 
 /// The BPF object built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xypriss"));
@@ -121,7 +121,7 @@ where
 }
 
 impl EbpfObserver {
-    pub fn load(config: &RunConfig) -> Result<Self, EbpfError> {
+    pub fn load(config: &Config) -> Result<Self, EbpfError> {
         let euid = nix::unistd::geteuid();
         if !euid.is_root() {
             return Err(EbpfError::NotRoot {

@@ -5,12 +5,39 @@
 
 pub mod btf;
 pub mod ebpf;
+pub mod host;
 pub mod procfs;
 mod ring_buf;
 pub mod trace_point;
 pub mod verifier;
 
-use crate::settings::{ObserverChoice, RunConfig};
+use std::time::Duration;
+
+/// Which source to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Choice {
+    /// eBPF, or /proc polling when eBPF cannot be used.
+    Prefer,
+    /// eBPF or nothing.
+    Require,
+    /// /proc polling only.
+    Procfs,
+}
+
+/// What the observers need to know, taken from the run's settings at the
+/// pool's boundary: observe depends on no configuration format.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub choice: Choice,
+    /// Bytes of change that make a new observation.
+    pub granularity: u64,
+    /// The longest a kernel record may wait in the ring buffer.
+    pub wakeup_interval: Duration,
+    /// How often /proc is read, when it is the source.
+    pub poll_interval: Duration,
+    /// The BPF programs' own log (`--bpf-log`).
+    pub bpf_log: bool,
+}
 
 /// A process's (or a worker's) memory counters, in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -103,16 +130,16 @@ pub enum Observer {
 pub struct Required(pub ebpf::EbpfError);
 
 impl Observer {
-    /// Starts the configured source. With [`ObserverChoice::Prefer`], an eBPF
+    /// Starts the configured source. With [`Choice::Prefer`], an eBPF
     /// failure falls back to /proc and the reason is returned with it.
-    pub fn start(config: &RunConfig) -> Result<(Self, Option<String>), Required> {
+    pub fn start(config: &Settings) -> Result<(Self, Option<String>), Required> {
         let procfs = || Self::Procfs(procfs::ProcfsObserver::new(config));
-        match config.observer {
-            ObserverChoice::Procfs => Ok((procfs(), Some("disabled by --no-ebpf".into()))),
-            ObserverChoice::Require => ebpf::EbpfObserver::load(config)
+        match config.choice {
+            Choice::Procfs => Ok((procfs(), Some("disabled by --no-ebpf".into()))),
+            Choice::Require => ebpf::EbpfObserver::load(config)
                 .map(|o| (Self::Ebpf(Box::new(o)), None))
                 .map_err(Required),
-            ObserverChoice::Prefer => match ebpf::EbpfObserver::load(config) {
+            Choice::Prefer => match ebpf::EbpfObserver::load(config) {
                 Ok(o) => Ok((Self::Ebpf(Box::new(o)), None)),
                 Err(err) => Ok((procfs(), Some(err.to_string()))),
             },

@@ -14,8 +14,7 @@ use std::{
 use procfs::process::Process;
 use tokio::time::{Interval, MissedTickBehavior, interval};
 
-use super::{Counters, Observation, Trigger};
-use crate::settings::RunConfig;
+use super::{Counters, Observation, Settings, Trigger};
 
 /// A process's counters from `/proc/<pid>/status` (RssFile, RssAnon, RssShmem, VmSwap).
 pub fn counters(pid: u32) -> io::Result<Counters> {
@@ -76,7 +75,7 @@ pub struct ProcfsObserver {
 }
 
 impl ProcfsObserver {
-    pub fn new(config: &RunConfig) -> Self {
+    pub fn new(config: &Settings) -> Self {
         let mut tick = interval(config.poll_interval.max(Duration::from_millis(1)));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Self {

@@ -2,7 +2,7 @@
 //! `top`: short, fixed units (sizes always in MiB, so that columns compare at
 //! a glance), and the same everywhere.
 
-use crate::api::status::Leak;
+use crate::report::Leak;
 
 const MIB: f64 = (1u64 << 20) as f64;
 

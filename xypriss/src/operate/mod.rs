@@ -201,7 +201,7 @@ pub fn trial(
     show_recommendations(&status?, json)
 }
 
-fn show_recommendations(status: &crate::api::Status, json: bool) -> Result<(), CommandError> {
+fn show_recommendations(status: &crate::report::Status, json: bool) -> Result<(), CommandError> {
     if json {
         let rss: Vec<u64> = status.workers.iter().map(|w| w.rss_bytes).collect();
         let body = serde_json::json!({

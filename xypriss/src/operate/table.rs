@@ -10,8 +10,8 @@ use tabwriter::TabWriter;
 
 use super::format::{byte_rate, duration, leak, mib, on_off, per_sec};
 use crate::{
-    api::{Status, status::Worker},
     recommend::p95,
+    report::{Status, Worker},
 };
 
 /// A column of a worker's figures, in `status` and `top`.
@@ -233,7 +233,7 @@ fn aligned(rows: impl Iterator<Item = String>) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::api::status::{Counters, Health, Leak, Memory, Usage};
+    use crate::report::{Counters, Health, Leak, Memory, Usage};
 
     const MIB: u64 = 1 << 20;
 

@@ -21,7 +21,7 @@ use prometheus_client::{
 };
 
 use super::event::AlertType;
-use crate::api::status::{Status, Worker};
+use crate::report::{Status, Worker};
 
 /// The `Content-Type` of what [`render`] writes.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -265,7 +265,7 @@ mod tests {
     use openmetrics_parser::{MetricsExposition, OpenMetricsType, OpenMetricsValue};
 
     use super::*;
-    use crate::api::status::sample;
+    use crate::report::sample;
 
     type Exposition = MetricsExposition<OpenMetricsType, OpenMetricsValue>;
 

@@ -31,7 +31,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 
 use super::event::{Event, LossStage};
-use crate::api::status::Counters;
+use crate::report::Counters;
 
 /// Lines that may wait for stdout.
 pub const QUEUE_LINES: usize = 65_536;

@@ -4,7 +4,10 @@
 
 use std::time::Instant;
 
-use super::{ALERT_MARGIN, Instance, LowMemory, Pool};
+use super::{
+    ALERT_MARGIN, Instance, LowMemory, Pool,
+    state::{Degradation, Taken, degrades, low_memory_cap, system_reading},
+};
 use crate::{
     api::Reply,
     detect::threshold::{Change, Level},
@@ -36,7 +39,7 @@ impl Pool {
                     let (action, said) =
                         policy::on_crossing(level, &memory.memory_management, &memory.enforcement);
                     let done = match action {
-                        Action::None => "none",
+                        Action::None => Taken::None,
                         Action::GcHint => {
                             let hint = serde_json::json!({
                                 "event": "gc_hint",
@@ -45,9 +48,9 @@ impl Pool {
                                 "threshold": threshold,
                             });
                             if i.control.send(&hint) {
-                                "gc_hint"
+                                Taken::GcHint
                             } else {
-                                "gc_hint_dropped"
+                                Taken::GcHintDropped
                             }
                         }
                         Action::Restart => {
@@ -57,17 +60,13 @@ impl Pool {
                             if i.throttle.is_none() {
                                 throttle(i, usage, threshold, &mut throttling);
                             }
-                            action.as_str()
+                            Taken::Restart
                         }
                     };
                     let throttled = level == Level::Critical
                         && policy::throttles(&memory.enforcement)
                         && throttle(i, usage, threshold, &mut throttling);
-                    let done = match (done, throttled) {
-                        ("none", true) => "throttle",
-                        ("gc_hint", true) => "gc_hint+throttle",
-                        (done, _) => done,
-                    };
+                    let done = done.and_throttled(throttled);
                     if !said {
                         continue;
                     }
@@ -92,7 +91,7 @@ impl Pool {
                         None,
                         usage,
                         change,
-                        "none",
+                        Taken::None,
                     )
                 }
             };
@@ -115,23 +114,10 @@ impl Pool {
         if !management.enabled {
             return;
         }
-        let Ok(meminfo) = <procfs::Meminfo as procfs::Current>::current() else {
+        let Some(memory) = self.host.memory() else {
             return;
         };
-        let Some(available) = meminfo.mem_available else {
-            return;
-        };
-        let used = meminfo.mem_total.saturating_sub(available);
-        let capacity = meminfo
-            .mem_total
-            .saturating_sub(management.memory_reservation)
-            .max(1);
-        let pct = |p: f64| (capacity as f64 * p / 100.0) as u64;
-        let thresholds = [
-            pct(management.memory_warning_threshold),
-            pct(management.memory_critical_threshold),
-            capacity,
-        ];
+        let (used, thresholds) = system_reading(&memory, management);
         let changes = self.system_alerts.update(used, thresholds, ALERT_MARGIN);
         let action = self.memory_scaling(&changes);
         for event in scope_events(
@@ -145,14 +131,10 @@ impl Pool {
             self.output.emit(&event);
         }
         self.scale_down_for_memory(action);
-        let swap_used_pct = (meminfo.swap_total > 0).then(|| {
-            meminfo.swap_total.saturating_sub(meminfo.swap_free) as f64 * 100.0
-                / meminfo.swap_total as f64
-        });
         let pressure = policy::HostPressure {
             system_level: self.system_alerts.highest(),
-            psi_some_avg10: psi_memory_some_avg10(),
-            swap_used_pct,
+            psi_some_avg10: self.host.memory_pressure(),
+            swap_used_pct: memory.swap_used_pct(),
         };
         self.degrade(&pressure, action);
     }
@@ -160,7 +142,7 @@ impl Pool {
     /// Low-memory mode on host pressure, off when it eases (unless an
     /// operator turned it on); and `gracefulDegradation`: while system memory
     /// stays critical, one worker less per cooldown, down to `minWorkers`.
-    pub(super) fn degrade(&mut self, pressure: &policy::HostPressure, scaled: &str) {
+    pub(super) fn degrade(&mut self, pressure: &policy::HostPressure, scaled: Taken) {
         let swap_limit = self.config.memory.memory_management.swap_usage_limit;
         let reason = policy::low_memory_reason(pressure, swap_limit, self.low_memory.is_some());
         match (&self.low_memory, reason) {
@@ -172,18 +154,15 @@ impl Pool {
             }
             _ => {}
         }
-        let enforcement = &self.config.memory.enforcement;
-        let critical = pressure.system_level.is_some_and(|l| l >= Level::Critical);
-        let cooled = self.last_memory_scale_down.is_none_or(|t| {
-            t.elapsed() >= policy::scale_down_cooldown(&self.config.memory.auto_scaling)
-        });
-        if enforcement.enabled
-            && enforcement.graceful_degradation
-            && critical
-            && scaled != "scale_down"
-            && cooled
-            && self.size > self.config.min_workers
-        {
+        let degradation = Degradation {
+            system_level: pressure.system_level,
+            scaled: scaled == Taken::ScaleDown,
+            since_last: self.last_memory_scale_down.map(|t| t.elapsed()),
+            cooldown: policy::scale_down_cooldown(&self.config.memory.auto_scaling),
+            size: self.size,
+            min_workers: self.config.min_workers,
+        };
+        if degrades(&self.config.memory.enforcement, &degradation) {
             self.last_memory_scale_down = Some(Instant::now());
             self.scale_down(1, None, "graceful_degradation");
         }
@@ -220,7 +199,7 @@ impl Pool {
 
     /// Whether this scope's new alerts scale the pool down (the policy's
     /// `autoScaleOnMemory`, with its cooldown): the alerts' `action`.
-    pub(super) fn memory_scaling(&self, changes: &[Change]) -> &'static str {
+    pub(super) fn memory_scaling(&self, changes: &[Change]) -> Taken {
         let memory = &self.config.memory;
         let since = self.last_memory_scale_down.map(|t| t.elapsed());
         let scale = changes.iter().any(|c| {
@@ -228,14 +207,14 @@ impl Pool {
                 if policy::scale_down_on(*level, &memory.memory_management, &memory.auto_scaling, since))
         });
         if scale && self.size > self.config.min_workers {
-            "scale_down"
+            Taken::ScaleDown
         } else {
-            "none"
+            Taken::None
         }
     }
 
-    pub(super) fn scale_down_for_memory(&mut self, action: &str) {
-        if action == "scale_down" {
+    pub(super) fn scale_down_for_memory(&mut self, action: Taken) {
+        if action == Taken::ScaleDown {
             self.last_memory_scale_down = Some(Instant::now());
             self.scale_down(1, None, "memory_critical");
         }
@@ -310,7 +289,7 @@ impl Pool {
         self.low_memory = enabled.then(|| LowMemory {
             reason: reason.into(),
             manual,
-            cap: self.config.min_workers.max(self.size.div_ceil(2)),
+            cap: low_memory_cap(self.config.min_workers, self.size),
             size_before: self.size,
         });
         let cap = self.low_memory.as_ref().map(|l| l.cap);
@@ -408,14 +387,14 @@ pub(super) fn scope_events(
     changes: Vec<Change>,
     who: &str,
     against: &str,
-    action: &'static str,
+    action: Taken,
 ) -> Vec<Event> {
     changes
         .into_iter()
         .map(|change| {
             let action = match change {
                 Change::Raised { level, .. } if level >= Level::Critical => action,
-                _ => "none",
+                _ => Taken::None,
             };
             threshold_event(scope, None, who, Some(against), usage, change, action)
         })
@@ -430,7 +409,7 @@ pub(super) fn threshold_event(
     against: Option<&str>,
     usage: u64,
     change: Change,
-    action: &'static str,
+    action: Taken,
 ) -> Event {
     match change {
         Change::Raised { level, threshold } => Event::MemoryAlert {
@@ -445,7 +424,7 @@ pub(super) fn threshold_event(
                 threshold >> 20,
                 against.map(|a| format!(" ({a})")).unwrap_or_default()
             ),
-            action,
+            action: action.as_str(),
             memory_usage: usage,
             threshold,
             slope_bytes_per_sec: None,
@@ -470,11 +449,4 @@ pub(super) fn level_name(level: Level) -> &'static str {
         Level::Critical => "critical threshold",
         Level::LimitExceeded => "limit",
     }
-}
-
-/// The host's memory pressure: PSI `some avg10` of /proc/pressure/memory,
-/// in percent; `None` without PSI.
-pub(super) fn psi_memory_some_avg10() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/pressure/memory").ok()?;
-    policy::psi_some_avg10(&text)
 }

@@ -17,17 +17,16 @@ use std::{
 };
 
 use crate::{
-    api::Status,
     detect::{
         leak::{LeakDetector, Verdict},
         threshold::Alerts,
     },
-    observe::{Counters, Observer},
+    observe::{Counters, Observer, host::Host},
     output::ndjson::Output,
+    report::Status,
     series::Series,
     settings::RunConfig,
     supervise::{
-        backoff::Failures,
         cgroup::{PoolCgroup, WorkerCgroup},
         control::Control,
         lifecycle::State,
@@ -40,10 +39,12 @@ mod memory;
 mod observed;
 mod run;
 mod scale;
+mod state;
 mod status;
 mod workers;
 
 pub use run::run;
+use state::{StopReason, Worker};
 
 /// An alert is lifted when memory falls this far below its threshold.
 pub(super) const ALERT_MARGIN: f64 = 0.05;
@@ -61,27 +62,11 @@ pub(super) const COARSE_FACTOR: u64 = 4;
 /// How often `--ready socket` looks at starting workers.
 pub(super) const SOCKET_READY_POLL: Duration = Duration::from_millis(50);
 
+/// The most notify datagrams read in one turn of the loop.
+pub(super) const NOTIFY_BATCH: usize = 64;
+
 /// How long the last events may take to reach a stalled stdout at exit.
 pub(super) const FINAL_FLUSH: Duration = Duration::from_secs(2);
-
-/// Why a worker was asked to stop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum StopReason {
-    Shutdown,
-    ScaleDown,
-    /// Replaced by a newer generation (rolling restart).
-    Replaced,
-}
-
-impl StopReason {
-    pub(super) fn as_str(self) -> &'static str {
-        match self {
-            Self::Shutdown => "shutdown",
-            Self::ScaleDown => "scale_down",
-            Self::Replaced => "replaced",
-        }
-    }
-}
 
 /// One process of a worker. During a rolling restart a worker has two.
 pub(super) struct Instance {
@@ -117,19 +102,6 @@ pub(super) struct Instance {
     control: Control,
 }
 
-/// A worker id's history across its processes.
-#[derive(Default)]
-pub(super) struct Worker {
-    generation: u32,
-    restarts: u32,
-    failures: Failures,
-    /// When a crashed worker is due to start again, and why it crashed.
-    restart_at: Option<(Instant, &'static str)>,
-    errored: bool,
-    /// Removed by a scale-down: nothing restarts it.
-    retired: bool,
-}
-
 /// Low-memory mode, while it is on.
 pub(super) struct LowMemory {
     reason: String,
@@ -143,6 +115,8 @@ pub(super) struct LowMemory {
 }
 
 pub(crate) struct Pool {
+    /// Every read of the host besides the workers' memory.
+    host: Box<dyn Host>,
     config: RunConfig,
     started: Instant,
     observer: Observer,

@@ -37,7 +37,7 @@ impl Pool {
                     return;
                 };
                 // Threads are cloned tasks too; only processes are children.
-                if is_process(pid) && i.children.insert(pid) {
+                if self.host.is_process(pid) && i.children.insert(pid) {
                     self.output.emit(&Event::ChildSpawned {
                         worker_id: i.id,
                         pid,
@@ -213,11 +213,4 @@ pub(super) fn sample(
         source: observer.source(),
         monotonic_ns: at_ns,
     }))
-}
-
-/// Whether `pid` is a process (a thread-group leader) rather than a thread.
-pub(super) fn is_process(pid: u32) -> bool {
-    procfs::process::Process::new(pid as i32)
-        .and_then(|p| p.status())
-        .is_ok_and(|s| s.tgid == pid as i32)
 }

@@ -15,7 +15,7 @@ use super::{FINAL_FLUSH, Pool, StopReason, Worker};
 use crate::{
     api::{self, http::StatusServer, socket::ControlSocket},
     detect::threshold::Alerts,
-    observe::{Observation, Observer, Source},
+    observe::{self, Observation, Observer, Source, host},
     output::{
         event::{Event, SCHEMA_VERSION},
         ndjson::{Output, QUEUE_LINES, QUEUE_LINES_MINIMAL},
@@ -64,7 +64,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let runtime_dir = runtime_dir::create()?;
     // Before anything else: a pool of the same name makes this one refuse to start.
     let control = ControlSocket::start(&runtime_dir, &config.name, api.clone())?;
-    let (observer, degraded) = Observer::start(&config)?;
+    let (observer, degraded) = Observer::start(&observe_settings(&config))?;
     let mut sigchld = signal(SignalKind::child())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
@@ -143,6 +143,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         None => None,
     };
     let mut ctl = Pool {
+        host: Box::new(host::Procfs),
         listen_inodes: listeners.inodes(),
         listeners,
         notify,
@@ -187,6 +188,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let mut check = interval(ctl.config.memory.memory_management.memory_check_interval);
     check.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut batch = Vec::new();
+    let mut notify_open = true;
     let stop = loop {
         let timer = ctl.next_timer();
         // In this order when several are ready: stopping first, then what
@@ -199,7 +201,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             () = ctl.output.closed() => break Stop::StdoutClosed,
             () = ctl.observer.next_batch(&mut batch) => ctl.observed(&mut batch),
             _ = sigchld.recv() => ctl.reaped(&mut batch),
-            message = ctl.notify.recv() => ctl.notified(message),
+            message = ctl.notify.recv(), if notify_open => notify_open = !ctl.notified_batch(message),
             () = sleep_until(timer.unwrap_or_else(far_future).into()), if timer.is_some() => ctl.timers(),
             _ = tick.tick() => ctl.tick(),
             _ = check.tick() => ctl.check_system(),
@@ -207,8 +209,10 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             _ = sigttin.recv() => ctl.scale_up(1, "SIGTTIN"),
             _ = sigttou.recv() => ctl.scale_down(1, None, "SIGTTOU"),
             Some(call) = calls.recv() => ctl.answer(call),
+            // After a full batch of datagrams, everything else had its turn.
+            () = std::future::ready(()), if !notify_open => notify_open = true,
         }
-        if ctl.instances.is_empty() && ctl.workers.values().all(|w| w.errored || w.retired) {
+        if ctl.instances.is_empty() && ctl.workers.values().all(|w| !w.active()) {
             break Stop::Errored;
         }
     };
@@ -307,7 +311,7 @@ impl Pool {
     ) {
         self.rolling.clear();
         for w in self.workers.values_mut() {
-            w.restart_at = None;
+            w.cancel_restart();
         }
         let slots: Vec<u32> = self.instances.keys().copied().collect();
         for slot in slots {
@@ -334,5 +338,20 @@ impl Pool {
                 }
             }
         }
+    }
+}
+
+/// What the observers need of the run's settings.
+fn observe_settings(config: &RunConfig) -> observe::Settings {
+    observe::Settings {
+        choice: match config.observer {
+            ObserverChoice::Prefer => observe::Choice::Prefer,
+            ObserverChoice::Require => observe::Choice::Require,
+            ObserverChoice::Procfs => observe::Choice::Procfs,
+        },
+        granularity: config.granularity,
+        wakeup_interval: config.wakeup_interval,
+        poll_interval: config.poll_interval,
+        bpf_log: config.bpf_log,
     }
 }

@@ -2,13 +2,15 @@
 
 use std::time::{Duration, Instant};
 
-use super::{LOAD_WINDOW, Pool, StopReason, Worker};
+use super::{
+    LOAD_WINDOW, Pool, StopReason, Worker,
+    state::{Failure, cpu_pct, free_id, scale_down_pick},
+};
 use crate::{
     api::{ApiError, Reply},
     output::event::Event,
-    policy::{self},
-    recommend,
-    supervise::{lifecycle::State, workers},
+    policy, recommend,
+    supervise::lifecycle::State,
 };
 
 impl Pool {
@@ -51,13 +53,11 @@ impl Pool {
             return;
         };
         for _ in from..to {
-            let id = (0..)
-                .find(|id| self.workers.get(id).is_none_or(|w| w.retired))
-                .unwrap_or(0);
+            let id = free_id(&self.workers);
             self.workers.insert(id, Worker::default());
             if let Err(err) = self.start(id) {
                 tracing::error!("worker {id}: {err:#}");
-                self.failed(id, Duration::ZERO, "spawn_failed");
+                self.failed(id, Duration::ZERO, Failure::SpawnFailed);
             }
         }
     }
@@ -72,7 +72,7 @@ impl Pool {
                 .filter(|i| i.state != State::Stopping)
                 .map(|i| i.counters.rss())
                 .collect(),
-            available: workers::available_memory(),
+            available: self.host.available_memory(),
             max_total_memory: memory.memory_management.max_total_memory,
             memory_reservation: memory.memory_management.memory_reservation,
             max_memory_per_worker: memory.max_memory_per_worker,
@@ -91,19 +91,16 @@ impl Pool {
             return;
         };
         for _ in to..from {
-            let pick = named
-                .filter(|id| self.workers.get(id).is_some_and(|w| !w.retired))
-                .or_else(|| {
-                    self.instances
-                        .values()
-                        .filter(|i| i.state != State::Stopping)
-                        .max_by_key(|i| i.counters.rss())
-                        .map(|i| i.id)
-                });
-            let Some(id) = pick else { return };
+            let running = self
+                .instances
+                .values()
+                .filter(|i| i.state != State::Stopping)
+                .map(|i| (i.id, i.counters.rss()));
+            let Some(id) = scale_down_pick(named, &self.workers, running) else {
+                return;
+            };
             if let Some(w) = self.workers.get_mut(&id) {
-                w.retired = true;
-                w.restart_at = None;
+                w.retire();
             }
             let slots: Vec<u32> = self
                 .instances
@@ -157,19 +154,16 @@ impl Pool {
             return;
         }
         let now = Instant::now();
-        let per_second = procfs::ticks_per_second() as f64;
+        let per_second = self.host.ticks_per_second();
         for i in self.instances.values_mut() {
             let ticks = std::iter::once(i.pid)
                 .chain(i.children.iter().copied())
-                .filter_map(|pid| procfs::process::Process::new(pid as i32).ok()?.stat().ok())
-                .map(|stat| stat.utime + stat.stime)
+                .filter_map(|pid| self.host.cpu_ticks(pid))
                 .sum::<u64>();
-            if let Some((before, at)) = i.cpu {
-                let seconds = now.duration_since(at).as_secs_f64();
-                if seconds > 0.0 {
-                    i.cpu_pct =
-                        Some(ticks.saturating_sub(before) as f64 / per_second / seconds * 100.0);
-                }
+            if let Some(before) = i.cpu
+                && let Some(pct) = cpu_pct(before, (ticks, now), per_second)
+            {
+                i.cpu_pct = Some(pct);
             }
             i.cpu = Some((ticks, now));
         }

@@ -2,13 +2,17 @@
 
 use std::time::Instant;
 
-use super::memory::*;
-use super::{Instance, Pool, STATUS_MAX_AGE};
+use super::{
+    Instance, Pool, STATUS_MAX_AGE,
+    memory::level_name,
+    state::{Health, status_name},
+};
 use crate::{
-    api::{ApiError, Call, Reply, Request, Status, status},
+    api::{ApiError, Call, Reply, Request},
     detect::threshold::Level,
     observe::Source,
     recommend,
+    report::{self as status, Status},
     supervise::lifecycle::State,
 };
 
@@ -71,21 +75,31 @@ impl Pool {
             .map(|i| self.worker_status(i))
             .collect();
         let mut details = Vec::new();
-        for w in &workers {
-            if w.health != "healthy" {
-                details.push(format!("worker {} (pid {}) is {}", w.id, w.pid, w.health));
+        for i in self.instances.values() {
+            let health = Health::of(i.leaking, i.alerts.highest());
+            if health != Health::Healthy {
+                details.push(format!(
+                    "worker {} (pid {}) is {}",
+                    i.id,
+                    i.pid,
+                    health.as_str()
+                ));
             }
         }
         let errored: Vec<u32> = self
             .workers
             .iter()
-            .filter(|(_, w)| w.errored)
+            .filter(|(_, w)| w.errored())
             .map(|(&id, _)| id)
             .collect();
         if !errored.is_empty() {
             details.push(format!("workers {errored:?} errored and are not restarted"));
         }
-        let ready = workers.iter().filter(|w| w.status == "ready").count() as u32;
+        let ready = self
+            .instances
+            .values()
+            .filter(|i| i.state == State::Ready)
+            .count() as u32;
         if ready < self.size {
             details.push(format!("{ready} of {} workers are ready", self.size));
         }
@@ -98,7 +112,7 @@ impl Pool {
             }
         }
         let healthy = details.is_empty();
-        let pressure = psi_memory_some_avg10();
+        let pressure = self.host.memory_pressure();
         Status {
             pool: self.config.name.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -141,28 +155,12 @@ impl Pool {
 
     pub(super) fn worker_status(&self, i: &Instance) -> status::Worker {
         let rates = i.series.rates();
-        let health = if i.leaking {
-            "leaking"
-        } else {
-            match i.alerts.highest() {
-                None => "healthy",
-                Some(Level::Warning) => "warning",
-                Some(Level::Critical) => "critical",
-                Some(Level::LimitExceeded) => "limit_exceeded",
-            }
-        };
         status::Worker {
             id: i.id,
             pid: i.pid,
             generation: i.generation,
-            status: match i.state {
-                State::Starting => "starting",
-                State::Ready => "ready",
-                State::Stopping => "stopping",
-                _ => "stopped",
-            }
-            .into(),
-            health: health.into(),
+            status: status_name(i.state).into(),
+            health: Health::of(i.leaking, i.alerts.highest()).as_str().into(),
             rss_bytes: i.counters.rss(),
             anon_bytes: i.counters.anon,
             swap_bytes: i.counters.swap,

@@ -8,8 +8,11 @@ use std::{
 
 use nix::sys::signal::Signal;
 
-use super::observed::*;
-use super::{Instance, Pool, SOCKET_READY_POLL, StopReason};
+use super::observed::sample;
+use super::{
+    Instance, NOTIFY_BATCH, Pool, SOCKET_READY_POLL, StopReason, Worker,
+    state::{AfterFailure, Failure, owner, rolling_order},
+};
 use crate::{
     detect::{
         leak::{LeakDetector, Params as LeakParams},
@@ -17,12 +20,11 @@ use crate::{
     },
     observe::{Counters, Observation, Trigger, procfs::monotonic_ns},
     output::event::Event,
-    policy::{self},
+    policy,
     series::Series,
     settings::ReadyMode,
     supervise::{
-        backoff::Decision,
-        control::{self},
+        control,
         lifecycle::{Input, State, step},
         notify::Notification,
         reap::{self, Exit},
@@ -110,12 +112,16 @@ impl Pool {
                 anyhow::bail!("could not start {}: {err}", self.config.app.display());
             }
         };
-        let (state, _) = step(State::Stopped, Input::Spawned).expect("the table starts workers");
-        self.output.emit(&Event::WorkerSpawned {
-            worker_id: id,
-            pid,
-            generation,
-        });
+        let (state, named) =
+            step(State::Stopped, Input::Spawned).expect("the table starts workers");
+        self.say(
+            &Event::WorkerSpawned {
+                worker_id: id,
+                pid,
+                generation,
+            },
+            named,
+        );
         let mut instance = Instance {
             id,
             generation,
@@ -164,21 +170,26 @@ impl Pool {
         Ok(())
     }
 
-    /// Moves instance `slot` through the lifecycle table; false if the table refuses.
-    pub(super) fn transition(&mut self, slot: u32, input: Input) -> bool {
-        let Some(instance) = self.instances.get_mut(&slot) else {
-            return false;
-        };
+    /// Moves instance `slot` through the lifecycle table: the event the
+    /// table names for it, or `None` if the table refuses.
+    pub(super) fn transition(&mut self, slot: u32, input: Input) -> Option<&'static str> {
+        let instance = self.instances.get_mut(&slot)?;
         match step(instance.state, input) {
-            Ok((to, _)) => {
+            Ok((to, named)) => {
                 instance.state = to;
-                true
+                Some(named)
             }
             Err(refused) => {
                 tracing::debug!("worker {}: {refused}", instance.id);
-                false
+                None
             }
         }
+    }
+
+    /// Emits `event`, the one the lifecycle table `named` for a transition.
+    fn say(&self, event: &Event, named: &'static str) {
+        debug_assert!(is_named(event, named), "the table says {named}");
+        self.output.emit(event);
     }
 
     /// The processes still waiting to be ready (and not already killed for it).
@@ -191,10 +202,7 @@ impl Pool {
 
     /// The earliest of the restart and readiness deadlines.
     pub(super) fn next_timer(&self) -> Option<Instant> {
-        let restarts = self
-            .workers
-            .values()
-            .filter_map(|w| w.restart_at.map(|(at, _)| at));
+        let restarts = self.workers.values().filter_map(Worker::restart_at);
         let deadlines = self
             .awaiting_ready()
             .map(|(_, i)| i.started + self.config.ready_timeout);
@@ -238,72 +246,62 @@ impl Pool {
                 }
             }
         }
-        let restarts: Vec<(u32, &'static str)> = self
+        let restarts: Vec<(u32, Failure)> = self
             .workers
             .iter()
-            .filter_map(|(&id, w)| {
-                w.restart_at
-                    .filter(|(at, _)| *at <= now)
-                    .map(|(_, why)| (id, why))
-            })
+            .filter_map(|(&id, w)| w.due(now).map(|why| (id, why)))
             .collect();
         for (id, why) in restarts {
-            step(State::Stopped, Input::Restart).expect("the table restarts stopped workers");
             let worker = self.workers.get_mut(&id).expect("listed above");
-            worker.restart_at = None;
-            worker.restarts += 1;
-            let restarts = worker.restarts;
-            self.output.emit(&Event::WorkerRestarted {
+            let event = worker.restarting();
+            let restart = Event::WorkerRestarted {
                 worker_id: id,
                 generation: worker.generation + 1,
-                restarts,
-                reason: why,
-            });
+                restarts: worker.restarts,
+                reason: why.as_str(),
+            };
+            self.say(&restart, event);
             if let Err(err) = self.start(id) {
                 tracing::error!("worker {id}: {err:#}");
-                self.failed(id, Duration::ZERO, "spawn_failed");
+                self.failed(id, Duration::ZERO, Failure::SpawnFailed);
             }
         }
     }
 
     /// Worker `id` failed after `uptime` when nobody asked it to stop:
     /// schedule its restart, or give up on it.
-    pub(super) fn failed(&mut self, id: u32, uptime: Duration, why: &'static str) {
+    pub(super) fn failed(&mut self, id: u32, uptime: Duration, why: Failure) {
         let Some(worker) = self.workers.get_mut(&id) else {
             return;
         };
-        match worker.failures.crashed(&self.config.restart, uptime) {
-            Decision::Restart { after } => {
-                worker.restart_at = Some((Instant::now() + after, why));
-            }
-            Decision::GiveUp { failures } => {
-                worker.errored = true;
-                step(State::Stopped, Input::GiveUp).expect("the table gives up on stopped workers");
-                self.output.emit(&Event::WorkerErrored {
-                    worker_id: id,
-                    failures,
-                    message: format!(
-                        "worker {id} failed {failures} times in a row, each within {:?} of starting: not restarted",
-                        self.config.restart.reset_after
-                    ),
-                });
-            }
+        let after = worker.failed(&self.config.restart, uptime, why, Instant::now());
+        if let AfterFailure::GaveUp { failures, event } = after {
+            let errored = Event::WorkerErrored {
+                worker_id: id,
+                failures,
+                message: format!(
+                    "worker {id} failed {failures} times in a row, each within {:?} of starting: not restarted",
+                    self.config.restart.reset_after
+                ),
+            };
+            self.say(&errored, event);
         }
     }
 
     /// Instance `slot` is ready: say so, and go on with a rolling restart.
     pub(super) fn ready(&mut self, slot: u32) {
-        if !self.transition(slot, Input::Ready) {
+        let Some(named) = self.transition(slot, Input::Ready) else {
             return;
-        }
+        };
         let i = &self.instances[&slot];
         let (id, generation, pid) = (i.id, i.generation, i.pid);
-        self.output.emit(&Event::WorkerReady {
+        let ready = Event::WorkerReady {
             worker_id: id,
             pid,
             generation,
             startup_ms: i.started.elapsed().as_millis() as u64,
-        });
+        };
+        self.say(&ready, named);
         // The replacement is serving: its predecessors may go.
         let older: Vec<u32> = self
             .instances
@@ -337,13 +335,7 @@ impl Pool {
 
     /// SIGHUP: replace every worker, one at a time.
     pub(super) fn rolling_restart(&mut self) {
-        self.rolling = self
-            .workers
-            .iter()
-            .filter(|(_, w)| !w.errored && !w.retired)
-            .map(|(&id, _)| id)
-            .rev()
-            .collect();
+        self.rolling = rolling_order(&self.workers);
         tracing::info!("rolling restart of {} workers", self.rolling.len());
         if !self.replacing() {
             self.next_replacement();
@@ -352,11 +344,7 @@ impl Pool {
 
     pub(super) fn next_replacement(&mut self) {
         while let Some(id) = self.rolling.pop() {
-            if self
-                .workers
-                .get(&id)
-                .is_some_and(|w| !w.errored && !w.retired)
-            {
+            if self.live(id) {
                 if let Err(err) = self.start(id) {
                     tracing::error!("rolling restart of worker {id}: {err:#}");
                     continue;
@@ -368,18 +356,20 @@ impl Pool {
 
     /// Asks instance `slot` to stop.
     pub(super) fn stop_instance(&mut self, slot: u32, reason: StopReason) {
-        if !self.transition(slot, Input::Stop) {
+        let Some(named) = self.transition(slot, Input::Stop) else {
             return;
-        }
+        };
         let i = self.instances.get_mut(&slot).expect("transitioned");
         i.stop = Some(reason);
-        self.output.emit(&Event::WorkerStopping {
+        let pid = i.pid;
+        let stopping = Event::WorkerStopping {
             worker_id: i.id,
-            pid: i.pid,
+            pid,
             generation: i.generation,
             reason: reason.as_str(),
-        });
-        signal_group(i.pid, self.config.stop_signal);
+        };
+        self.say(&stopping, named);
+        signal_group(pid, self.config.stop_signal);
     }
 
     /// Starts a new generation of worker `id`, unless one is already on its
@@ -400,9 +390,25 @@ impl Pool {
 
     /// Whether worker `id` runs (not retired, not errored).
     pub(super) fn live(&self, id: u32) -> bool {
-        self.workers
-            .get(&id)
-            .is_some_and(|w| !w.retired && !w.errored)
+        self.workers.get(&id).is_some_and(Worker::active)
+    }
+
+    /// Datagrams on NOTIFY_SOCKET: `first`, then at most [`NOTIFY_BATCH`]
+    /// in all of those already waiting, so that a flood of them cannot hold
+    /// the loop. True when the batch was full: more may be waiting.
+    pub(super) fn notified_batch(&mut self, first: std::io::Result<Notification>) -> bool {
+        self.notified(first);
+        for _ in 1..NOTIFY_BATCH {
+            match self.notify.try_recv() {
+                Ok(Some(message)) => self.notified(Ok(message)),
+                Ok(None) => return false,
+                Err(err) => {
+                    self.notified(Err(err));
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// A datagram on NOTIFY_SOCKET: READY=1 from a worker, or one of its descendants.
@@ -427,18 +433,13 @@ impl Pool {
     }
 
     /// The instance whose process is `pid` or one of its ancestors.
-    pub(super) fn instance_of(&self, mut pid: u32) -> Option<u32> {
-        for _ in 0..32 {
-            if let Some((&slot, _)) = self.instances.iter().find(|(_, i)| i.pid == pid) {
-                return Some(slot);
-            }
-            pid = procfs::process::Process::new(pid as i32)
-                .and_then(|p| p.stat())
-                .ok()
-                .and_then(|s| u32::try_from(s.ppid).ok())
-                .filter(|&ppid| ppid > 1)?;
-        }
-        None
+    pub(super) fn instance_of(&self, pid: u32) -> Option<u32> {
+        owner(self.host.as_ref(), pid, |pid| {
+            self.instances
+                .iter()
+                .find(|(_, i)| i.pid == pid)
+                .map(|(&slot, _)| slot)
+        })
     }
 
     /// SIGCHLD: reaps every ended child, workers and orphaned descendants alike.
@@ -456,7 +457,7 @@ impl Pool {
     }
 
     pub(super) fn exited(&mut self, slot: u32, exit: Exit) {
-        self.transition(slot, Input::Exited);
+        let named = self.transition(slot, Input::Exited);
         let mut i = self.instances.remove(&slot).expect("found by the caller");
         // Whatever it left behind goes with it: its cgroup holds every
         // descendant, even those that left its process group.
@@ -478,7 +479,7 @@ impl Pool {
         };
         let uptime = i.started.elapsed();
         self.check_pool();
-        self.output.emit(&Event::WorkerExited {
+        let exited = Event::WorkerExited {
             worker_id: i.id,
             pid: i.pid,
             generation: i.generation,
@@ -487,7 +488,8 @@ impl Pool {
             oom_killed: i.oom_killed,
             uptime_ms: uptime.as_millis() as u64,
             expected: i.stop.is_some(),
-        });
+        };
+        self.say(&exited, named.unwrap_or("worker_exited"));
         if i.stop.is_some() {
             if !self.rolling.is_empty() && !self.replacing() {
                 self.next_replacement();
@@ -499,12 +501,18 @@ impl Pool {
             return;
         }
         let why = if i.oom_killed {
-            "oom_killed"
+            Failure::OomKilled
         } else if i.not_ready {
-            "not_ready"
+            Failure::NotReady
         } else {
-            "crashed"
+            Failure::Crashed
         };
         self.failed(i.id, uptime, why);
     }
+}
+
+/// Whether `event` is the one the lifecycle table `named` for its
+/// transition: the table and the stream must not drift apart.
+fn is_named(event: &Event, named: &str) -> bool {
+    serde_json::to_value(event).is_ok_and(|v| v["event"] == named)
 }

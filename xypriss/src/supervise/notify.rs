@@ -175,6 +175,18 @@ impl NotifySocket {
         }
     }
 
+    /// The next datagram if one is already waiting, without waiting.
+    pub fn try_recv(&self) -> io::Result<Option<Notification>> {
+        loop {
+            match self.socket.try_io(Interest::READABLE, || self.recv_now()) {
+                Ok(Some(notification)) => return Ok(Some(notification)),
+                Ok(None) => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
     /// Reads one datagram if there is one; `None` for one that was too long.
     fn recv_now(&self) -> io::Result<Option<Notification>> {
         let mut buf = [0u8; DATAGRAM_MAX];

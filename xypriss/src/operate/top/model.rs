@@ -8,11 +8,11 @@ use std::collections::{BTreeMap, VecDeque};
 use serde_json::Value;
 
 use crate::{
-    api::Status,
     operate::{
         format::{duration, mib, on_off},
         table::Column,
     },
+    report::Status,
 };
 
 /// Points of history per worker: two minutes at one poll every 500 ms.

@@ -2,6 +2,11 @@
 //! every view is cut (`/cluster/memory`, `/cluster/health`, `/workers`,
 //! `/metrics`, `xypriss status`, `xypriss top`). Field names are camelCase,
 //! as in XyPriss's vocabulary; the views keep the reference document's shape.
+//!
+//! A leaf: it imports nothing of xypriss, so that the loop ([`crate::pool`])
+//! that makes it, the outputs ([`crate::output`]) that count and export it,
+//! the API ([`crate::api`]) that serves it and the commands
+//! ([`crate::operate`]) that show it share it without importing each other.
 
 use std::collections::BTreeMap;
 
