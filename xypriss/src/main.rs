@@ -5,7 +5,8 @@ use std::{io::IsTerminal as _, process::ExitCode};
 
 use clap::Parser as _;
 use tracing_subscriber::{
-    EnvFilter, filter::LevelFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+    EnvFilter, filter::LevelFilter, fmt::writer::BoxMakeWriter, layer::SubscriberExt as _,
+    util::SubscriberInitExt as _,
 };
 use xypriss::{
     flags::{self, Command, Flags, RestartTarget, Switch},
@@ -38,13 +39,19 @@ fn message(err: &anyhow::Error) -> String {
 }
 
 /// Logs go to stderr, at `XYPRISS_LOG`'s levels (else `default`), never
-/// more detailed than `max`.
-fn init_tracing(default: &str, max: LevelFilter) {
+/// more detailed than `max`; `queued` for the pool, whose loop a stalled
+/// reader of stderr must not stall (see `output::stderr`).
+fn init_tracing(default: &str, max: LevelFilter, queued: bool) {
+    let writer = if queued {
+        BoxMakeWriter::new(xypriss::output::stderr::Logs)
+    } else {
+        BoxMakeWriter::new(std::io::stderr)
+    };
     let filter = EnvFilter::try_from_env("XYPRISS_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
+                .with_writer(writer)
                 .with_ansi(std::io::stderr().is_terminal()),
         )
         .with(filter)
@@ -55,19 +62,22 @@ fn init_tracing(default: &str, max: LevelFilter) {
 fn run() -> anyhow::Result<ExitCode> {
     let flags = Flags::parse();
     if !matches!(flags.command, Command::Run(_)) {
-        init_tracing("info", LevelFilter::TRACE);
+        init_tracing("info", LevelFilter::TRACE, false);
     }
     match flags.command {
         Command::Run(run_flags) => {
             let flags::Resolved { config, notices } = flags::resolve(*run_flags)?;
-            init_tracing(config.log_level(), config.max_log_level());
+            init_tracing(config.log_level(), config.max_log_level(), true);
             for notice in notices {
                 tracing::warn!("{notice}");
             }
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(xypriss::pool::run(config))?;
+            let ran = runtime.block_on(xypriss::pool::run(config));
+            // The last logs, before the process ends.
+            xypriss::output::stderr::flush(std::time::Duration::from_secs(1));
+            ran?;
         }
         Command::Doctor(doctor_flags) => return Ok(xypriss::doctor::run(&doctor_flags)?),
         Command::Watchdog => xypriss::supervise::watchdog::run()?,

@@ -6,3 +6,4 @@ pub mod event;
 pub mod metrics;
 pub mod ndjson;
 pub mod pretty;
+pub mod stderr;

@@ -17,7 +17,7 @@
 
 use std::{
     ffi::{CString, OsString},
-    io::{self, Write as _},
+    io,
     os::{
         fd::{OwnedFd, RawFd},
         unix::{ffi::OsStringExt as _, process::CommandExt as _},
@@ -27,7 +27,7 @@ use std::{
 };
 
 use super::{cgroup::WorkerCgroup, control, listen::Listeners, oom_score_adj};
-use crate::observe::ebpf::Registration;
+use crate::{observe::ebpf::Registration, output::stderr};
 use nix::{
     fcntl::{OFlag, open},
     sys::{
@@ -246,14 +246,16 @@ fn drop_capabilities(last_cap: libc::c_ulong) -> io::Result<()> {
     }
 }
 
-/// Copies a worker's output to stderr, one prefixed line at a time.
+/// Copies a worker's output to stderr, one prefixed line at a time, through
+/// the bounded writer that drops (and counts) what a stalled stderr cannot take.
 async fn forward(stream: impl AsyncRead + Unpin, id: u32, generation: u32, pid: u32) {
     let mut lines = BufReader::new(stream).split(b'\n');
     while let Ok(Some(line)) = lines.next_segment().await {
-        let mut stderr = io::stderr().lock();
-        let _ = write!(stderr, "[worker {id}.{generation} pid {pid}] ");
-        let _ = stderr.write_all(&line);
-        let _ = stderr.write_all(b"\n");
+        let mut out = format!("[worker {id}.{generation} pid {pid}] ").into_bytes();
+        out.extend_from_slice(&line);
+        out.push(b'\n');
+        // Queued, never waited for: see output::stderr.
+        stderr::line(out);
     }
 }
 
