@@ -1,15 +1,19 @@
-//! The control loop: it wires the stages together.
+//! The pool: the loop that ties the stages together, and the only place
+//! their decisions become actions.
 //!
-//! observe (kernel or /proc) → decode → per-worker series → outputs, with the
-//! supervision of the worker processes alongside. One task on one thread owns
-//! all the state, and waits on everything that can happen: observations,
-//! SIGCHLD, restart and readiness timers, the periodic tick, signals, and
+//! observe (kernel or /proc) → decode → per-worker series → detect → policy
+//! → here → outputs, with the supervision of the worker processes
+//! alongside. One task on one thread owns all the state ([`Pool`]), and
+//! waits on everything that can happen: observations, SIGCHLD, restart and
+//! readiness timers, the periodic tick, signals, operators' requests, and
 //! stdout closing.
 //!
-//! Signals: SIGINT/SIGTERM stop the pool gracefully (a second SIGINT forces
-//! it); SIGHUP replaces every worker, one at a time, the new one ready before
-//! the old one is asked to stop; SIGTTIN adds a worker and SIGTTOU removes
-//! one, as Einhorn and unicorn do.
+//! - [`run`]: setup ([`setup`]), the select loop, teardown;
+//! - [`state`]: the I/O-free decisions and the enums they are made in;
+//! - [`workers`]: start, stop, ready, exit, restarts and replacements;
+//! - [`observed`]: what the observer says, and the periodic tick;
+//! - [`memory`]: thresholds, leaks, low-memory mode, throttling;
+//! - [`scale`]: the pool's size; [`status`]: operators' requests.
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
@@ -39,6 +43,7 @@ mod memory;
 mod observed;
 mod run;
 mod scale;
+mod setup;
 mod state;
 mod status;
 mod workers;
