@@ -1,17 +1,16 @@
 //! `xypriss doctor` on this machine, and pointed at broken paths: what it
-//! says, its exit code, its JSON, and that it leaves tracefs mounted or not
-//! as it found it.
+//! says, its exit code, its JSON, and that it needs no tracefs and mounts
+//! nothing.
 
 mod support;
 
 use std::{
-    fs::{self, OpenOptions},
+    fs,
     path::PathBuf,
     process::Command,
     sync::{Mutex, MutexGuard},
 };
 
-use nix::fcntl::{Flock, FlockArg};
 use serde_json::Value;
 use support::{XYPRISS, root_or_skip};
 
@@ -24,8 +23,8 @@ const TRACEPOINTS: [&str; 5] = [
     "sched/sched_process_exit",
 ];
 
-/// Held by each test for its whole run: doctor may mount tracefs, so a test
-/// comparing the mounts before and after its doctor must not see another's.
+/// Held by each test for its whole run, so that their doctors' BPF probes
+/// do not overlap.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn one_at_a_time() -> MutexGuard<'static, ()> {
@@ -65,22 +64,12 @@ fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no check {name} in {report:#}"))
 }
 
-/// The tracefs mounts, read while holding the lock xypriss holds whenever
-/// it has tracefs mounted for itself, so a concurrent `run` is never caught
-/// halfway.
-fn tracefs_mounts() -> Vec<String> {
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open("/run/xypriss/tracefs.lock")
-        .expect("the tracefs lock opens");
-    let _held = Flock::lock(lock, FlockArg::LockExclusive).expect("the tracefs lock is taken");
+/// This process's mount points.
+fn mount_points() -> Vec<String> {
     let mut mounts: Vec<String> = fs::read_to_string("/proc/self/mountinfo")
         .expect("mountinfo is readable")
         .lines()
-        .filter(|line| line.contains(" - tracefs "))
-        .map(str::to_owned)
+        .filter_map(|line| line.split_whitespace().nth(4).map(str::to_owned))
         .collect();
     mounts.sort();
     mounts
@@ -109,14 +98,18 @@ impl Drop for TempDir {
 }
 
 #[test]
-fn this_machine_runs_everything_and_tracefs_is_left_as_found() {
+fn this_machine_runs_everything_and_nothing_is_mounted() {
     let _serial = one_at_a_time();
     if !root_or_skip("doctor on this machine") {
         return;
     }
-    let before = tracefs_mounts();
+    let before = mount_points();
     let (code, report) = report(&[]);
-    assert_eq!(tracefs_mounts(), before, "doctor changed tracefs mounts");
+    let mounted: Vec<_> = mount_points()
+        .into_iter()
+        .filter(|m| !before.contains(m))
+        .collect();
+    assert!(mounted.is_empty(), "doctor mounted {mounted:?}");
 
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(report["degraded"], false, "{report:#}");
@@ -141,26 +134,16 @@ fn this_machine_runs_everything_and_tracefs_is_left_as_found() {
     for name in [
         "kernel",
         "privileges",
+        "lockdown",
         "btf",
         "ring_buffer",
-        "tracefs",
         "cgroup",
     ] {
         assert_eq!(check(&report, name)["status"], "ok", "{report:#}");
     }
-    let tracefs = check(&report, "tracefs")["detail"]
-        .as_str()
-        .expect("detail");
-    if before.is_empty() {
-        assert!(
-            tracefs.contains("unmounted"),
-            "tracefs was not mounted, yet: {tracefs}"
-        );
-    }
 
     let (code, table, _) = doctor(&[]);
     assert_eq!(code, 0, "{table}");
-    assert_eq!(tracefs_mounts(), before, "doctor changed tracefs mounts");
     assert!(table.starts_with("CHECK "), "{table}");
     for tracepoint in TRACEPOINTS {
         assert!(
@@ -174,17 +157,48 @@ fn this_machine_runs_everything_and_tracefs_is_left_as_found() {
     );
 }
 
-/// `xypriss doctor --json` in a mount namespace of its own, after `setup`
-/// (shell) there; fails unless tracefs is mounted afterwards exactly when
-/// `mounted`.
-fn report_in_namespace(setup: &str, mounted: bool) -> (i32, Value) {
-    let script = format!(
-        "{setup} || exit 90
-        \"$0\" doctor --json; code=$?
-        grep -q ' - tracefs ' /proc/self/mountinfo; [ $? -eq {} ] || exit 91
-        exit $code",
-        if mounted { 0 } else { 1 }
+/// Every tracepoint's check names the program chosen for it and what that
+/// reads, so a kernel's report says which variant runs there.
+#[test]
+fn each_tracepoint_names_its_program_and_what_it_reads() {
+    let _serial = one_at_a_time();
+    if !root_or_skip("doctor's tracepoint checks") {
+        return;
+    }
+    let (_, report) = report(&[]);
+    let rss_stat = check(&report, "tracepoint:kmem/rss_stat");
+    let detail = rss_stat["detail"].as_str().expect("detail");
+    assert!(
+        detail.contains("program `rss_stat`") || detail.contains("program `rss_stat_count`"),
+        "{detail}"
     );
+    let exit = check(&report, "tracepoint:sched/sched_process_exit");
+    let detail = exit["detail"].as_str().expect("detail");
+    assert!(
+        detail.contains("group_dead from the arguments") || detail.contains("signal->live at +"),
+        "{detail}"
+    );
+    let fork = check(&report, "tracepoint:sched/sched_process_fork");
+    let detail = fork["detail"].as_str().expect("detail");
+    assert!(
+        detail.contains("child->pid at +") && detail.contains("child->tgid at +"),
+        "{detail}"
+    );
+}
+
+/// Without tracefs mounted anywhere, doctor is all ok, and leaves it so:
+/// neither it nor `run` needs tracefs.
+#[test]
+fn no_tracefs_is_needed_and_none_is_mounted() {
+    let _serial = one_at_a_time();
+    if !root_or_skip("no tracefs") {
+        return;
+    }
+    let script = "umount -l -a -t tracefs; umount -l -a -t debugfs
+        grep -q ' - tracefs ' /proc/self/mountinfo && exit 90
+        \"$0\" doctor --json; code=$?
+        grep -q ' - tracefs ' /proc/self/mountinfo && exit 91
+        exit $code";
     let out = Command::new("unshare")
         .args([
             "--mount",
@@ -192,7 +206,7 @@ fn report_in_namespace(setup: &str, mounted: bool) -> (i32, Value) {
             "private",
             "sh",
             "-c",
-            &script,
+            script,
             XYPRISS,
         ])
         .output()
@@ -200,87 +214,15 @@ fn report_in_namespace(setup: &str, mounted: bool) -> (i32, Value) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let code = out.status.code().expect("sh exits");
-    assert_ne!(code, 90, "setup `{setup}` failed: {stderr}");
-    assert_ne!(
-        code,
-        91,
-        "tracefs was {} before doctor, and not after: {stdout}",
-        if mounted { "mounted" } else { "unmounted" }
-    );
-    let report = serde_json::from_str(&stdout)
+    assert_ne!(code, 90, "tracefs could not be unmounted: {stderr}");
+    assert_ne!(code, 91, "doctor mounted tracefs: {stdout}");
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("--json is not JSON ({e}): {stdout}\nstderr: {stderr}"));
-    (code, report)
-}
-
-#[test]
-fn tracefs_mounted_or_not_is_left_so() {
-    let _serial = one_at_a_time();
-    if !root_or_skip("tracefs mounted or not") {
-        return;
-    }
-    let (code, report) = report_in_namespace(
-        "umount -l -a -t tracefs; ! grep -q ' - tracefs ' /proc/self/mountinfo",
-        false,
-    );
-    assert_eq!(code, 0, "{report:#}");
-    let tracefs = check(&report, "tracefs");
-    assert_eq!(tracefs["status"], "ok", "{tracefs:#}");
-    assert!(
-        tracefs["detail"]
-            .as_str()
-            .expect("detail")
-            .contains("then unmounted"),
-        "{tracefs:#}"
-    );
-
-    let (code, report) = report_in_namespace(
-        "umount -l -a -t tracefs; mount -t tracefs nodev /sys/kernel/tracing",
-        true,
-    );
-    assert_eq!(code, 0, "{report:#}");
-    let tracefs = check(&report, "tracefs");
-    assert_eq!(
-        tracefs["detail"], "mounted at /sys/kernel/tracing",
-        "{tracefs:#}"
-    );
     for tracepoint in TRACEPOINTS {
         let c = check(&report, &format!("tracepoint:{tracepoint}"));
         assert_eq!(c["status"], "ok", "{c:#}");
     }
-}
-
-#[test]
-fn a_missing_tracefs_fails_with_a_fix_and_means_proc_polling() {
-    let _serial = one_at_a_time();
-    let empty = TempDir::new("tracefs");
-    for path in ["/nonexistent", empty.path()] {
-        let (code, report) = report(&["--tracefs", path]);
-        assert_eq!(code, 1, "{report:#}");
-        assert_eq!(report["degraded"], true);
-        assert_eq!(report["wouldUse"]["observer"], "procfs", "{report:#}");
-        let tracefs = check(&report, "tracefs");
-        assert_eq!(tracefs["status"], "fail", "{tracefs:#}");
-        assert_eq!(tracefs["degrades"], "observer", "{tracefs:#}");
-        let detail = tracefs["detail"].as_str().expect("detail");
-        assert!(detail.contains(path), "{detail}");
-        let fix = tracefs["fix"].as_str().expect("a fix");
-        assert!(
-            fix.contains(&format!("mount -t tracefs nodev {path}")),
-            "{fix}"
-        );
-    }
-
-    let (code, table, _) = doctor(&["--tracefs", "/nonexistent"]);
-    assert_eq!(code, 1, "{table}");
-    let line = table
-        .lines()
-        .find(|l| l.starts_with("tracefs "))
-        .unwrap_or_else(|| panic!("no tracefs row: {table}"));
-    assert!(line.contains(" FAIL "), "{line}");
-    assert!(
-        table.contains("until then, run polls /proc instead of using eBPF"),
-        "{table}"
-    );
 }
 
 #[test]
@@ -312,6 +254,14 @@ fn a_file_that_is_not_btf_means_proc_polling() {
         btf["detail"].as_str().expect("detail").contains("not BTF"),
         "{btf:#}"
     );
+    for tracepoint in TRACEPOINTS {
+        let c = check(&report, &format!("tracepoint:{tracepoint}"));
+        assert_eq!(c["status"], "fail", "{c:#}");
+        assert!(
+            c["detail"].as_str().expect("detail").contains("no BTF"),
+            "{c:#}"
+        );
+    }
 }
 
 #[test]

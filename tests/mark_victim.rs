@@ -1,7 +1,9 @@
 //! `oom/mark_victim`: a worker killed by the OOM killer is named as such.
 //!
-//! Worker 1 moves itself into a test memory cgroup (v1) limited to 64 MiB and
-//! grows; the kernel's OOM killer kills it. The cgroup is removed afterwards.
+//! Worker 1 moves itself into a test memory cgroup limited to 64 MiB (v1's
+//! `memory.limit_in_bytes`, or v2's `memory.max` where the hierarchy is v2,
+//! as in the kernels `cargo xtask vmtest` boots) and grows; the kernel's OOM
+//! killer kills it. The cgroup is removed afterwards.
 
 mod support;
 
@@ -15,12 +17,22 @@ struct TestCgroup(PathBuf);
 
 impl TestCgroup {
     fn new(limit: u64) -> Self {
-        let path = PathBuf::from(format!(
-            "/sys/fs/cgroup/memory/xypriss-test-{}",
-            std::process::id()
-        ));
-        fs::create_dir_all(&path).expect("a v1 memory cgroup at /sys/fs/cgroup/memory");
-        fs::write(path.join("memory.limit_in_bytes"), limit.to_string()).expect("limit set");
+        let name = format!("xypriss-test-{}", std::process::id());
+        let v2 = PathBuf::from("/sys/fs/cgroup");
+        let path = if v2.join("cgroup.controllers").exists() {
+            // v2: the memory controller must be enabled for the root's children.
+            fs::write(v2.join("cgroup.subtree_control"), "+memory")
+                .expect("the memory controller enabled at /sys/fs/cgroup");
+            let path = v2.join(name);
+            fs::create_dir_all(&path).expect("a v2 cgroup at /sys/fs/cgroup");
+            fs::write(path.join("memory.max"), limit.to_string()).expect("memory.max set");
+            path
+        } else {
+            let path = PathBuf::from("/sys/fs/cgroup/memory").join(name);
+            fs::create_dir_all(&path).expect("a v1 memory cgroup at /sys/fs/cgroup/memory");
+            fs::write(path.join("memory.limit_in_bytes"), limit.to_string()).expect("limit set");
+            path
+        };
         Self(path)
     }
 }

@@ -7,7 +7,7 @@
 //!
 //! Names follow the kernel objects they belong to: [`rss_stat`] for the
 //! `kmem/rss_stat` accounting, [`ring_buf`] for the records userspace reads,
-//! and [`trace_point`] for the load-time field offsets.
+//! and [`trace_point`] for the load-time kernel layout.
 #![no_std]
 
 /// The largest number of concurrently watched workers (slots in the per-worker arrays).
@@ -35,13 +35,26 @@ pub mod map_name {
     pub const EVENTS: &str = "EVENTS";
 }
 
-/// Program names, as the `#[tracepoint]` functions are called in the object.
+/// Program names, as the `#[raw_tracepoint]` functions are called in the object.
+///
+/// A tracepoint whose arguments changed across kernels has one program per
+/// variant; the loader loads the one this kernel's BTF prototype calls for.
 pub mod program_name {
+    /// `rss_stat(mm, member)` (6.2 on): reads `mm->rss_stat[member].count`.
     pub const RSS_STAT: &str = "rss_stat";
+    /// `rss_stat(mm, member, count)` (before 6.2): the new count is an argument.
+    pub const RSS_STAT_COUNT: &str = "rss_stat_count";
     pub const PAGE_FAULT_USER: &str = "page_fault_user";
+    /// `mark_victim(task, uid)` (6.8 on).
     pub const MARK_VICTIM: &str = "mark_victim";
+    /// `mark_victim(pid)` (before 6.8).
+    pub const MARK_VICTIM_PID: &str = "mark_victim_pid";
     pub const SCHED_PROCESS_FORK: &str = "sched_process_fork";
+    /// `sched_process_exit(task, group_dead)` (6.16 on).
     pub const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
+    /// `sched_process_exit(task)` (before 6.16): the group is dead when
+    /// `task->signal->live` is 0.
+    pub const SCHED_PROCESS_EXIT_LIVE: &str = "sched_process_exit_live";
 }
 
 /// `kmem/rss_stat` accounting state.
@@ -158,31 +171,26 @@ pub mod ring_buf {
 
 /// Global variables the loader sets before the programs are verified.
 ///
-/// Field offsets come from `/sys/kernel/tracing/events/<cat>/<name>/format` at
-/// load time, never from constants compiled in here.
+/// Every program is a raw tracepoint: it gets the tracepoint's C arguments
+/// (`TP_PROTO`), not a trace record, so it needs no tracefs. What it reads
+/// through those arguments (a task's pid, an mm's counters) is at offsets
+/// read from the kernel's BTF at load time, never compiled in here.
 pub mod trace_point {
-    /// The number of leading bytes of a tracepoint record the programs copy in
-    /// one helper call; every field they read must lie within it.
-    pub const HEADER_BYTES: usize = 40;
-
-    /// Offsets of the fields read from each classic tracepoint, in record bytes.
-    #[repr(C)]
-    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-    pub struct Offsets {
-        pub victim_pid: u32,
-        pub fork_child_pid: u32,
-        pub exit_pid: u32,
-        pub exit_group_dead: u32,
-    }
-    const _: () = assert!(size_of::<Offsets>() == 16);
-    const _: () = assert!(HEADER_BYTES.is_multiple_of(8));
-
-    /// Kernel struct layouts the raw `rss_stat` program reads, from BTF.
+    /// Kernel struct layouts the programs read, from BTF. A field a program
+    /// does not read on this kernel stays 0.
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct KernelLayout {
         /// `offsetof(struct task_struct, mm)`.
         pub task_mm: u32,
+        /// `offsetof(struct task_struct, pid)`.
+        pub task_pid: u32,
+        /// `offsetof(struct task_struct, tgid)`.
+        pub task_tgid: u32,
+        /// `offsetof(struct task_struct, signal)`.
+        pub task_signal: u32,
+        /// `offsetof(struct signal_struct, live)`: an `atomic_t`, the count of live threads.
+        pub signal_live: u32,
         /// `offsetof(struct mm_struct, rss_stat)`: an array of `struct percpu_counter`.
         pub mm_rss_stat: u32,
         /// `sizeof(struct percpu_counter)`.
@@ -193,7 +201,7 @@ pub mod trace_point {
         pub page_shift: u32,
         pub _pad: u32,
     }
-    const _: () = assert!(size_of::<KernelLayout>() == 24);
+    const _: () = assert!(size_of::<KernelLayout>() == 40);
 
     /// Tunables, fixed at load.
     #[repr(C)]
@@ -210,8 +218,6 @@ pub mod trace_point {
     }
     const _: () = assert!(size_of::<Settings>() == 24);
 
-    /// The name of the [`Offsets`] global.
-    pub const OFFSETS: &str = "OFFSETS";
     /// The name of the [`KernelLayout`] global.
     pub const LAYOUT: &str = "LAYOUT";
     /// The name of the [`Settings`] global.
@@ -223,14 +229,13 @@ pub mod trace_point {
 mod pod {
     use crate::{
         rss_stat::{TaskEntry, Thresholds, WorkerState},
-        trace_point::{KernelLayout, Offsets, Settings},
+        trace_point::{KernelLayout, Settings},
     };
 
     // SAFETY: each is #[repr(C)], made of integers only, with no padding (see the size assertions).
     unsafe impl aya::Pod for TaskEntry {}
     unsafe impl aya::Pod for WorkerState {}
     unsafe impl aya::Pod for Thresholds {}
-    unsafe impl aya::Pod for Offsets {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for KernelLayout {}
 }

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use xypriss_ebpf::{
     MAX_TASKS, MAX_WORKERS, ring_buf,
     rss_stat::{TaskEntry, Thresholds, WorkerState},
-    trace_point::{KernelLayout, Offsets, Settings},
+    trace_point::{KernelLayout, Settings},
 };
 
 #[map]
@@ -37,16 +37,12 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(ring_buf::BYTE_SIZE, 0);
 pub static LAST_WAKEUP: Array<u64> = Array::with_max_entries(1, 0);
 
 #[unsafe(no_mangle)]
-static OFFSETS: Offsets = Offsets {
-    victim_pid: 0,
-    fork_child_pid: 0,
-    exit_pid: 0,
-    exit_group_dead: 0,
-};
-
-#[unsafe(no_mangle)]
 static LAYOUT: KernelLayout = KernelLayout {
     task_mm: 0,
+    task_pid: 0,
+    task_tgid: 0,
+    task_signal: 0,
+    signal_live: 0,
     mm_rss_stat: 0,
     counter_size: 0,
     counter_count: 0,
@@ -62,13 +58,8 @@ static SETTINGS: Settings = Settings {
     _pad: 0,
 };
 
-/// The field offsets the loader wrote. A volatile read keeps the compiler from
-/// folding the compiled-in zeros; the verifier sees the frozen values.
-#[inline(always)]
-pub fn offsets() -> Offsets {
-    unsafe { core::ptr::read_volatile(&OFFSETS) }
-}
-
+/// The kernel layout the loader wrote. A volatile read keeps the compiler
+/// from folding the compiled-in zeros; the verifier sees the frozen values.
 #[inline(always)]
 pub fn layout() -> KernelLayout {
     unsafe { core::ptr::read_volatile(&LAYOUT) }

@@ -1,46 +1,17 @@
-//! Reading tracepoint records and writing ring-buffer records.
+//! Reading kernel memory, and writing ring-buffer records.
 
 use aya_ebpf::{
-    EbpfContext as _,
     bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel},
-    programs::TracePointContext,
 };
-use xypriss_ebpf::{ring_buf::Record, rss_stat::WorkerState, trace_point::HEADER_BYTES};
+use xypriss_ebpf::{ring_buf::Record, rss_stat::WorkerState};
 
 use crate::maps::{EVENTS, LAST_WAKEUP, LOST, settings};
 
-/// The first [`HEADER_BYTES`] of a tracepoint record, copied in one helper call.
-pub struct Header([u64; HEADER_BYTES / 8]);
-
-impl Header {
-    #[inline(always)]
-    pub fn read(ctx: &TracePointContext) -> Option<Self> {
-        unsafe { bpf_probe_read_kernel(ctx.as_ptr() as *const [u64; HEADER_BYTES / 8]) }
-            .ok()
-            .map(Header)
-    }
-
-    /// The naturally aligned `T` at byte `offset`; `None` when it is out of the header.
-    /// The loader checked the offsets, so the verifier prunes the `None` branch.
-    #[inline(always)]
-    fn at<T: Copy>(&self, offset: u32) -> Option<T> {
-        let offset = offset as usize;
-        if !offset.is_multiple_of(size_of::<T>()) || offset + size_of::<T>() > HEADER_BYTES {
-            return None;
-        }
-        Some(unsafe { *(self.0.as_ptr().cast::<u8>().add(offset).cast::<T>()) })
-    }
-
-    #[inline(always)]
-    pub fn u32_at(&self, offset: u32) -> Option<u32> {
-        self.at(offset)
-    }
-
-    #[inline(always)]
-    pub fn u8_at(&self, offset: u32) -> Option<u8> {
-        self.at(offset)
-    }
+/// The `T` at `base + offset` in kernel memory (an offset from BTF).
+#[inline(always)]
+pub fn read<T>(base: u64, offset: u32) -> Option<T> {
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.ok()
 }
 
 /// The current task's thread-group id (its process id).

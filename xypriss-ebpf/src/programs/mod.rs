@@ -1,4 +1,4 @@
-//! One file per tracepoint.
+//! One file per tracepoint; in it, one program per variant of its prototype.
 
 mod mark_victim;
 mod page_fault_user;

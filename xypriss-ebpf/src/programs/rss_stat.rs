@@ -1,10 +1,22 @@
-//! `kmem/rss_stat`, as a raw tracepoint: fires on every update of an mm's
-//! resident counters, with `(struct mm_struct *mm, int member)`.
+//! `kmem/rss_stat`, as a raw tracepoint: fires on updates of an mm's
+//! resident counters. Attached raw, the kernel builds no trace record (the
+//! classic tracepoint sums the counter's per-CPU parts for every record).
 //!
-//! Attached raw, the kernel builds no trace record, and in particular does not
-//! sum the counter's per-CPU parts on every page fault, as the classic
-//! tracepoint does. The program reads `mm->rss_stat[member].count` itself:
-//! the value `/proc/<pid>/status` shows too. The layout comes from BTF at load.
+//! Two variants, one per prototype; the loader reads this kernel's
+//! (`btf_trace_rss_stat` in its BTF) and loads the one that fits:
+//! - [`rss_stat`]: `(struct mm_struct *mm, int member)` (6.2 on). It fires
+//!   on every update, and the program reads `mm->rss_stat[member].count`, a
+//!   `percpu_counter`'s global part: the value `/proc/<pid>/status` shows
+//!   too, off from the exact sum by at most the per-CPU batches.
+//! - [`rss_stat_count`]: `(struct mm_struct *mm, int member, long count)`
+//!   (before 6.2): the counter is an `atomic_long_t` and `count` its new
+//!   value in pages. With `SPLIT_RSS_COUNTING` (x86-64's default) each
+//!   thread caches its own faults' updates and adds them to the mm's
+//!   counter every 64 faults (and at exit), which is when this fires. So it
+//!   fires about once per 64 faults per thread, and each thread's last
+//!   cached pages (up to 64 faults' worth, 256 KiB of 4 KiB pages, more with
+//!   fault-around on file pages) are not seen until it flushes. That is
+//!   what `/proc/<pid>/status` shows too: it reads the same mm counter.
 //!
 //! Unwatched processes cost two hash lookups. For watched ones, the per-task
 //! counters and the worker's totals are updated here, and a record goes to
@@ -13,13 +25,12 @@
 //!
 //! # Minimum kernel version
 //!
-//! 6.2, where `mm->rss_stat` is an array of `percpu_counter` and the
-//! tracepoint fires on every update.
+//! 5.5 for the tracepoint (and `bpf_probe_read_kernel`), 5.8 for the ring
+//! buffer, 5.12 for BPF atomics: [`rss_stat_count`] from 5.12 on,
+//! [`rss_stat`] from 6.2, where `mm->rss_stat` became per-CPU counters.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_task, bpf_probe_read_kernel},
-    macros::raw_tracepoint,
-    programs::RawTracePointContext,
+    helpers::bpf_get_current_task, macros::raw_tracepoint, programs::RawTracePointContext,
 };
 use xypriss_ebpf::{
     ring_buf::{KIND_SAMPLE, KIND_THRESHOLD, Record},
@@ -29,12 +40,27 @@ use xypriss_ebpf::{
 use super::{add, exchange, forget};
 use crate::{
     maps::{MM_OWNERS, TASKS, THRESHOLDS, WORKERS, layout, settings},
-    record::{Wakeup, current_tgid, send, totals},
+    record::{Wakeup, current_tgid, read, send, totals},
 };
 
 #[raw_tracepoint(tracepoint = "rss_stat")]
 pub fn rss_stat(ctx: RawTracePointContext) -> i32 {
-    let _ = try_rss_stat(&ctx);
+    let mm: u64 = ctx.arg(0);
+    if let Some(watched) = owner(mm) {
+        let member: i32 = ctx.arg(1);
+        let _ = per_cpu_counter(mm, member, watched);
+    }
+    0
+}
+
+#[raw_tracepoint(tracepoint = "rss_stat")]
+pub fn rss_stat_count(ctx: RawTracePointContext) -> i32 {
+    let mm: u64 = ctx.arg(0);
+    if let Some(watched) = owner(mm) {
+        let member: i32 = ctx.arg(1);
+        let pages: i64 = ctx.arg(2);
+        let _ = account(mm, member, pages, watched);
+    }
     0
 }
 
@@ -49,9 +75,7 @@ fn owner(mm: u64) -> Option<(&'static mut TaskEntry, u32)> {
         }
         // A new mm for this process (its first event, or after an exec), or
         // another process's mm touched from here (a fork copying pages).
-        let current = unsafe { bpf_get_current_task() } as *const u8;
-        let current_mm: u64 =
-            unsafe { bpf_probe_read_kernel(current.add(layout().task_mm as usize).cast()) }.ok()?;
+        let current_mm: u64 = read(unsafe { bpf_get_current_task() }, layout().task_mm)?;
         if current_mm == mm {
             return Some((task, tgid));
         }
@@ -62,21 +86,35 @@ fn owner(mm: u64) -> Option<(&'static mut TaskEntry, u32)> {
     (task.mm == mm).then_some((task, tgid))
 }
 
+/// `member` as an index into the counters. The kernel's members are
+/// `0..NR_MM_COUNTERS`; a mask, rather than a compare the compiler may do on
+/// the 32-bit value before indexing with the 64-bit one, is a bound every
+/// verifier can follow (6.1's refused the compare).
 #[inline(always)]
-fn try_rss_stat(ctx: &RawTracePointContext) -> Option<()> {
-    let mm: u64 = ctx.arg(0);
-    let (task, tgid) = owner(mm)?;
-    let member: i32 = ctx.arg(1);
-    let member = usize::try_from(member)
-        .ok()
-        .filter(|&m| m < NR_MM_COUNTERS)?;
+fn counter_index(member: i32) -> usize {
+    const _: () = assert!(NR_MM_COUNTERS.is_power_of_two());
+    (member as u32 & (NR_MM_COUNTERS as u32 - 1)) as usize
+}
+
+/// Reads `mm->rss_stat[member].count`, then accounts it.
+#[inline(always)]
+fn per_cpu_counter(mm: u64, member: i32, watched: (&'static mut TaskEntry, u32)) -> Option<()> {
+    let index = counter_index(member) as u32;
     let l = layout();
-    let counter = mm as usize
-        + l.mm_rss_stat as usize
-        + member * l.counter_size as usize
-        + l.counter_count as usize;
-    let pages: i64 = unsafe { bpf_probe_read_kernel(counter as *const i64) }.ok()?;
-    let size = pages.max(0) << l.page_shift;
+    let pages: i64 = read(mm, l.mm_rss_stat + index * l.counter_size + l.counter_count)?;
+    account(mm, member, pages, watched)
+}
+
+/// Counter `member` of `mm`, owned by the watched `task`, is now `pages`.
+#[inline(always)]
+fn account(
+    mm: u64,
+    member: i32,
+    pages: i64,
+    (task, tgid): (&'static mut TaskEntry, u32),
+) -> Option<()> {
+    let member = counter_index(member);
+    let size = pages.max(0) << layout().page_shift;
     let slot = task.worker;
     let state = WORKERS.get_ptr_mut(slot)?;
     if task.mm != mm {

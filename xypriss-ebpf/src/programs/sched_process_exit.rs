@@ -1,40 +1,66 @@
 //! `sched/sched_process_exit`: when the last thread of a watched process
 //! exits, its memory stops counting toward the worker and userspace is told.
-//! A watched thread's exit only drops its entry.
+//!
+//! Two raw-tracepoint variants, one per prototype; the loader reads this
+//! kernel's (`btf_trace_sched_process_exit`) and loads the one that fits:
+//! - [`sched_process_exit`]: `(struct task_struct *task, bool group_dead)`
+//!   (6.16 on): the kernel says whether the thread group is dead.
+//! - [`sched_process_exit_live`]: `(struct task_struct *task)`: the group is
+//!   dead when `task->signal->live`, which `do_exit` decrements before this
+//!   tracepoint, is 0. Two threads exiting at once may both see 0; the second
+//!   finds the process gone from `TASKS` and does nothing.
+//!
+//! Both fire in the exiting task, so an unwatched exit costs one lookup.
 //!
 //! # Minimum kernel version
 //!
-//! 6.16, where the tracepoint carries `group_dead`.
+//! 4.17 for raw tracepoints, 5.5 for `bpf_probe_read_kernel`, 5.12 for the
+//! atomic exchange in `forget`.
 
-use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_task, macros::raw_tracepoint, programs::RawTracePointContext,
+};
 use aya_log_ebpf::info;
 use xypriss_ebpf::ring_buf::{KIND_EXIT, Record};
 
 use super::forget;
 use crate::{
-    maps::{MM_OWNERS, TASKS, WORKERS, offsets, settings},
-    record::{Header, Wakeup, current_tgid, send, totals},
+    maps::{MM_OWNERS, TASKS, WORKERS, layout, settings},
+    record::{Wakeup, current_tgid, read, send, totals},
 };
 
-#[tracepoint]
-pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
-    let _ = try_sched_process_exit(&ctx);
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
+    let tgid = current_tgid();
+    if unsafe { TASKS.get(&tgid) }.is_some() {
+        let group_dead: u64 = ctx.arg(1);
+        if group_dead & 0xff != 0 {
+            let _ = exited(&ctx, tgid);
+        }
+    }
     0
 }
 
-#[inline(always)]
-fn try_sched_process_exit(ctx: &TracePointContext) -> Option<()> {
-    let off = offsets();
-    let header = Header::read(ctx)?;
-    let pid = header.u32_at(off.exit_pid)?;
-    let group_dead = header.u8_at(off.exit_group_dead)? != 0;
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit_live(ctx: RawTracePointContext) -> i32 {
     let tgid = current_tgid();
-    if pid != tgid {
-        let _ = TASKS.remove(&pid);
+    if unsafe { TASKS.get(&tgid) }.is_some() && group_dead() == Some(true) {
+        let _ = exited(&ctx, tgid);
     }
-    if !group_dead {
-        return None;
-    }
+    0
+}
+
+/// Whether `current->signal->live` is 0.
+#[inline(always)]
+fn group_dead() -> Option<bool> {
+    let l = layout();
+    let task = unsafe { bpf_get_current_task() };
+    let signal = read::<u64>(task, l.task_signal)?;
+    Some(read::<i32>(signal, l.signal_live)? == 0)
+}
+
+#[inline(always)]
+fn exited(ctx: &RawTracePointContext, tgid: u32) -> Option<()> {
     let task = TASKS.get_ptr_mut(&tgid)?;
     let task = unsafe { &mut *task };
     let slot = task.worker;

@@ -1,14 +1,17 @@
-//! `sched/sched_process_fork`: a watched task's new tasks are watched too,
-//! under the same worker, so a worker's children count toward its memory.
+//! `sched/sched_process_fork`: a watched process's new processes are watched
+//! too, under the same worker, so a worker's children count toward its memory.
 //!
-//! The tracepoint cannot tell a thread from a process, so threads get an
-//! entry as well; it is never looked up by tgid and goes when the thread exits.
+//! A raw tracepoint, `(struct task_struct *parent, struct task_struct *child)`
+//! on every kernel, fired in the parent. The child's pid and tgid are read
+//! from the task at offsets from BTF (the classic tracepoint's record put
+//! `child_pid` at different offsets across kernels). A new thread (its tgid is
+//! its parent's) needs no entry: the programs look tasks up by tgid.
 //!
 //! # Minimum kernel version
 //!
-//! 2.6.32.
+//! 4.17 for raw tracepoints, 5.5 for `bpf_probe_read_kernel`.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, macros::tracepoint, programs::TracePointContext};
+use aya_ebpf::{bindings::BPF_NOEXIST, macros::raw_tracepoint, programs::RawTracePointContext};
 use aya_log_ebpf::info;
 use xypriss_ebpf::{
     ring_buf::{KIND_FORK, Record},
@@ -16,21 +19,26 @@ use xypriss_ebpf::{
 };
 
 use crate::{
-    maps::{TASKS, offsets, settings},
-    record::{Header, Wakeup, current_tgid, send},
+    maps::{TASKS, layout, settings},
+    record::{Wakeup, current_tgid, read, send},
 };
 
-#[tracepoint]
-pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     let _ = try_sched_process_fork(&ctx);
     0
 }
 
 #[inline(always)]
-fn try_sched_process_fork(ctx: &TracePointContext) -> Option<()> {
+fn try_sched_process_fork(ctx: &RawTracePointContext) -> Option<()> {
     let parent = current_tgid();
     let worker = unsafe { TASKS.get(&parent) }?.worker;
-    let child = Header::read(ctx)?.u32_at(offsets().fork_child_pid)?;
+    let task: u64 = ctx.arg(1);
+    let l = layout();
+    let child = read::<u32>(task, l.task_pid)?;
+    if read::<u32>(task, l.task_tgid)? != child {
+        return None;
+    }
     let entry = TaskEntry {
         worker,
         ..TaskEntry::default()
@@ -39,7 +47,7 @@ fn try_sched_process_fork(ctx: &TracePointContext) -> Option<()> {
     if settings().log != 0 {
         info!(
             ctx,
-            "task {} of worker slot {} cloned {}", parent, worker, child
+            "process {} of worker slot {} forked {}", parent, worker, child
         );
     }
     send(

@@ -1,11 +1,12 @@
 //! Kernel lockdown. In `confidentiality` mode the kernel refuses BPF
-//! programs' reads of kernel memory (the `rss_stat` program reads
-//! `mm->rss_stat`) and refuses tracefs; `integrity` mode forbids neither.
+//! programs' reads of kernel memory (`bpf_probe_read_kernel`, with which the
+//! programs read tasks and mm counters); `integrity` mode does not.
 //!
 //! The mode is in securityfs, which may not be mounted, and the file is
 //! absent when the kernel has no lockdown support. Absent, the mode can still
-//! be ruled out: confidentiality mode refuses to open tracefs format files,
-//! so if they were read, it is not in force.
+//! be ruled out by asking the verifier: it refuses a program that calls
+//! `bpf_probe_read_kernel` under confidentiality mode only
+//! ([`verifier::probe_read_kernel_allowed`](crate::observe::verifier::probe_read_kernel_allowed)).
 
 use std::io;
 
@@ -15,11 +16,13 @@ const NAME: &str = "lockdown";
 /// The mode in force, and the others.
 pub const LOCKDOWN: &str = "/sys/kernel/security/lockdown";
 const SECURITYFS: &str = "/sys/kernel/security";
+const CONFIDENTIALITY_FIX: &str = "boot with lockdown=integrity (or none) on the kernel command \
+     line; if Secure Boot imposes the mode, turn Secure Boot off in the firmware";
 
 /// `text`: [`LOCKDOWN`]'s text, such as `none [integrity] confidentiality`
-/// (the mode in force in brackets). `tracefs_read`: a tracepoint format file
-/// was read.
-pub fn lockdown(text: &io::Result<String>, tracefs_read: bool) -> Check {
+/// (the mode in force in brackets). `probe_read`: whether the verifier let a
+/// program call `bpf_probe_read_kernel` (`Ok(false)`: it refused the helper).
+pub fn lockdown(text: &io::Result<String>, probe_read: &io::Result<bool>) -> Check {
     let text = match text {
         Ok(text) => text,
         Err(err) => {
@@ -28,21 +31,34 @@ pub fn lockdown(text: &io::Result<String>, tracefs_read: bool) -> Check {
             } else {
                 format!("unreadable ({err})")
             };
-            return if tracefs_read {
-                Check::ok(
+            return match probe_read {
+                Ok(true) => Check::ok(
                     NAME,
                     format!(
-                        "{LOCKDOWN} {absent}; not confidentiality mode, since tracefs was readable"
+                        "{LOCKDOWN} {absent}; not confidentiality mode: the verifier allows \
+                         bpf_probe_read_kernel"
                     ),
-                )
-            } else {
-                Check::warn(
+                ),
+                Ok(false) => Check::fail(
                     NAME,
-                    format!("{LOCKDOWN} {absent}; the mode cannot be told"),
                     format!(
-                        "mount securityfs (mount -t securityfs securityfs {SECURITYFS}) and run doctor again"
+                        "{LOCKDOWN} {absent}, and the verifier refuses bpf_probe_read_kernel, \
+                         as under confidentiality mode"
                     ),
-                )
+                    CONFIDENTIALITY_FIX,
+                    Degrades::Observer,
+                ),
+                Err(err) => Check::warn(
+                    NAME,
+                    format!(
+                        "{LOCKDOWN} {absent}, and no BPF program could be loaded to ask ({err}); \
+                         the mode cannot be told"
+                    ),
+                    format!(
+                        "run doctor as root, or mount securityfs (mount -t securityfs securityfs \
+                         {SECURITYFS}) and run doctor again"
+                    ),
+                ),
             };
         }
     };
@@ -53,9 +69,8 @@ pub fn lockdown(text: &io::Result<String>, tracefs_read: bool) -> Check {
         Some(mode @ ("none" | "integrity")) => Check::ok(NAME, mode),
         Some("confidentiality") => Check::fail(
             NAME,
-            "confidentiality: the kernel refuses BPF reads of kernel memory, and tracefs",
-            "boot with lockdown=integrity (or none) on the kernel command line; \
-             if Secure Boot imposes the mode, turn Secure Boot off in the firmware",
+            "confidentiality: the kernel refuses BPF reads of kernel memory",
+            CONFIDENTIALITY_FIX,
             Degrades::Observer,
         ),
         _ => Check::warn(
@@ -72,7 +87,7 @@ mod tests {
     use crate::doctor::Status;
 
     fn mode(text: &str) -> Check {
-        lockdown(&Ok(text.into()), true)
+        lockdown(&Ok(text.into()), &Ok(true))
     }
 
     #[test]
@@ -95,10 +110,13 @@ mod tests {
     }
 
     #[test]
-    fn absent_it_is_ruled_out_by_a_readable_tracefs_or_said_unknown() {
+    fn absent_it_is_told_by_the_verifier_or_said_unknown() {
         let absent = || Err(io::ErrorKind::NotFound.into());
-        assert_eq!(lockdown(&absent(), true).status, Status::Ok);
-        let unknown = lockdown(&absent(), false);
+        assert_eq!(lockdown(&absent(), &Ok(true)).status, Status::Ok);
+        let refused = lockdown(&absent(), &Ok(false));
+        assert_eq!(refused.status, Status::Fail);
+        assert_eq!(refused.degrades, Some(Degrades::Observer));
+        let unknown = lockdown(&absent(), &Err(io::ErrorKind::PermissionDenied.into()));
         assert_eq!(unknown.status, Status::Warn);
         assert!(unknown.fix.unwrap().contains("securityfs"));
     }

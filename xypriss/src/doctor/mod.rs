@@ -11,9 +11,8 @@
 //! Each check is a pure function of what was read (a file's text, a
 //! capability mask, the answer of a probe), in a module named after what it
 //! checks, so every failure can be tested with made-up inputs. [`examine`]
-//! alone reads the machine. It changes nothing there: the one thing it may do
-//! is what `run` does, mount tracefs to read the tracepoint formats, and it
-//! unmounts it before returning.
+//! alone reads the machine, and changes nothing there: like `run`, it needs
+//! no tracefs and mounts nothing.
 
 mod btf;
 mod capability;
@@ -24,12 +23,12 @@ mod pid_namespace;
 mod pressure;
 mod ring_buf;
 mod table;
-mod tracefs;
+mod trace_point;
 
 use std::{
     fs,
     io::{self, Write as _},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::ExitCode,
 };
 
@@ -44,7 +43,8 @@ use crate::{
         Source,
         btf::VMLINUX,
         ebpf::page_size,
-        trace_point::{CLASSIC, PLACES, RAW, TraceFs, Tracepoint},
+        trace_point::{ALL, Plan},
+        verifier,
     },
     supervise::cgroup::Hierarchy,
 };
@@ -61,10 +61,6 @@ pub struct DoctorFlags {
     /// Print one JSON document (see docs/doctor.md) instead of the table.
     #[arg(long)]
     pub json: bool,
-
-    /// Check the tracefs mounted at PATH, instead of finding (or mounting) it as `run` does.
-    #[arg(long, value_name = "PATH")]
-    pub tracefs: Option<PathBuf>,
 
     /// Check the kernel BTF at PATH.
     #[arg(long, value_name = "PATH", default_value = VMLINUX)]
@@ -225,8 +221,7 @@ pub fn examine(flags: &DoctorFlags) -> Report {
     let version = KernelVersion::current().map_err(|err| err.to_string());
     let ring_buf = aya::sys::is_map_supported(MapType::RingBuf).map_err(|err| err.io_error);
     let btf = fs::read(&flags.btf);
-    let (found, formats) = read_tracefs(flags.tracefs.as_deref(), root);
-    let tracefs_readable = formats.iter().any(|(_, text)| text.is_ok());
+    let probe_read = verifier::probe_read_kernel_allowed();
     let cgroup = match &flags.cgroup_root {
         Some(path) => Hierarchy::find_at(path),
         None => Hierarchy::find(),
@@ -252,79 +247,23 @@ pub fn examine(flags: &DoctorFlags) -> Report {
         kernel::version(&version),
         capability::privileges(&credentials),
         pid_namespace::pid_namespace(crate::supervise::pid_namespace::own_pid_namespace()),
-        lockdown::lockdown(&fs::read_to_string(lockdown::LOCKDOWN), tracefs_readable),
-        btf::btf(&flags.btf, &btf, page_size()),
+        lockdown::lockdown(&fs::read_to_string(lockdown::LOCKDOWN), &probe_read),
         ring_buf::ring_buf(&ring_buf, root),
-        tracefs::tracefs(&found, root, flags.tracefs.is_some()),
     ];
-    checks.extend(
-        formats
-            .iter()
-            .map(|(tracepoint, text)| tracefs::tracepoint(tracepoint, text)),
-    );
+    let (btf_check, btf) = btf::btf(&flags.btf, &btf);
+    checks.push(btf_check);
+    match btf {
+        Some(btf) => checks.extend(
+            Plan::new(&btf, page_size())
+                .choices
+                .iter()
+                .map(|(tracepoint, choice)| trace_point::tracepoint(tracepoint, choice)),
+        ),
+        None => checks.extend(ALL.iter().map(trace_point::unchecked)),
+    }
     checks.push(cgroup::cgroup(&cgroup));
     checks.push(pressure::pressure(&fs::read_to_string(PRESSURE)));
     Report::new(checks)
-}
-
-/// The text of each tracepoint's format file; empty when no tracefs could
-/// be read.
-type Formats = Vec<(Tracepoint, io::Result<String>)>;
-
-/// Finds tracefs as `run` would: as root, under its lock, mounting it if it
-/// is nowhere (and unmounting it before returning); otherwise by looking.
-/// `given` is looked at alone.
-fn read_tracefs(
-    given: Option<&Path>,
-    root: bool,
-) -> (Result<tracefs::Found, tracefs::Missing>, Formats) {
-    let formats = |at: &Path| -> Formats {
-        RAW.iter()
-            .chain(&CLASSIC)
-            .map(|&tp| (tp, fs::read_to_string(at.join(tp.format_path()))))
-            .collect()
-    };
-    let look = |at: &Path| fs::read_dir(at.join("events")).map(drop);
-    let found = match given {
-        Some(at) => look(at)
-            .map(|()| tracefs::Found::Mounted(at.into()))
-            .map_err(|error| tracefs::Missing::Unreadable {
-                path: at.into(),
-                error,
-            }),
-        None if root => match TraceFs::open() {
-            Ok(opened) => {
-                let path = opened.path().to_owned();
-                let read = formats(&path);
-                let found = if opened.mounted_here() {
-                    tracefs::Found::MountedHere(path)
-                } else {
-                    tracefs::Found::Mounted(path)
-                };
-                // Unmounts what it mounted.
-                drop(opened);
-                return (Ok(found), read);
-            }
-            Err(err) => Err(tracefs::Missing::Open(err)),
-        },
-        None => PLACES
-            .iter()
-            .map(Path::new)
-            .find_map(|at| match look(at) {
-                Ok(()) => Some(Ok(tracefs::Found::Mounted(at.into()))),
-                Err(err) if err.kind() == io::ErrorKind::NotFound => None,
-                Err(error) => Some(Err(tracefs::Missing::Unreadable {
-                    path: at.into(),
-                    error,
-                })),
-            })
-            .unwrap_or(Err(tracefs::Missing::NotMounted)),
-    };
-    let read = match &found {
-        Ok(found) => formats(found.path()),
-        Err(_) => Vec::new(),
-    };
-    (found, read)
 }
 
 #[cfg(test)]
@@ -369,7 +308,7 @@ mod tests {
     fn the_json_has_the_documented_shape() {
         let report = Report::new(vec![
             Check::ok("kernel", "Linux 6.18"),
-            Check::fail("tracefs", "cannot read", "mount it", Degrades::Observer),
+            Check::fail("btf", "cannot read", "run as root", Degrades::Observer),
         ]);
         let json = serde_json::to_value(&report).unwrap();
         assert_eq!(
@@ -377,7 +316,7 @@ mod tests {
             serde_json::json!({
                 "checks": [
                     {"name": "kernel", "status": "ok", "detail": "Linux 6.18"},
-                    {"name": "tracefs", "status": "fail", "detail": "cannot read", "fix": "mount it", "degrades": "observer"},
+                    {"name": "btf", "status": "fail", "detail": "cannot read", "fix": "run as root", "degrades": "observer"},
                 ],
                 "degraded": true,
                 "wouldUse": {"observer": "procfs", "cgroups": true},

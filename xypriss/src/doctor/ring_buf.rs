@@ -17,7 +17,7 @@ pub fn ring_buf(probe: &io::Result<bool>, root: bool) -> Check {
         Ok(false) => Check::fail(
             NAME,
             "the kernel does not know BPF ring buffer maps",
-            "upgrade the kernel to Linux 6.16 or later (ring buffers came in 5.8)",
+            "upgrade the kernel: ring buffers came in Linux 5.8; the observer is measured on 6.1 and later",
             Degrades::Observer,
         ),
         Err(err) if !root && err.kind() == io::ErrorKind::PermissionDenied => Check::warn(

@@ -55,14 +55,14 @@ Examples:
     Run(Box<RunFlags>),
     /// Check what `run` needs from this machine, and say how to fix what is missing.
     ///
-    /// Checks the kernel, privileges, lockdown, BTF, ring buffers, tracefs and each
+    /// Checks the kernel, privileges, lockdown, ring buffers, BTF and each
     /// tracepoint, the memory cgroup hierarchy and PSI. Exits 0 when `run` would work
     /// fully, 1 when it would degrade (to /proc polling, or to workers without cgroups).
     #[command(after_help = "\
 Examples:
   sudo xypriss doctor
   sudo xypriss doctor --json | jq '.checks[] | select(.status != \"ok\")'
-  xypriss doctor --tracefs /mnt/tracing --cgroup-root /sys/fs/cgroup")]
+  xypriss doctor --btf /tmp/vmlinux --cgroup-root /sys/fs/cgroup")]
     Doctor(crate::doctor::DoctorFlags),
     /// Show a running pool's workers and their memory, as a table or as JSON.
     #[command(after_help = "\

@@ -1,17 +1,21 @@
 //! Loads the BPF programs, attaches them to their tracepoints, and owns the
 //! maps userspace talks through.
 //!
+//! Every program is a raw tracepoint, attached by name, and which program a
+//! tracepoint gets is chosen from the kernel's BTF ([`trace_point`]): no
+//! tracefs, nothing mounted, nothing chosen from a version number.
+//!
 //! Nothing here outlives the process: programs, links and maps are not pinned,
-//! so the kernel frees them when xypriss exits, however it exits; tracefs, if
-//! we had to mount it, is unmounted as soon as the programs are attached.
+//! so the kernel frees them when xypriss exits, however it exits.
 //! A program the verifier refuses is reported with the end of its log
 //! ([`verifier`], which also holds the test hook that injects a rejection).
 //!
 //! # Minimum kernel version
 //!
-//! 6.16: `mm->rss_stat` as per-CPU counters (6.2), raw tracepoints (4.17),
-//! ring buffers (5.8), BPF atomic exchange (5.12), and `sched_process_exit`
-//! with `group_dead` (6.16). BTF at /sys/kernel/btf/vmlinux.
+//! 5.12 on paper: raw tracepoints (4.17), `rss_stat` (5.5),
+//! `bpf_probe_read_kernel` (5.5), ring buffers (5.8), BPF atomic exchange
+//! and add (5.12), and BTF at /sys/kernel/btf/vmlinux (5.4). Measured: 6.1,
+//! 6.12 and 6.18 (README, "Requirements").
 
 use std::{
     io,
@@ -23,10 +27,10 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{ProgramError, RawTracePoint, TracePoint},
+    programs::{ProgramError, RawTracePoint},
 };
 use xypriss_ebpf::{
-    map_name, program_name,
+    map_name,
     rss_stat::{self, TaskEntry, Thresholds, WorkerState},
     trace_point::{self, Settings},
 };
@@ -35,23 +39,13 @@ use super::{
     Counters, Observation,
     btf::{self, Btf, BtfError},
     ring_buf::Reader,
-    trace_point::{
-        MARK_VICTIM, PAGE_FAULT_USER, RSS_STAT, SCHED_PROCESS_EXIT, SCHED_PROCESS_FORK, TraceFs,
-        TraceFsError, Tracepoint,
-    },
+    trace_point::{Plan, Tracepoint},
     verifier,
 };
 use super::{Settings as Config, host::own_pid_namespace};
 
 /// The BPF object built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/xypriss"));
-
-/// The classic tracepoint programs and the tracepoints they attach to.
-const PROGRAMS: [(&str, Tracepoint); 3] = [
-    (program_name::MARK_VICTIM, MARK_VICTIM),
-    (program_name::SCHED_PROCESS_FORK, SCHED_PROCESS_FORK),
-    (program_name::SCHED_PROCESS_EXIT, SCHED_PROCESS_EXIT),
-];
 
 #[derive(Debug, thiserror::Error)]
 pub enum EbpfError {
@@ -64,9 +58,12 @@ pub enum EbpfError {
     )]
     PidNamespace { inode: u64 },
     #[error(transparent)]
-    TraceFs(#[from] TraceFsError),
-    #[error(transparent)]
     Btf(#[from] BtfError),
+    #[error("tracepoint {tracepoint}: {source}")]
+    Unsupported {
+        tracepoint: Tracepoint,
+        source: BtfError,
+    },
     #[error("loading the BPF object failed: {0}")]
     Load(Box<aya::EbpfError>),
     #[error("BPF program `{program}` is missing from the object")]
@@ -76,21 +73,19 @@ pub enum EbpfError {
     #[error("BPF map `{map}`: {source}")]
     Map { map: &'static str, source: MapError },
     #[error(
-        "BPF program `{program}` on {category}/{name} was rejected by the kernel's verifier ({source}): {verifier}"
+        "BPF program `{program}` on {tracepoint} was rejected by the kernel's verifier ({source}): {verifier}"
     )]
     Rejected {
         program: &'static str,
-        category: &'static str,
-        name: &'static str,
+        tracepoint: Tracepoint,
         source: io::Error,
         /// The end of the verifier's log, where it says why.
         verifier: String,
     },
-    #[error("BPF program `{program}` on {category}/{name}: {source}")]
+    #[error("BPF program `{program}` on {tracepoint}: {source}")]
     Program {
         program: &'static str,
-        category: &'static str,
-        name: &'static str,
+        tracepoint: Tracepoint,
         source: Box<ProgramError>,
     },
     #[error("the ring buffer cannot be polled: {0}")]
@@ -131,9 +126,15 @@ impl EbpfObserver {
         if let Some(inode) = own_pid_namespace() {
             return Err(EbpfError::PidNamespace { inode });
         }
-        let layout = Btf::from_file(Path::new(btf::VMLINUX))?.kernel_layout(page_size())?;
-        let tracefs = TraceFs::open()?;
-        let offsets = tracefs.offsets()?;
+        let Plan { layout, choices } =
+            Plan::new(&Btf::from_file(Path::new(btf::VMLINUX))?, page_size());
+        let programs = choices
+            .into_iter()
+            .map(|(tracepoint, choice)| match choice {
+                Ok(choice) => Ok((choice.program, tracepoint)),
+                Err(source) => Err(EbpfError::Unsupported { tracepoint, source }),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let settings = Settings {
             granularity: config.granularity,
             wakeup_interval_ns: u64::try_from(config.wakeup_interval.as_nanos())
@@ -142,7 +143,6 @@ impl EbpfObserver {
             _pad: 0,
         };
         let mut ebpf = EbpfLoader::new()
-            .override_global(trace_point::OFFSETS, &offsets, true)
             .override_global(trace_point::SETTINGS, &settings, true)
             .override_global(trace_point::LAYOUT, &layout, true)
             .load(OBJECT)
@@ -155,32 +155,13 @@ impl EbpfObserver {
                 "{}=verifier: failing the eBPF load on purpose",
                 verifier::FAULT_INJECT
             );
-            let (program, tracepoint) = PROGRAMS[0];
+            let (program, tracepoint) = programs[0];
             let (source, log) = verifier::reject_on_purpose();
-            return Err(rejected(
-                program,
-                tracepoint.category,
-                tracepoint.name,
-                source,
-                &log,
-            ));
+            return Err(rejected(program, tracepoint, source, &log));
         }
-        for (program, tracepoint) in PROGRAMS {
-            attach(
-                &mut ebpf,
-                program,
-                Some(tracepoint.category),
-                tracepoint.name,
-            )?;
+        for (program, tracepoint) in programs {
+            attach(&mut ebpf, program, tracepoint)?;
         }
-        drop(tracefs);
-        attach(&mut ebpf, program_name::RSS_STAT, None, RSS_STAT.name)?;
-        attach(
-            &mut ebpf,
-            program_name::PAGE_FAULT_USER,
-            None,
-            PAGE_FAULT_USER.name,
-        )?;
         let ring: RingBuf<MapData> = take(&mut ebpf, map_name::EVENTS)?;
         let tasks_fd = match ebpf.map(map_name::TASKS) {
             Some(aya::maps::Map::HashMap(data)) => data
@@ -349,37 +330,23 @@ impl Registration {
     }
 }
 
-/// Loads `program` and attaches it to tracepoint `category/name`, or, without
-/// a category, to the raw tracepoint `name` (by name: no tracefs needed).
-fn attach(
-    ebpf: &mut Ebpf,
-    program: &'static str,
-    category: Option<&'static str>,
-    name: &'static str,
-) -> Result<(), EbpfError> {
+/// Loads `program` and attaches it to raw tracepoint `tracepoint`, by name.
+fn attach(ebpf: &mut Ebpf, program: &'static str, tracepoint: Tracepoint) -> Result<(), EbpfError> {
     let prog = ebpf
         .program_mut(program)
         .ok_or(EbpfError::MissingProgram { program })?;
-    let attached = match category {
-        Some(category) => <&mut TracePoint>::try_from(prog).and_then(|tp| {
-            tp.load()?;
-            tp.attach(category, name).map(drop)
-        }),
-        None => <&mut RawTracePoint>::try_from(prog).and_then(|tp| {
-            tp.load()?;
-            tp.attach(name).map(drop)
-        }),
-    };
-    let category = category.unwrap_or("raw_tp");
+    let attached = <&mut RawTracePoint>::try_from(prog).and_then(|tp| {
+        tp.load()?;
+        tp.attach(tracepoint.name).map(drop)
+    });
     attached.map_err(|source| match source {
         ProgramError::LoadError {
             io_error,
             verifier_log,
-        } => rejected(program, category, name, io_error, &verifier_log.to_string()),
+        } => rejected(program, tracepoint, io_error, &verifier_log.to_string()),
         source => EbpfError::Program {
             program,
-            category,
-            name,
+            tracepoint,
             source: Box::new(source),
         },
     })
@@ -389,16 +356,14 @@ fn attach(
 /// lines that say why in the error.
 fn rejected(
     program: &'static str,
-    category: &'static str,
-    name: &'static str,
+    tracepoint: Tracepoint,
     source: io::Error,
     log: &str,
 ) -> EbpfError {
     tracing::debug!("the verifier's log for `{program}`:\n{log}");
     EbpfError::Rejected {
         program,
-        category,
-        name,
+        tracepoint,
         source,
         verifier: verifier::summary(log),
     }

@@ -1,5 +1,6 @@
 //! The kernel's BPF verifier: what its rejection of a program says, cut to
-//! the lines that explain it, and a real rejection on demand, for tests.
+//! the lines that explain it; a real rejection on demand, for tests; and
+//! whether it lets programs read kernel memory (lockdown), for doctor.
 //!
 //! A rejected program comes back with the verifier's log, which can run to
 //! megabytes: every path the verifier walked. The `observer` event and the
@@ -84,22 +85,57 @@ struct ProgLoadAttr {
 /// Asks the kernel to load `exit` alone as a raw tracepoint program: r0, the
 /// return value, is never set, so the verifier refuses it (`R0 !read_ok`).
 fn load_invalid() -> (io::Error, String) {
+    // One `struct bpf_insn`: opcode BPF_JMP | BPF_EXIT, no registers, no offset, no immediate.
+    const EXIT: [[u8; 8]; 1] = [[0x95, 0, 0, 0, 0, 0, 0, 0]];
+    let (result, log) = load_raw_tracepoint(&EXIT);
+    let error = match result {
+        Err(error) => error,
+        Ok(()) => io::Error::other("the kernel accepted a program its verifier should refuse"),
+    };
+    (error, log)
+}
+
+/// Whether the verifier lets a raw tracepoint program call
+/// `bpf_probe_read_kernel`: `Ok(false)` when it refuses the helper, as kernel
+/// lockdown's confidentiality mode makes it; an error when no program could
+/// be loaded at all (not root, or `bpf()` blocked).
+pub fn probe_read_kernel_allowed() -> io::Result<bool> {
+    // r1 = r10; r1 += -8; r2 = 8; r3 = 0; call bpf_probe_read_kernel (113); r0 = 0; exit
+    const PROGRAM: [[u8; 8]; 7] = [
+        [0xbf, 0xa1, 0, 0, 0, 0, 0, 0],
+        [0x07, 0x01, 0, 0, 0xf8, 0xff, 0xff, 0xff],
+        [0xb7, 0x02, 0, 0, 8, 0, 0, 0],
+        [0xb7, 0x03, 0, 0, 0, 0, 0, 0],
+        [0x85, 0x00, 0, 0, 113, 0, 0, 0],
+        [0xb7, 0x00, 0, 0, 0, 0, 0, 0],
+        [0x95, 0x00, 0, 0, 0, 0, 0, 0],
+    ];
+    match load_raw_tracepoint(&PROGRAM) {
+        (Ok(()), _) => Ok(true),
+        (Err(err), log) if err.raw_os_error() == Some(libc::EINVAL) && log.contains("func") => {
+            Ok(false)
+        }
+        (Err(err), _) => Err(err),
+    }
+}
+
+/// Loads `insns` as a GPL raw tracepoint program, and closes it; returns the
+/// verifier's log with the outcome.
+fn load_raw_tracepoint(insns: &[[u8; 8]]) -> (io::Result<()>, String) {
     // From <linux/bpf.h>.
     const BPF_PROG_LOAD: libc::c_long = 5;
     const BPF_PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
-    // One `struct bpf_insn`: opcode BPF_JMP | BPF_EXIT, no registers, no offset, no immediate.
-    const EXIT: [u8; 8] = [0x95, 0, 0, 0, 0, 0, 0, 0];
     let mut log = vec![0u8; 64 * 1024];
     let attr = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_RAW_TRACEPOINT,
-        insn_cnt: 1,
-        insns: EXIT.as_ptr() as u64,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
         license: c"GPL".as_ptr() as u64,
         log_level: 1,
         log_size: log.len() as u32,
         log_buf: log.as_mut_ptr() as u64,
     };
-    // SAFETY: the attr points at an instruction, a license and a log buffer
+    // SAFETY: the attr points at instructions, a license and a log buffer
     // that outlive the call, with the sizes it gives.
     let ret = unsafe {
         libc::syscall(
@@ -109,15 +145,15 @@ fn load_invalid() -> (io::Error, String) {
             size_of::<ProgLoadAttr>(),
         )
     };
-    let error = if ret < 0 {
-        io::Error::last_os_error()
+    let result = if ret < 0 {
+        Err(io::Error::last_os_error())
     } else {
         // SAFETY: the kernel just returned this fd, and nothing else holds it.
         drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(ret as i32) });
-        io::Error::other("the kernel accepted a program its verifier should refuse")
+        Ok(())
     };
     let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-    (error, String::from_utf8_lossy(&log[..end]).into_owned())
+    (result, String::from_utf8_lossy(&log[..end]).into_owned())
 }
 
 #[cfg(test)]
@@ -148,6 +184,15 @@ mod tests {
             summary.ends_with("invalid access to map value"),
             "{summary}"
         );
+    }
+
+    #[test]
+    fn this_kernel_lets_programs_read_kernel_memory() {
+        if !nix::unistd::geteuid().is_root() && std::env::var_os("CI").is_none() {
+            return; // Loading a program needs root.
+        }
+        // Neither this machine nor CI's runs lockdown's confidentiality mode.
+        assert!(probe_read_kernel_allowed().unwrap());
     }
 
     #[test]
