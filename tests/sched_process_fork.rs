@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use support::{DEMO, MIB, Pool, proc_status, root_or_skip, u64_of};
 
-const TIMEOUT: Duration = Duration::from_secs(20);
+const TIMEOUT: Duration = Duration::from_secs(60);
 
 #[test]
 fn a_workers_child_counts_toward_the_worker() {

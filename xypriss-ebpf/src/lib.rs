@@ -45,9 +45,9 @@ pub mod program_name {
     /// `rss_stat(mm, member, count)` (before 6.2): the new count is an argument.
     pub const RSS_STAT_COUNT: &str = "rss_stat_count";
     pub const PAGE_FAULT_USER: &str = "page_fault_user";
-    /// `mark_victim(task, uid)` (6.8 on).
+    /// `mark_victim(task, uid)` (6.12, 6.18, and Debian's 6.1.170 by backport).
     pub const MARK_VICTIM: &str = "mark_victim";
-    /// `mark_victim(pid)` (before 6.8).
+    /// `mark_victim(pid)` (older kernels, such as 5.15).
     pub const MARK_VICTIM_PID: &str = "mark_victim_pid";
     pub const SCHED_PROCESS_FORK: &str = "sched_process_fork";
     /// `sched_process_exit(task, group_dead)` (6.16 on).

@@ -3,9 +3,10 @@
 //!
 //! Two raw-tracepoint variants, one per prototype; the loader reads this
 //! kernel's (`btf_trace_mark_victim` in its BTF) and loads the one that fits:
-//! - [`mark_victim`]: `(struct task_struct *task, uid_t uid)` (6.12 has it):
-//!   the victim's tgid is read from the task, at the offset BTF gives.
-//! - [`mark_victim_pid`]: `(int pid)` (6.1 has it): the victim task's pid,
+//! - [`mark_victim`]: `(struct task_struct *task, uid_t uid)` (6.12 and 6.18
+//!   have it, and Debian's 6.1.170 by backport): the victim's tgid is read
+//!   from the task, at the offset BTF gives.
+//! - [`mark_victim_pid`]: `(int pid)` (older kernels): the victim task's pid,
 //!   which is its process's unless the OOM killer picked a thread other than
 //!   the leader (when the leader has already released its memory).
 //!
