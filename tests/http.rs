@@ -20,7 +20,7 @@ use std::{
 
 use openmetrics_parser::{MetricsExposition, OpenMetricsType, OpenMetricsValue};
 use serde_json::{Value, json};
-use support::{DEMO, Pool, of, root_or_skip, u64_of};
+use support::{DEMO, Pool, TCP_ESTABLISHED, of, root_or_skip, server_side_state, u64_of};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -586,13 +586,13 @@ fn slow_clients_do_not_hold_up_others() {
     // Half a request's headers, then nothing.
     let mut headers = TcpStream::connect(api.address).unwrap();
     headers
-        .write_all(b"GET /workers HTTP/1.1\r\nHost: xypriss\r\n")
+        .write_all(b"GET /workers HTTP/1.1\r\nHost: localhost\r\n")
         .unwrap();
     // A whole request's headers, and a tenth of its body.
     let mut body = TcpStream::connect(api.address).unwrap();
     write!(
         body,
-        "POST /cluster/scale HTTP/1.1\r\nHost: xypriss\r\nAuthorization: Bearer {}\r\nContent-Length: 100\r\n\r\n{{\"workers\"",
+        "POST /cluster/scale HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\nContent-Length: 100\r\n\r\n{{\"workers\"",
         api.token()
     )
     .unwrap();
@@ -655,4 +655,148 @@ fn a_taken_status_address_is_a_startup_error() {
         "the error names the flag and address: {error}"
     );
     assert!(of(&pool.events, "worker_spawned").is_empty());
+}
+
+/// A connection to `address` from the loopback address `source`, with a
+/// small receive buffer: what it does not read fills up soon.
+fn connect_from(address: SocketAddr, source: std::net::Ipv4Addr) -> TcpStream {
+    use std::os::fd::AsRawFd as _;
+
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket,
+        sockopt::RcvBuf,
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    setsockopt(&fd, RcvBuf, &4096).unwrap();
+    bind(
+        fd.as_raw_fd(),
+        &SockaddrIn::from(std::net::SocketAddrV4::new(source, 0)),
+    )
+    .unwrap();
+    let SocketAddr::V4(target) = address else {
+        panic!("IPv4 only")
+    };
+    connect(fd.as_raw_fd(), &SockaddrIn::from(target)).unwrap();
+    TcpStream::from(fd)
+}
+
+#[test]
+fn clients_that_pipeline_and_never_read_do_not_lock_out_others() {
+    if !root_or_skip("clients_that_pipeline_and_never_read_do_not_lock_out_others") {
+        return;
+    }
+    let (mut pool, api) = start("pipeline");
+    // 64 clients, as many as the server serves at once, sixteen from each of
+    // four addresses: each sends requests back to back as long as its socket
+    // takes them, and reads none of the answers.
+    let request = b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n".repeat(64);
+    let hogs: Vec<TcpStream> = (0..64u8)
+        .map(|i| {
+            let mut hog = connect_from(api.address, [127, 0, 2, 10 + i / 16].into());
+            hog.set_nonblocking(true).unwrap();
+            while hog.write_all(&request).is_ok() {}
+            hog
+        })
+        .collect();
+
+    // Prometheus and an operator are still served.
+    let metrics = api.get("/metrics");
+    assert_eq!(metrics.status, 200);
+    assert_eq!(api.get_json("/cluster/health")["healthy"], true);
+
+    // Each hog is let go, though it reads nothing: the server's end of its
+    // connection closes.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    for hog in &hogs {
+        let port = hog.local_addr().unwrap().port();
+        while server_side_state(api.address.port(), port) == Some(TCP_ESTABLISHED) {
+            assert!(
+                Instant::now() < deadline,
+                "the server holds a client that does not read"
+            );
+            thread::sleep(Duration::from_millis(200));
+        }
+    }
+    drop(hogs);
+    assert_eq!(api.get_json("/cluster/health")["healthy"], true);
+    assert!(pool.stop().success());
+}
+
+#[test]
+fn a_page_of_another_site_cannot_read_the_pool_through_dns_rebinding() {
+    if !root_or_skip("a_page_of_another_site_cannot_read_the_pool_through_dns_rebinding") {
+        return;
+    }
+    let (mut pool, api) = start("rebinding");
+    let port = api.address.port();
+    // What a browser sends once rebind.example resolves to 127.0.0.1.
+    for path in ["/workers", "/cluster/memory", "/metrics", "/events", "/"] {
+        let answer = Api::answer(
+            api.agent
+                .get(api.url(path))
+                .header("Host", format!("rebind.example:{port}"))
+                .call(),
+        );
+        answer.refused(421, "host_not_allowed");
+    }
+    for host in [format!("localhost:{port}"), api.address.to_string()] {
+        let answer = Api::answer(
+            api.agent
+                .get(api.url("/workers"))
+                .header("Host", host)
+                .call(),
+        );
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    assert!(pool.stop().success());
+}
+
+#[test]
+fn reads_take_the_token_when_asked_to() {
+    if !root_or_skip("reads_take_the_token_when_asked_to") {
+        return;
+    }
+    let mut pool = Pool::start(&[
+        "--workers",
+        "1",
+        "--status-addr",
+        "127.0.0.1:0",
+        "--status-read-token",
+        "--name",
+        "http-read-token",
+        DEMO,
+        "steps",
+        "8",
+    ]);
+    let server = pool.wait_event("status_server", TIMEOUT, |_| true);
+    let api = Api {
+        address: server["address"].as_str().unwrap().parse().unwrap(),
+        token_file: PathBuf::from(server["tokenFile"].as_str().unwrap()),
+        agent: ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(TIMEOUT))
+            .build()
+            .into(),
+    };
+    for path in ["/workers", "/cluster/health", "/metrics", "/events"] {
+        api.get(path).refused(401, "missing_token");
+    }
+    let page = api.get("/");
+    assert_eq!(page.status, 200, "the page holds no data of the pool");
+    assert!(page.content_type.starts_with("text/html"));
+    let token = api.token();
+    let answer = Api::answer(
+        api.agent
+            .get(api.url("/cluster/health"))
+            .header("Authorization", format!("Bearer {token}"))
+            .call(),
+    );
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(pool.stop().success());
 }

@@ -332,3 +332,19 @@ pub fn u64_of(event: &Value, field: &str) -> u64 {
 pub fn of<'a>(events: &'a [Value], name: &str) -> Vec<&'a Value> {
     events.iter().filter(|e| e["event"] == name).collect()
 }
+
+/// `TCP_ESTABLISHED` in /proc/net/tcp's `st` column.
+pub const TCP_ESTABLISHED: u8 = 1;
+
+/// The state of the server's end (local port `server`) of the IPv4
+/// connection from port `client`, as /proc/net/tcp says it; `None` once the
+/// kernel dropped it.
+pub fn server_side_state(server: u16, client: u16) -> Option<u8> {
+    let table = fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let port = |address: &str| u16::from_str_radix(address.rsplit(':').next()?, 16).ok();
+        (port(fields[1]) == Some(server) && port(fields[2]) == Some(client))
+            .then(|| u8::from_str_radix(fields[3], 16).expect("a hex state"))
+    })
+}

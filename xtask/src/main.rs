@@ -46,7 +46,7 @@ enum Task {
     /// Run the benchmarks (as root) and print their figures; see BENCHMARKS.md.
     Bench {
         /// Which (default: all): reaction, latency, overhead, http, throughput, leak,
-        /// footprint, scale.
+        /// footprint, scale, dashboards.
         names: Vec<String>,
         /// How long the leak benchmark watches each steady scenario.
         #[arg(long, default_value_t = 10.0)]
@@ -237,11 +237,12 @@ fn dist(root: &Path) -> Result<()> {
 fn test(root: &Path, args: Vec<OsString>) -> Result<()> {
     let tools = bootstrap::ensure(root)?;
     // What the real-kernel tests drive besides xypriss: tmux (the terminal
-    // views) and stress-ng (a memory hog outside the pool). They run as
-    // root, which apt-get needs too.
+    // views), stress-ng (a memory hog outside the pool) and Chromium (the
+    // dashboard, headless). They run as root, which apt-get needs too.
     if nix::unistd::geteuid().is_root() {
         bench::peers::debian("tmux", "tmux")?;
         bench::peers::debian("stress-ng", "stress-ng")?;
+        bench::peers::debian("chromium", "chromium")?;
     }
     cargo(root, ["fmt", "--all", "--", "--check"])
         .context("formatting differs from rustfmt's: run `cargo fmt --all`")?;

@@ -69,6 +69,12 @@ pub struct Usage {
     /// The host's memory pressure (PSI `some avg10`, percent).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub pressure_some_avg10: Option<f64>,
+    /// `memoryWarningThreshold` and `memoryCriticalThreshold`, in percent:
+    /// of `maxMemoryPerWorker` for a worker, of `maxTotalMemory` for the pool.
+    #[serde(default)]
+    pub memory_warning_threshold: f64,
+    #[serde(default)]
+    pub memory_critical_threshold: f64,
 }
 
 /// `getClusterHealth()`.
@@ -94,6 +100,11 @@ pub struct Worker {
     pub health: String,
     pub rss_bytes: u64,
     pub anon_bytes: u64,
+    /// File-backed and shared resident memory: with `anonBytes`, `rssBytes`.
+    #[serde(default)]
+    pub file_bytes: u64,
+    #[serde(default)]
+    pub shmem_bytes: u64,
     pub swap_bytes: u64,
     /// Bytes per second, over the last second.
     pub allocation_rate: f64,
@@ -131,6 +142,10 @@ pub struct Counters {
     pub events_lost_kernel: u64,
     /// Lines stdout's reader did not take in time.
     pub events_lost_output: u64,
+    /// Lines followers of the event stream (`xypriss events`, `/events`)
+    /// did not take in time, all together; each follower's stream says its own.
+    #[serde(default)]
+    pub events_lost_follower: u64,
     pub scale_ups: u64,
     pub scale_downs: u64,
     /// Events made so far, those lost on the way to stdout included.
@@ -168,6 +183,8 @@ pub(crate) fn sample() -> Status {
         health: "healthy".into(),
         rss_bytes,
         anon_bytes: rss_bytes / 2,
+        file_bytes: rss_bytes / 2,
+        shmem_bytes: 0,
         swap_bytes: 0,
         allocation_rate: 1024.0,
         fault_rate: 12.5,
@@ -214,6 +231,8 @@ pub(crate) fn sample() -> Status {
                 max_memory_per_worker_bytes: 512 << 20,
                 system_available_bytes: Some(8 << 30),
                 pressure_some_avg10: None,
+                memory_warning_threshold: 80.0,
+                memory_critical_threshold: 95.0,
             },
             healthy: false,
         },
@@ -233,6 +252,7 @@ pub(crate) fn sample() -> Status {
             )]),
             events_lost_kernel: 7,
             events_lost_output: 0,
+            events_lost_follower: 3,
             scale_ups: 2,
             scale_downs: 1,
             events_emitted: 40,

@@ -25,10 +25,13 @@
 //!   own RSS and CPU, with 16, 64 and 256 idle workers.
 //! - `scale`: with 16, 64 and 256 workers, one of them swinging across its
 //!   thresholds: the crossing latency, and xypriss's RSS and CPU meanwhile.
+//! - `dashboards`: `latency`'s alert latency with the status server and no
+//!   dashboard open, then with ten following `/events`.
 //!
 //! The peers (PM2, stress-ng, wrk, bpftrace) are installed on first use, see
 //! [`peers`]. Every scenario is bounded in time and stops what it started.
 
+mod dashboards;
 mod footprint;
 mod http;
 mod latency;
@@ -57,7 +60,7 @@ use nix::{
 };
 use serde_json::Value;
 
-const ALL: [&str; 8] = [
+const ALL: [&str; 9] = [
     "reaction",
     "latency",
     "overhead",
@@ -66,6 +69,7 @@ const ALL: [&str; 8] = [
     "leak",
     "footprint",
     "scale",
+    "dashboards",
 ];
 
 pub fn run(root: &Path, names: &[String], minutes: f64) -> Result<()> {
@@ -94,6 +98,7 @@ pub fn run(root: &Path, names: &[String], minutes: f64) -> Result<()> {
             "throughput" => bench.throughput()?,
             "footprint" => bench.footprint()?,
             "leak" => bench.leak(minutes)?,
+            "dashboards" => bench.dashboards()?,
             other => bail!("unknown benchmark `{other}`: {}", ALL.join(", ")),
         };
         let path = bench.out.join(format!("{name}.json"));

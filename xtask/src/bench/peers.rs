@@ -3,7 +3,8 @@
 //! (stress-ng, wrk, bpftrace) through `apt-get`, and PM2 from the npm
 //! registry into `.bench/peers` at the workspace root, which git ignores.
 //! Each install is skipped when the tool is already there. `cargo xtask
-//! test` installs the Debian tools its tests drive the same way.
+//! test` installs the Debian tools its tests drive (tmux, stress-ng,
+//! chromium) the same way.
 
 use std::{
     path::{Path, PathBuf},

@@ -1,6 +1,7 @@
 //! The HTTP status server (`--status-addr`): the pool's status as JSON,
-//! its metrics for Prometheus, and a few operations guarded by a bearer
-//! token. `docs/api.md` documents every endpoint.
+//! its metrics for Prometheus, its live dashboard (`/`, fed by the event
+//! stream `/events`), and a few operations guarded by a bearer token.
+//! `docs/api.md` documents every endpoint.
 //!
 //! It runs on the control loop's own runtime and thread, and reads nothing
 //! of the pool itself: each request becomes an [`api::Request`] answered by
@@ -8,22 +9,33 @@
 //!
 //! It lives inside the supervisor, so a client must not be able to hurt the
 //! pool through it: bodies are small and bounded, a client gets a bounded
-//! time to send its headers and its body, and the connections open at once
-//! are capped, so slow or idle clients can neither pin the server nor use up
-//! the descriptors the supervisor needs for its workers. Every refusal is a
-//! 4xx or 5xx with a JSON body that says why; nothing a client sends can
-//! stop the server.
+//! time to send its headers and its body, the connections open at once are
+//! capped, in all and per peer, and each is bounded in time (see
+//! [`super::limits`]), so slow, idle or greedy clients can neither pin the
+//! server nor use up the descriptors the supervisor needs for its workers.
+//! Every refusal is a 4xx or 5xx with a JSON body that says why; nothing a
+//! client sends can stop the server.
 
-use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     body::Bytes,
     extract::{
         DefaultBodyLimit, FromRequest, FromRequestParts, Path as UrlPath, State,
         rejection::PathRejection,
     },
     http::{HeaderValue, Method, StatusCode, Uri, header, request::Parts},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -32,15 +44,20 @@ use hyper_util::{
     rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
+use nix::sys::socket::{setsockopt, sockopt::SndBuf};
 use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::Value;
 use tokio::{
     net::{TcpListener, TcpStream},
-    task::{JoinHandle, JoinSet},
+    task::{self, JoinHandle, JoinSet},
+    time::{sleep, timeout},
 };
+use tokio_io_timeout::TimeoutStream;
 
 use super::{
-    ApiError, Handle, Reply, Request, Status,
+    ApiError, Handle, Reply, Request, Status, dashboard,
+    limits::{CONNECTION_DEADLINE, GRACE, Hosts, PER_PEER, Peers, SEND_BUFFER, WRITE_STALL},
+    sse,
     token::{Token, TokenError, TokenFile},
     views::{HealthView, MemoryView, TotalsView, WorkersView},
 };
@@ -59,6 +76,14 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connections served at once; more wait in the kernel's accept queue.
 const MAX_CONNECTIONS: usize = 64;
+
+/// Who may read: everyone who reaches the address, or only token holders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reads {
+    Open,
+    /// `--status-read-token`: every GET but the dashboard's own files.
+    TakeToken,
+}
 
 /// How long to wait after a failed accept (out of descriptors) before the
 /// next.
@@ -90,6 +115,7 @@ impl StatusServer {
     pub async fn start(
         address: SocketAddr,
         token_path: &Path,
+        reads: Reads,
         handle: Handle,
     ) -> Result<Self, StartError> {
         let bind_error = |source| StartError::Bind { address, source };
@@ -97,7 +123,13 @@ impl StatusServer {
         let bound = listener.local_addr().map_err(bind_error)?;
         let token = Token::generate()?;
         let token_file = token.write(token_path)?;
-        let task = tokio::spawn(serve(listener, handle, Arc::new(token)));
+        let server = Server {
+            handle,
+            token: Arc::new(token),
+            reads,
+            hosts: Hosts::for_address(bound),
+        };
+        let task = tokio::spawn(serve(listener, server));
         Ok(Self {
             address: bound,
             task,
@@ -123,16 +155,29 @@ impl Drop for StatusServer {
 }
 
 /// Serves the API on `listener` until its task is aborted.
-async fn serve(listener: TcpListener, handle: Handle, token: Arc<Token>) {
-    let router = router(handle, token);
+async fn serve(listener: TcpListener, server: Server) {
+    let router = router(server);
     let mut connections = JoinSet::new();
+    // Whose each connection is, to give the peer its slot back.
+    let mut owners: HashMap<task::Id, IpAddr> = HashMap::new();
+    let mut peers = Peers::default();
     loop {
         tokio::select! {
-            Some(_) = connections.join_next() => {}
-            accepted = listener.accept(), if connections.len() < MAX_CONNECTIONS => match accepted {
-                Ok((stream, _)) => {
-                    connections.spawn(connection(stream, router.clone()));
+            Some(ended) = connections.join_next_with_id() => {
+                let id = match ended {
+                    Ok((id, ())) => id,
+                    Err(err) => err.id(),
+                };
+                if let Some(ip) = owners.remove(&id) {
+                    peers.release(ip);
                 }
+            }
+            accepted = listener.accept(), if connections.len() < MAX_CONNECTIONS => match accepted {
+                Ok((stream, peer)) if peers.admit(peer.ip()) => {
+                    let id = connections.spawn(connection(stream, router.clone())).id();
+                    owners.insert(id, peer.ip());
+                }
+                Ok((stream, peer)) => refuse(&stream, peer),
                 Err(err) => {
                     tracing::warn!("status server: cannot accept a connection: {err}");
                     tokio::time::sleep(ACCEPT_PAUSE).await;
@@ -142,13 +187,58 @@ async fn serve(listener: TcpListener, handle: Handle, token: Arc<Token>) {
     }
 }
 
-/// One client's connection, HTTP/1.1 with keep-alive.
+/// Tells a peer over its share why it is not served, if its socket takes it
+/// at once (a new socket's buffer is empty), and closes the connection.
+fn refuse(stream: &TcpStream, peer: SocketAddr) {
+    tracing::debug!("status server: {peer} holds {PER_PEER} connections already");
+    let body = serde_json::json!({"error": {
+        "code": "too_many_connections",
+        "message": format!("this address holds {PER_PEER} connections already"),
+    }})
+    .to_string();
+    let answer = format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.try_write(answer.as_bytes());
+}
+
+/// Set once a connection carries an event stream, which is meant to last.
+#[derive(Clone, Default)]
+struct Streaming(Arc<AtomicBool>);
+
+/// One client's connection, HTTP/1.1 with keep-alive, within the limits of
+/// [`super::limits`].
 async fn connection(stream: TcpStream, router: Router) {
-    let served = http1::Builder::new()
+    if let Err(err) = setsockopt(&stream, SndBuf, &SEND_BUFFER) {
+        tracing::debug!("status server: cannot set SO_SNDBUF: {err}");
+    }
+    let mut stream = TimeoutStream::new(stream);
+    stream.set_write_timeout(Some(WRITE_STALL));
+    let streaming = Streaming::default();
+    let service = router.layer(Extension(streaming.clone()));
+    let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
-        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(router))
-        .await;
+        .serve_connection(
+            TokioIo::new(Box::pin(stream)),
+            TowerToHyperService::new(service),
+        );
+    tokio::pin!(conn);
+    let served = tokio::select! {
+        served = conn.as_mut() => served,
+        () = sleep(CONNECTION_DEADLINE) => {
+            if streaming.0.load(Ordering::Relaxed) {
+                conn.await
+            } else {
+                conn.as_mut().graceful_shutdown();
+                match timeout(GRACE, conn).await {
+                    Ok(served) => served,
+                    Err(_) => return,
+                }
+            }
+        }
+    };
     if let Err(err) = served {
         tracing::debug!("status server: connection ended: {err}");
     }
@@ -158,10 +248,16 @@ async fn connection(stream: TcpStream, router: Router) {
 struct Server {
     handle: Handle,
     token: Arc<Token>,
+    reads: Reads,
+    hosts: Hosts,
 }
 
-fn router(handle: Handle, token: Arc<Token>) -> Router {
+fn router(server: Server) -> Router {
     Router::new()
+        .route("/", get(dashboard::page))
+        .route("/dashboard.js", get(dashboard::script))
+        .route("/dashboard.css", get(dashboard::style))
+        .route("/events", get(events))
         .route("/cluster/memory", get(memory))
         .route("/cluster/health", get(health))
         .route("/cluster/metrics", get(totals))
@@ -174,7 +270,45 @@ fn router(handle: Handle, token: Arc<Token>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(Server { handle, token })
+        .layer(middleware::from_fn_with_state(server.clone(), guard))
+        .with_state(server)
+}
+
+/// Before any endpoint: the `Host` allow-list, and the token for reads when
+/// they take it (the `POST`s check it themselves, before their body).
+async fn guard(
+    State(server): State<Server>,
+    request: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .map(|h| h.to_str().unwrap_or(""));
+    if !server.hosts.allow(host) {
+        return Refusal::HostNotAllowed {
+            host: host.unwrap_or("").to_owned(),
+        }
+        .into_response();
+    }
+    let path = request.uri().path();
+    if server.reads == Reads::TakeToken
+        && request.method() != Method::POST
+        && !dashboard::PATHS.contains(&path)
+        && let Err(refusal) = authorize(request.headers(), &server.token)
+    {
+        return refusal.into_response();
+    }
+    next.run(request).await
+}
+
+/// `GET /events`: the event stream.
+async fn events(
+    State(server): State<Server>,
+    Extension(streaming): Extension<Streaming>,
+) -> Response {
+    streaming.0.store(true, Ordering::Relaxed);
+    sse::stream(server.handle).into_response()
 }
 
 /// Answers with what `cut` makes of the pool's status now.
@@ -283,16 +417,20 @@ impl FromRequestParts<Server> for Authorized {
     type Rejection = Refusal;
 
     async fn from_request_parts(parts: &mut Parts, server: &Server) -> Result<Self, Refusal> {
-        let presented = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(bearer)
-            .ok_or(Refusal::MissingToken)?;
-        if server.token.matches(presented) {
-            Ok(Self)
-        } else {
-            Err(Refusal::WrongToken)
-        }
+        authorize(&parts.headers, &server.token).map(|()| Self)
+    }
+}
+
+/// Whether `headers` carry `token`.
+fn authorize(headers: &axum::http::HeaderMap, token: &Token) -> Result<(), Refusal> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(bearer)
+        .ok_or(Refusal::MissingToken)?;
+    if token.matches(presented) {
+        Ok(())
+    } else {
+        Err(Refusal::WrongToken)
     }
 }
 
@@ -352,9 +490,13 @@ enum Refusal {
     #[error("the body did not arrive within {} s", timeout.as_secs())]
     BodyTimeout { timeout: Duration },
     #[error(
-        "this endpoint changes the pool: it takes `Authorization: Bearer TOKEN`, with the token from the file the status_server event names"
+        "this endpoint takes `Authorization: Bearer TOKEN`, with the token from the file the status_server event names"
     )]
     MissingToken,
+    #[error(
+        "Host {host:?} is not this server's: bound to loopback, it answers localhost and loopback addresses only"
+    )]
+    HostNotAllowed { host: String },
     #[error("the bearer token is not this pool's")]
     WrongToken,
     #[error("the worker id is not valid: {reason}")]
@@ -375,6 +517,7 @@ impl Refusal {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::MissingToken | Self::WrongToken => StatusCode::UNAUTHORIZED,
+            Self::HostNotAllowed { .. } => StatusCode::MISDIRECTED_REQUEST,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -389,6 +532,7 @@ impl Refusal {
             Self::BodyTimeout { .. } => "body_timeout",
             Self::MissingToken => "missing_token",
             Self::WrongToken => "invalid_token",
+            Self::HostNotAllowed { .. } => "host_not_allowed",
             Self::BadWorkerId { .. } => "bad_worker_id",
             Self::NotFound { .. } => "not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
@@ -430,12 +574,22 @@ mod tests {
 
     /// A server on a loopback port, its token, and the loop's end.
     async fn server() -> (SocketAddr, String, Calls) {
+        server_with(Reads::Open).await
+    }
+
+    async fn server_with(reads: Reads) -> (SocketAddr, String, Calls) {
         let (handle, calls) = api::channel();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let token = Token::generate().unwrap();
         let secret = token.secret().to_owned();
-        tokio::spawn(serve(listener, handle, Arc::new(token)));
+        let server = Server {
+            handle,
+            token: Arc::new(token),
+            reads,
+            hosts: Hosts::for_address(address),
+        };
+        tokio::spawn(serve(listener, server));
         (address, secret, calls)
     }
 
@@ -510,5 +664,75 @@ mod tests {
         let (status, _, answer) = exchange(address, &post("/cluster/scale", &token, &body)).await;
         assert_eq!(status, 413);
         assert_eq!(answer["error"]["code"], "body_too_large");
+    }
+
+    #[tokio::test]
+    async fn a_rebound_name_is_refused_and_loopback_names_are_served() {
+        let (address, _, calls) = server().await;
+        drop(calls);
+        let request = |host: &str| format!("GET /workers HTTP/1.0\r\nHost: {host}\r\n\r\n");
+        let (status, _, body) = exchange(address, &request("rebind.example:9464")).await;
+        assert_eq!(status, 421);
+        assert_eq!(body["error"]["code"], "host_not_allowed");
+        let (status, _, _) = exchange(address, &request("rebind.example:9464")).await;
+        assert_eq!(status, 421, "the page too");
+        let (status, _, _) = exchange(address, &request(&address.to_string())).await;
+        assert_eq!(status, 503, "past the guard, to the (stopped) pool");
+        let (status, _, _) = exchange(address, &request("localhost:9464")).await;
+        assert_eq!(status, 503);
+    }
+
+    #[tokio::test]
+    async fn reads_may_take_the_token_but_the_page_never_does() {
+        let (address, token, calls) = server_with(Reads::TakeToken).await;
+        drop(calls);
+        for path in ["/workers", "/metrics", "/events", "/cluster/health"] {
+            let (status, _, body) =
+                exchange(address, &format!("GET {path} HTTP/1.0\r\n\r\n")).await;
+            assert_eq!(status, 401, "{path}");
+            assert_eq!(body["error"]["code"], "missing_token");
+        }
+        let with = format!("GET /workers HTTP/1.0\r\nAuthorization: Bearer {token}\r\n\r\n");
+        let (status, _, _) = exchange(address, &with).await;
+        assert_eq!(status, 503, "past the token, to the (stopped) pool");
+        for path in dashboard::PATHS {
+            let (status, head, _) =
+                exchange(address, &format!("GET {path} HTTP/1.0\r\n\r\n")).await;
+            assert_eq!(status, 200, "{path}");
+            assert!(
+                head.to_lowercase().contains("content-security-policy"),
+                "{head}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_over_its_share_is_told_why_and_served_once_it_lets_go() {
+        let (address, _, _calls) = server().await;
+        let mut held = Vec::new();
+        for _ in 0..PER_PEER {
+            let stream = TcpStream::connect(address).await.unwrap();
+            held.push(stream);
+        }
+        // Accepted in order: this one after those it holds.
+        let mut over = TcpStream::connect(address).await.unwrap();
+        let mut answer = String::new();
+        over.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+        assert!(answer.contains("too_many_connections"), "{answer}");
+        drop(held);
+        // Served again once the server saw them go.
+        loop {
+            let mut stream = TcpStream::connect(address).await.unwrap();
+            let _ = stream
+                .write_all(b"GET /dashboard.css HTTP/1.0\r\n\r\n")
+                .await;
+            let mut answer = Vec::new();
+            let _ = stream.read_to_end(&mut answer).await;
+            if answer.starts_with(b"HTTP/1.0 200") || answer.starts_with(b"HTTP/1.1 200") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

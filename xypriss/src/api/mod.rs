@@ -5,20 +5,28 @@
 //! them. They meet here. A request travels to the loop over a channel with a
 //! one-shot reply, so that no interface ever reads the pool's state behind
 //! the loop's back, and every answer is as fresh as the loop itself. Events
-//! reach followers (`xypriss events`, `xypriss top`) through a broadcast of
-//! the same NDJSON lines that go to stdout.
+//! reach followers (`xypriss events`, `xypriss top`, the dashboard's
+//! `/events`) through a broadcast of the same NDJSON lines that go to stdout;
+//! the lines a follower loses are said in its stream and counted for all in
+//! the status (`eventsLost.follower`).
 //!
 //! The request and reply types are the wire format of the control socket
 //! (one JSON object a line) and the bodies of the HTTP API, documented in
 //! `docs/api.md`.
 
 pub mod client;
+mod dashboard;
 pub mod http;
+mod limits;
 pub mod socket;
+mod sse;
 pub mod token;
 pub mod views;
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -26,6 +34,11 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 /// The status the API serves lives in [`crate::report`], which the
 /// outputs share; it is known here by its old name too.
 pub use crate::report::{self as status, Status};
+
+use crate::output::{
+    event::{Event, LossStage},
+    ndjson::to_line,
+};
 
 /// How many requests may wait for the control loop.
 const QUEUE: usize = 64;
@@ -124,6 +137,8 @@ pub struct Call {
 pub struct Handle {
     calls: mpsc::Sender<Call>,
     events: broadcast::Sender<Arc<str>>,
+    /// Lines every follower lost, together.
+    lost: Arc<AtomicU64>,
 }
 
 /// The control loop's end: the calls to answer.
@@ -133,18 +148,32 @@ pub type Calls = mpsc::Receiver<Call>;
 pub fn channel() -> (Handle, Calls) {
     let (calls, rx) = mpsc::channel(QUEUE);
     let (events, _) = broadcast::channel(FOLLOW_LINES);
-    (Handle { calls, events }, rx)
+    let lost = Arc::default();
+    (
+        Handle {
+            calls,
+            events,
+            lost,
+        },
+        rx,
+    )
 }
 
 impl Handle {
     /// Asks the control loop; [`ApiError::Stopping`] once it has ended.
+    /// The status comes with the lines followers lost, which the
+    /// interfaces count and the loop does not know.
     pub async fn call(&self, request: Request) -> Result<Reply, ApiError> {
         let (reply, answer) = oneshot::channel();
         self.calls
             .send(Call { request, reply })
             .await
             .map_err(|_| ApiError::Stopping)?;
-        answer.await.map_err(|_| ApiError::Stopping)?
+        let mut reply = answer.await.map_err(|_| ApiError::Stopping)??;
+        if let Reply::Status(status) = &mut reply {
+            status.counters.events_lost_follower = self.lost.load(Ordering::Relaxed);
+        }
+        Ok(reply)
     }
 
     /// The pool's status now.
@@ -165,6 +194,46 @@ impl Handle {
     /// Where the output sends every line for followers.
     pub fn event_sender(&self) -> broadcast::Sender<Arc<str>> {
         self.events.clone()
+    }
+
+    /// A new follower's tally of the lines it lost.
+    pub fn losses(&self) -> Lost {
+        Lost {
+            total: 0,
+            pool: Arc::clone(&self.lost),
+        }
+    }
+}
+
+/// The lines one follower lost: said in its own stream, and added to the
+/// pool's count of every follower's losses.
+#[derive(Debug)]
+pub struct Lost {
+    total: u64,
+    pool: Arc<AtomicU64>,
+}
+
+impl Lost {
+    /// Counts `count` more lost lines.
+    pub fn add(&mut self, count: u64) {
+        self.total += count;
+        self.pool.fetch_add(count, Ordering::Relaxed);
+    }
+
+    /// Counts `count` more, and says so in an `events_lost` line.
+    pub fn line(&mut self, count: u64) -> Arc<str> {
+        self.add(count);
+        self.notice(count)
+    }
+
+    /// The `events_lost` line for `count` lines already counted.
+    pub fn notice(&self, count: u64) -> Arc<str> {
+        to_line(&Event::EventsLost {
+            stage: LossStage::Follower,
+            count,
+            total: self.total,
+        })
+        .into()
     }
 }
 

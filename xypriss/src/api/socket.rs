@@ -40,14 +40,8 @@ use tokio::{
     time::timeout,
 };
 
-use super::{ApiError, Handle, Reply, Request};
-use crate::{
-    output::{
-        event::{Event, LossStage},
-        ndjson::to_line,
-    },
-    supervise::listen::{SocketFile, clear_stale_socket},
-};
+use super::{ApiError, Handle, Lost, Reply, Request};
+use crate::supervise::listen::{SocketFile, clear_stale_socket};
 
 /// The longest request line, newline included.
 pub const MAX_LINE: usize = 64 * 1024;
@@ -352,7 +346,7 @@ async fn connection(stream: UnixStream, handle: Handle, mut closing: watch::Rece
             Ok(Ok(Read::Line)) => match parse(&line) {
                 Parsed::Blank => continue,
                 Parsed::Events => {
-                    return follow(read, write, handle.follow(), closing).await;
+                    return follow(read, write, handle.follow(), handle.losses(), closing).await;
                 }
                 Parsed::Call(request) => Response::answer(handle.call(request).await),
                 Parsed::Bad(why) => Response::error("bad_request", why),
@@ -379,9 +373,9 @@ async fn follow<R: AsyncRead + Unpin>(
     mut read: BufReader<R>,
     mut write: OwnedWriteHalf,
     mut events: broadcast::Receiver<Arc<str>>,
+    mut lost: Lost,
     mut closing: watch::Receiver<bool>,
 ) {
-    let mut lost = Lost::default();
     let mut scratch = [0; 512];
     loop {
         let next = tokio::select! {
@@ -412,25 +406,6 @@ async fn follow<R: AsyncRead + Unpin>(
         if !send(&mut write, &line).await {
             return;
         }
-    }
-}
-
-/// A follower's losses.
-#[derive(Default)]
-struct Lost {
-    total: u64,
-}
-
-impl Lost {
-    /// The `events_lost` line for `count` more.
-    fn line(&mut self, count: u64) -> Arc<str> {
-        self.total += count;
-        to_line(&Event::EventsLost {
-            stage: LossStage::Follower,
-            count,
-            total: self.total,
-        })
-        .into()
     }
 }
 

@@ -101,6 +101,7 @@ pub struct TotalsView<'a> {
 struct EventsLost {
     kernel: u64,
     output: u64,
+    follower: u64,
 }
 
 #[derive(Debug, PartialEq, Serialize)]
@@ -135,6 +136,7 @@ impl<'a> TotalsView<'a> {
             events_lost: EventsLost {
                 kernel: status.counters.events_lost_kernel,
                 output: status.counters.events_lost_output,
+                follower: status.counters.events_lost_follower,
             },
             scale_events: ScaleEvents {
                 up: status.counters.scale_ups,
@@ -234,7 +236,10 @@ mod tests {
         assert_eq!(view["restarts"], 1, "worker 0's generation 2, once");
         assert_eq!(view["lowMemoryMode"], true);
         assert_eq!(view["alerts"]["warning"]["cluster"], 1);
-        assert_eq!(view["eventsLost"], json!({"kernel": 7, "output": 0}));
+        assert_eq!(
+            view["eventsLost"],
+            json!({"kernel": 7, "output": 0, "follower": 3})
+        );
         assert_eq!(view["scaleEvents"], json!({"up": 2, "down": 1}));
         assert_eq!(view["memoryUsage"]["maxTotalMemoryBytes"], 2u64 << 30);
     }

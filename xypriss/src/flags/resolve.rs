@@ -170,6 +170,7 @@ pub fn resolve(flags: RunFlags) -> Result<Resolved, FlagError> {
         env: flags.env,
         name: check_name(flags.name)?,
         status_addr: flags.status_addr,
+        status_read_token: flags.status_read_token,
         format: output_format(flags.pretty, flags.json),
         memory: options.memory,
     };

@@ -187,6 +187,11 @@ pub struct RunFlags {
     #[arg(long, value_name = "[HOST:]PORT", value_parser = parse_status_addr, allow_hyphen_values = true)]
     pub status_addr: Option<SocketAddr>,
 
+    /// Make reads from the status server (its GETs, the dashboard's data and events) take the
+    /// token too, not only the operations that change the pool.
+    #[arg(long, requires = "status_addr")]
+    pub status_read_token: bool,
+
     /// Fail instead of falling back to /proc polling when eBPF cannot be used.
     #[arg(long, conflicts_with = "no_ebpf")]
     pub require_ebpf: bool,

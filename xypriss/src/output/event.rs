@@ -281,7 +281,8 @@ pub enum LossStage {
     Kernel,
     /// stdout did not keep up and the bounded queue in front of it was full.
     Output,
-    /// A follower of the control socket (`xypriss events`) fell behind: only
-    /// it lost these lines, and only its stream says so.
+    /// A follower of the stream (`xypriss events`, the status server's
+    /// `/events`) fell behind: only it lost these lines, and only its stream
+    /// says so (the status counts every follower's, `eventsLost.follower`).
     Follower,
 }

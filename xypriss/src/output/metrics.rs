@@ -226,7 +226,7 @@ fn register_pool(registry: &mut Registry, status: &Status) {
     );
     registry.register(
         "events_lost",
-        "Events lost: by the kernel's ring buffer, or by a stdout that did not keep up",
+        "Events lost: by the kernel's ring buffer, by a stdout that did not keep up, or by followers of the stream that did not",
         labelled(vec![
             (
                 vec![("stage", "kernel".into())],
@@ -235,6 +235,10 @@ fn register_pool(registry: &mut Registry, status: &Status) {
             (
                 vec![("stage", "output".into())],
                 counters.events_lost_output,
+            ),
+            (
+                vec![("stage", "follower".into())],
+                counters.events_lost_follower,
             ),
         ]),
     );

@@ -14,7 +14,11 @@ use super::{
     run::{Inputs, Signals},
 };
 use crate::{
-    api::{self, Handle, http::StatusServer, socket::ControlSocket},
+    api::{
+        self, Handle,
+        http::{Reads, StatusServer},
+        socket::ControlSocket,
+    },
     detect::threshold::Alerts,
     observe::{self, Observer, Source, host},
     output::{
@@ -70,7 +74,7 @@ pub(super) async fn setup(config: RunConfig) -> anyhow::Result<(Pool, Inputs)> {
     let status_server = match config.status_addr {
         Some(address) => {
             let token = runtime_dir.join(format!("{}.token", config.name));
-            Some(status_server(address, &token, api, &output).await?)
+            Some(status_server(address, &token, reads(&config), api, &output).await?)
         }
         None => None,
     };
@@ -198,15 +202,25 @@ fn observe_settings(config: &RunConfig) -> observe::Settings {
 async fn status_server(
     address: std::net::SocketAddr,
     token: &std::path::Path,
+    reads: Reads,
     api: Handle,
     output: &Output,
 ) -> anyhow::Result<StatusServer> {
-    let server = StatusServer::start(address, token, api).await?;
+    let server = StatusServer::start(address, token, reads, api).await?;
     output.emit(&Event::StatusServer {
         address: server.address().to_string(),
         token_file: server.token_file().display().to_string(),
     });
     Ok(server)
+}
+
+/// Whether reads take the token (`--status-read-token`).
+fn reads(config: &RunConfig) -> Reads {
+    if config.status_read_token {
+        Reads::TakeToken
+    } else {
+        Reads::Open
+    }
 }
 
 /// The watchdog that cleans the pool's cgroups if xypriss is SIGKILLed.

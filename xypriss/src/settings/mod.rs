@@ -107,6 +107,8 @@ pub struct RunConfig {
     pub name: String,
     /// `--status-addr`.
     pub status_addr: Option<SocketAddr>,
+    /// `--status-read-token`: GETs take the token too.
+    pub status_read_token: bool,
     /// How events are written on stdout.
     pub format: Format,
     /// Everything the memory options say, checked.
