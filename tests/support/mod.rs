@@ -2,6 +2,11 @@
 //! reading its NDJSON stdout and its stderr as they come, and the root check.
 //!
 //! Tests that need root skip outside CI only; with `CI` set they fail.
+//!
+//! Every wait here is multiplied by `XYPRISS_TEST_TIME_SCALE` (1 when unset):
+//! `cargo xtask vmtest` runs these tests in emulated VMs, some ten times
+//! slower than the host, and sets it there. It makes waits longer, never
+//! shorter, so a test that passes unscaled passes scaled.
 
 #![allow(
     dead_code,
@@ -25,6 +30,20 @@ use serde_json::Value;
 pub const XYPRISS: &str = env!("CARGO_BIN_EXE_xypriss");
 pub const DEMO: &str = env!("CARGO_BIN_EXE_xypriss-demo");
 pub const MIB: u64 = 1 << 20;
+
+/// `wait` multiplied by `XYPRISS_TEST_TIME_SCALE`, a whole number ≥ 1.
+pub fn scaled(wait: Duration) -> Duration {
+    static SCALE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let scale = *SCALE.get_or_init(|| match std::env::var("XYPRISS_TEST_TIME_SCALE") {
+        Ok(text) => text
+            .parse()
+            .ok()
+            .filter(|&n| n >= 1)
+            .unwrap_or_else(|| panic!("XYPRISS_TEST_TIME_SCALE={text:?}: a whole number ≥ 1")),
+        Err(_) => 1,
+    });
+    wait * scale
+}
 
 /// True when the test may go on: running as root. Outside CI, a test without
 /// root is skipped with a note; in CI it fails.
@@ -132,6 +151,7 @@ impl Pool {
         timeout: Duration,
         pred: impl Fn(&Value) -> bool,
     ) -> Value {
+        let timeout = scaled(timeout);
         let deadline = Instant::now() + timeout;
         if let Some(found) = self.events.iter().find(|e| pred(e)) {
             return found.clone();
@@ -176,7 +196,7 @@ impl Pool {
 
     /// Collects whatever events arrive within `period`.
     pub fn collect_for(&mut self, period: Duration) {
-        let deadline = Instant::now() + period;
+        let deadline = Instant::now() + scaled(period);
         while let Ok(event) = self
             .stdout
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
@@ -214,6 +234,7 @@ impl Pool {
 
     /// Waits for a stderr line matching `pred`.
     pub fn wait_for_log(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let timeout = scaled(timeout);
         let deadline = Instant::now() + timeout;
         if let Some(line) = self.log.iter().find(|l| pred(l)) {
             return line.clone();
@@ -262,18 +283,19 @@ impl Pool {
 
     /// Waits for xypriss to exit (at most 20 s) and reads every remaining event.
     pub fn wait(&mut self) -> ExitStatus {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + scaled(Duration::from_secs(20));
         let status = loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 break status;
             }
             assert!(
                 Instant::now() < deadline,
-                "xypriss did not exit within 20 s"
+                "xypriss did not exit within {:?}",
+                scaled(Duration::from_secs(20))
             );
             thread::sleep(Duration::from_millis(20));
         };
-        while let Ok(event) = self.stdout.recv_timeout(Duration::from_secs(2)) {
+        while let Ok(event) = self.stdout.recv_timeout(scaled(Duration::from_secs(2))) {
             self.events.push(event);
         }
         self.drain_log();

@@ -103,7 +103,7 @@ fn install_nightly(nightly: &str) -> Result<()> {
     Ok(())
 }
 
-fn cargo_home() -> Result<PathBuf> {
+pub fn cargo_home() -> Result<PathBuf> {
     if let Some(home) = env::var_os("CARGO_HOME") {
         return Ok(PathBuf::from(home));
     }

@@ -9,6 +9,7 @@
 mod bench;
 mod bootstrap;
 mod soak;
+mod vmtest;
 
 use std::{
     env,
@@ -61,12 +62,19 @@ enum Task {
         #[arg(long, default_value_t = 10.0)]
         minutes: f64,
     },
-    /// Check formatting and lints, then run every test (unit and real-kernel integration).
+    /// Check formatting and lints, run every test (unit and real-kernel
+    /// integration), then the kernel-dependent ones on 6.1 and 6.12 in VMs (vmtest).
     Test {
+        /// Skip the VM runs (local use; CI never skips them).
+        #[arg(long)]
+        no_vmtest: bool,
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// Boot Debian's 6.1 and 6.12 kernels in VMs (as root) and run `xypriss
+    /// doctor` and the kernel-dependent integration tests inside, or CMD.
+    Vmtest(vmtest::Flags),
 }
 
 fn main() -> ExitCode {
@@ -85,7 +93,11 @@ fn run(flags: Flags) -> Result<()> {
         Task::Bootstrap => bootstrap::ensure(&root).map(drop),
         Task::BuildEbpf => build_ebpf(&root),
         Task::Demo { args } => demo(&root, args),
-        Task::Test { args } => test(&root, args),
+        Task::Test { no_vmtest, args } => test(&root, no_vmtest, args),
+        Task::Vmtest(flags) => {
+            bootstrap::ensure(&root)?;
+            vmtest::run(&root, &flags)
+        }
         Task::Dist => dist(&root),
         Task::Soak { minutes } => {
             bootstrap::ensure(&root)?;
@@ -234,7 +246,7 @@ fn dist(root: &Path) -> Result<()> {
     Ok(())
 }
 
-fn test(root: &Path, args: Vec<OsString>) -> Result<()> {
+fn test(root: &Path, no_vmtest: bool, args: Vec<OsString>) -> Result<()> {
     let tools = bootstrap::ensure(root)?;
     // What the real-kernel tests drive besides xypriss: tmux (the terminal
     // views), stress-ng (a memory hog outside the pool) and Chromium (the
@@ -264,5 +276,24 @@ fn test(root: &Path, args: Vec<OsString>) -> Result<()> {
     let mut cmd = cargo_command(root);
     cmd.args(["test", "--workspace", "--no-fail-fast"])
         .args(args);
-    status(&mut cmd)
+    let native = status(&mut cmd);
+    if no_vmtest {
+        eprintln!("xtask: the VM runs are skipped (--no-vmtest)");
+        return native;
+    }
+    // The VMs run even when a native test failed: both verdicts are worth having.
+    let vms = vmtest::run(
+        root,
+        &vmtest::Flags {
+            kernels: vmtest::Series::ALL.to_vec(),
+            verbose: false,
+            timeout: vmtest::TIMEOUT_S,
+            command: Vec::new(),
+        },
+    );
+    match (native, vms) {
+        (Ok(()), vms) => vms,
+        (Err(native), Ok(())) => Err(native),
+        (Err(native), Err(vms)) => Err(native.context(format!("and {vms:#}"))),
+    }
 }
