@@ -263,7 +263,6 @@ fn boot(
     );
     let env: Vec<(String, String)> = [
         ("CI", env::var("CI").ok()),
-        ("RUST_BACKTRACE", Some("1".into())),
         ("XYPRISS_TEST_TIME_SCALE", Some(TIME_SCALE.into())),
     ]
     .into_iter()
@@ -524,13 +523,18 @@ fn report(steps: &[Step], shows: &[String], outcomes: &[Outcome]) -> Result<usiz
         .filter(|(_, s, _)| s.kind != Kind::Command)
     {
         println!(
-            "\n==== {} {}: the last lines (all in {}) ====",
+            "\n==== {} {}: what failed (all of it in {}) ====",
             o.kernel.series.label(),
             step.name,
             o.log.display()
         );
         let lines = framed.map(|f| f.lines.as_slice()).unwrap_or_default();
-        for line in &lines[lines.len().saturating_sub(40)..] {
+        // libtest's account of the failures, else the end of the output.
+        let from = lines
+            .iter()
+            .position(|l| l.trim() == "failures:")
+            .unwrap_or(lines.len().saturating_sub(40));
+        for line in lines[from..].iter().take(80) {
             println!("{line}");
         }
     }
