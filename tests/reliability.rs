@@ -30,13 +30,16 @@ use nix::{
 };
 use serde_json::Value;
 use support::{
-    DEMO, MIB, Pool, XYPRISS, alive, daemon_pid, of, proc_status, root_or_skip, signal, u64_of,
+    DEMO, MIB, Pool, XYPRISS, alive, daemon_pid, of, proc_status, root_or_skip, scaled, signal,
+    u64_of,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Polls `done` every 20 ms until it holds, or panics after `timeout` saying `what`.
+/// Polls `done` every 20 ms until it holds, or panics after `timeout`
+/// ([`scaled`] as every wait of the support module) saying `what`.
 fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let timeout = scaled(timeout);
     let deadline = Instant::now() + timeout;
     while !done() {
         assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
