@@ -1,7 +1,9 @@
-//! `low_memory_mode`: entered from the configuration or when the host's
-//! memory turns critical, left when the pressure eases; while it is on the
-//! pool is capped, worker thresholds are tighter, and workers are told (in
-//! their environment at spawn, and on their control channel).
+//! `low_memory_mode`: entered from the configuration, by an operator, or
+//! when the host's memory turns critical, left when the pressure eases.
+//! From the configuration it keeps the configured pool and thresholds; from
+//! an operator or pressure the pool is capped and worker thresholds are
+//! tighter. Workers are told (in their environment at spawn, and on their
+//! control channel).
 
 mod support;
 
