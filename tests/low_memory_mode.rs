@@ -1,7 +1,9 @@
-//! `low_memory_mode`: entered from the configuration or when the host's
-//! memory turns critical, left when the pressure eases; while it is on the
-//! pool is capped, worker thresholds are tighter, and workers are told (in
-//! their environment at spawn, and on their control channel).
+//! `low_memory_mode`: entered from the configuration, by an operator, or
+//! when the host's memory turns critical, left when the pressure eases.
+//! From the configuration it keeps the configured pool and thresholds; from
+//! an operator or pressure the pool is capped and worker thresholds are
+//! tighter. Workers are told (in their environment at spawn, and on their
+//! control channel).
 
 mod support;
 
@@ -19,9 +21,11 @@ fn environ(pid: u32) -> String {
 }
 
 #[test]
-fn configured_low_memory_mode_caps_the_pool_and_tightens_thresholds() {
-    // 4 workers asked, capped at 2. A 64 MiB limit warns at 80 % (51.2 MiB)
-    // normally, at 70 % (44.8 MiB) here: 48 MiB warns.
+fn configured_low_memory_mode_keeps_the_configured_pool_and_thresholds() {
+    // `lowMemoryMode: true` beside `workers: 4` and a 64 MiB limit: the
+    // configuration's figures are the user's low-memory figures, so all 4
+    // start, and a 64 MiB limit warns at 80 % (51.2 MiB): 48 MiB does not,
+    // 52 MiB does.
     let mut pool = Pool::start(&[
         "--workers",
         "4",
@@ -33,27 +37,25 @@ fn configured_low_memory_mode_caps_the_pool_and_tightens_thresholds() {
         "steps",
         "8",
         "48",
+        "52",
     ]);
     let on = pool.wait_event("low_memory_mode", TIMEOUT, |_| true);
     assert_eq!(on["enabled"], true, "{on}");
-    assert_eq!(on["poolCap"], 2, "{on}");
+    assert_eq!(on["origin"], "configuration", "{on}");
+    assert!(on.get("poolCap").is_none(), "no cap: {on}");
+    let limit = 64 * MIB;
+    assert_eq!(
+        on["workerThresholds"],
+        serde_json::json!([limit * 80 / 100, limit * 95 / 100, limit]),
+        "{on}"
+    );
     assert!(
         on["reason"].as_str().unwrap().contains("configuration"),
         "{on}"
     );
-    let scale = pool.wait_event("scale", TIMEOUT, |_| true);
-    assert_eq!((u64_of(&scale, "from"), u64_of(&scale, "to")), (4, 2));
-    assert_eq!(scale["reason"], "low_memory_mode");
-    pool.wait_event("worker_spawned", TIMEOUT, |e| e["workerId"] == 1);
-    for _ in 0..2 {
-        pool.wait_log("at 8 MiB", TIMEOUT);
-    }
-    pool.collect_for(Duration::from_millis(300));
-    let mut pids = Vec::new();
-    for spawned in of(&pool.events, "worker_spawned") {
-        pids.push(u64_of(spawned, "pid") as u32);
-    }
-    assert_eq!(pids.len(), 2, "only the cap is started: {:#?}", pool.events);
+    let pids = pool.worker_pids(4, TIMEOUT);
+    pool.take_logs("at 8 MiB", 4, TIMEOUT);
+    assert_eq!(pids.len(), 4, "the configured size: {:#?}", pool.events);
     for &pid in &pids {
         assert!(
             environ(pid)
@@ -64,6 +66,68 @@ fn configured_low_memory_mode_caps_the_pool_and_tightens_thresholds() {
     }
     signal(pids[0], Signal::SIGUSR1);
     pool.wait_log("at 48 MiB", TIMEOUT);
+    signal(pids[0], Signal::SIGUSR1);
+    pool.wait_log("at 52 MiB", TIMEOUT);
+    let warning = pool.wait_event("memory_alert", TIMEOUT, |e| e["type"] == "warning");
+    assert_eq!(u64_of(&warning, "threshold"), limit * 80 / 100, "{warning}");
+    assert!(
+        u64_of(&warning, "memoryUsage") >= limit * 80 / 100,
+        "48 MiB did not warn: {warning}"
+    );
+    assert!(
+        warning["memoryUsagePercent"].as_f64().unwrap() >= 80.0,
+        "{warning}"
+    );
+    assert!(pool.stop().success());
+    assert_eq!(of(&pool.events, "worker_spawned").len(), 4);
+    assert!(of(&pool.events, "scale").is_empty(), "{:#?}", pool.events);
+}
+
+#[test]
+fn an_operators_low_memory_mode_caps_the_pool_and_tightens_thresholds() {
+    if !root_or_skip("an_operators_low_memory_mode_caps_the_pool_and_tightens_thresholds") {
+        return;
+    }
+    // 4 workers, capped at 2 when an operator turns the mode on. A 64 MiB
+    // limit warns at 80 % (51.2 MiB) normally, at 70 % (44.8 MiB) here:
+    // 48 MiB warns.
+    let name = format!("lowmem-op-{}", std::process::id());
+    let mut pool = Pool::start(&[
+        "--name",
+        &name,
+        "--workers",
+        "4",
+        "--max-memory-per-worker",
+        "64MiB",
+        DEMO,
+        "steps",
+        "8",
+        "48",
+    ]);
+    let pids = pool.worker_pids(4, TIMEOUT);
+    pool.take_logs("at 8 MiB", 4, TIMEOUT);
+    let asked = std::process::Command::new(support::XYPRISS)
+        .args(["low-memory", "on", "--name", &name])
+        .output()
+        .unwrap();
+    assert!(asked.status.success(), "{asked:?}");
+    let on = pool.wait_event("low_memory_mode", TIMEOUT, |_| true);
+    assert_eq!(on["enabled"], true, "{on}");
+    assert_eq!(on["origin"], "operator", "{on}");
+    assert_eq!(on["poolCap"], 2, "{on}");
+    let scale = pool.wait_event("scale", TIMEOUT, |_| true);
+    assert_eq!((u64_of(&scale, "from"), u64_of(&scale, "to")), (4, 2));
+    assert_eq!(scale["reason"], "low_memory_mode");
+    let first = pool.wait_event("worker_stopping", TIMEOUT, |_| true);
+    let second = pool.wait_event("worker_stopping", TIMEOUT, |e| e["pid"] != first["pid"]);
+    let stopped = [u64_of(&first, "pid"), u64_of(&second, "pid")];
+    let kept: Vec<u32> = pids
+        .into_iter()
+        .filter(|&pid| !stopped.contains(&u64::from(pid)))
+        .collect();
+    assert_eq!(kept.len(), 2, "only the cap is left: {:#?}", pool.events);
+    signal(kept[0], Signal::SIGUSR1);
+    pool.wait_log("at 48 MiB", TIMEOUT);
     let warning = pool.wait_event("memory_alert", TIMEOUT, |e| e["type"] == "warning");
     let threshold = u64_of(&warning, "threshold");
     assert!(
@@ -71,7 +135,7 @@ fn configured_low_memory_mode_caps_the_pool_and_tightens_thresholds() {
         "warning at 70 %: {warning}"
     );
     assert!(pool.stop().success());
-    assert_eq!(of(&pool.events, "worker_spawned").len(), 2);
+    assert_eq!(of(&pool.events, "worker_spawned").len(), 4);
 }
 
 /// The tests that put the host under pressure take turns: each one's 4 GiB

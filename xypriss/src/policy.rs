@@ -67,6 +67,19 @@ pub fn throttles(enforcement: &Enforcement) -> bool {
     enforcement.enabled && enforcement.resource_throttling
 }
 
+/// Whether workers get a leak detector: `memoryLeakDetection` within an
+/// enabled `memoryManagement` (off, nothing is raised or restarted for memory).
+pub fn detects_leaks(management: &MemoryManagement) -> bool {
+    management.enabled && management.memory_leak_detection
+}
+
+/// `usage` as a percentage of `whole` (a scope's 100 %: the worker's limit,
+/// `maxTotalMemory`, the host less its reservation), to one decimal; `None`
+/// when there is no whole (no limit set).
+pub fn percent_of(usage: u64, whole: u64) -> Option<f64> {
+    (whole != 0).then(|| (usage as f64 * 1000.0 / whole as f64).round() / 10.0)
+}
+
 /// The decision for a worker found leaking: a graceful restart when the
 /// enforcement allows it, otherwise an alert only.
 pub fn on_leak(enforcement: &Enforcement) -> Action {
@@ -128,6 +141,65 @@ pub fn scale_down_on(
         && since_last.is_none_or(|d| d >= scale_down_cooldown(scaling))
 }
 
+/// Where low-memory mode came from: what it does and how it ends follow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LowMemoryOrigin {
+    /// `lowMemoryMode: true` in the configuration ("start in low memory
+    /// mode"): the figures beside it (`workers`, `maxWorkers`, the
+    /// thresholds) are already the user's low-memory figures, so the mode
+    /// neither caps the pool nor tightens the thresholds. It ends when an
+    /// operator disables it (`disableLowMemoryMode()`), or gives way to
+    /// [`Self::Pressure`] when the host's memory calls for more.
+    Configuration,
+    /// An operator's `enableLowMemoryMode()`: caps and tightens; only an
+    /// operator ends it.
+    Operator,
+    /// The host's memory pressure: caps and tightens; ends when the
+    /// pressure does.
+    Pressure,
+}
+
+impl LowMemoryOrigin {
+    /// Whether the mode caps the pool (at half its size, never under
+    /// `minWorkers`) and tightens the worker thresholds ([`tightened`]).
+    pub fn restricts(self) -> bool {
+        self != Self::Configuration
+    }
+
+    /// The `origin` field of `low_memory_mode`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Configuration => "configuration",
+            Self::Operator => "operator",
+            Self::Pressure => "pressure",
+        }
+    }
+}
+
+/// What low-memory mode does at a memory check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LowMemoryStep {
+    Hold,
+    /// Turn it on, from pressure, for this reason.
+    Enter(String),
+    /// A configured mode meets pressure: it becomes a pressure mode (it caps
+    /// and tightens, and ends with the pressure), for this reason.
+    Restrict(String),
+    /// The pressure that started it eased.
+    Leave,
+}
+
+/// The step for a mode now `current` (where it came from, if on), when the
+/// host calls for it for `reason` (from [`low_memory_reason`]).
+pub fn low_memory_step(current: Option<LowMemoryOrigin>, reason: Option<String>) -> LowMemoryStep {
+    match (current, reason) {
+        (None, Some(reason)) => LowMemoryStep::Enter(reason),
+        (Some(LowMemoryOrigin::Configuration), Some(reason)) => LowMemoryStep::Restrict(reason),
+        (Some(LowMemoryOrigin::Pressure), None) => LowMemoryStep::Leave,
+        _ => LowMemoryStep::Hold,
+    }
+}
+
 /// PSI `some avg10` (percent) at which low-memory mode starts, and under
 /// which it may end.
 pub const PSI_ENTER: f64 = 10.0;
@@ -182,14 +254,17 @@ pub fn load_cooldown(scaling: &AutoScaling) -> Duration {
     scale_down_cooldown(scaling)
 }
 
-/// What load-driven scaling sees: the workers' CPU over the load window, and
-/// the pool's memory as a share of its budget (`maxTotalMemory`, or less
-/// when the host has less to give), now and with one more worker of the
-/// observed p95 size.
+/// What load-driven scaling sees: the workers' CPU over the load window,
+/// their memory against `maxMemoryPerWorker`, and the pool's memory as a
+/// share of its budget (`maxTotalMemory`, or less when the host has less to
+/// give), now and with one more worker of the observed p95 size.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Load {
     /// Mean CPU use of the ready workers over the window; 100 = one core each.
     pub cpu_pct: f64,
+    /// Mean resident size of the ready workers, percent of
+    /// `maxMemoryPerWorker`; `None` without a per-worker limit.
+    pub worker_memory_pct: Option<f64>,
     pub memory_pct: f64,
     pub memory_pct_with_one_more: f64,
     pub size: u32,
@@ -208,13 +283,23 @@ pub enum Step {
     Down(u32),
 }
 
-/// Load-driven scaling (`autoScaling`): up when the workers' CPU is at
-/// `scaleUpThreshold.cpu` or more and one more worker keeps the pool's
-/// memory under `scaleUpThreshold.memory` (when `memoryBasedScaling`); down
-/// when an idle pool (CPU at `scaleDownThreshold.cpu` or less) is also small
-/// (memory at `scaleDownThreshold.memory` or less). One worker a step, two
-/// with `aggressiveMemoryScaling`, within `minWorkers` and the cap, and not
-/// within [`load_cooldown`] of the previous step.
+/// Load-driven scaling (`autoScaling`), as docs/configuration.md
+/// ("Semantics") describes it:
+/// - up when the workers' CPU is at `scaleUpThreshold.cpu` or more, or (with
+///   `memoryBasedScaling`) their memory is at `scaleUpThreshold.memory` of
+///   `maxMemoryPerWorker` or more; either only while one more worker keeps
+///   the pool under `scaleUpThreshold.memory` of its budget (with
+///   `memoryBasedScaling`; always for a memory-driven step): pressure on the
+///   workers adds capacity only while the budget has room;
+/// - down when an idle pool (CPU at `scaleDownThreshold.cpu` or less) is
+///   also small (at most `scaleDownThreshold.memory` of its budget, with
+///   `memoryBasedScaling`); or, with `memoryBasedScaling`, on memory alone:
+///   the workers and the pool at most `scaleDownThreshold.memory`, when the
+///   workers left would stay under `scaleUpThreshold.cpu` (no flapping).
+///
+/// One worker a step, two with `aggressiveMemoryScaling`, within
+/// `minWorkers` and the cap, and not within [`load_cooldown`] of the
+/// previous step.
 pub fn scale_on_load(load: &Load, scaling: &AutoScaling) -> Step {
     if load
         .since_last
@@ -227,18 +312,28 @@ pub fn scale_on_load(load: &Load, scaling: &AutoScaling) -> Step {
     } else {
         1
     };
-    let memory_allows_up = !scaling.memory_based_scaling
-        || load.memory_pct_with_one_more < scaling.scale_up_threshold.memory;
-    let memory_allows_down =
-        !scaling.memory_based_scaling || load.memory_pct <= scaling.scale_down_threshold.memory;
-    if load.cpu_pct >= scaling.scale_up_threshold.cpu && memory_allows_up && load.size < load.cap {
+    let (up, down) = (&scaling.scale_up_threshold, &scaling.scale_down_threshold);
+    let memory_based = scaling.memory_based_scaling;
+    let budget_has_room = load.memory_pct_with_one_more < up.memory;
+    let busy = load.cpu_pct >= up.cpu && (!memory_based || budget_has_room);
+    let pressed =
+        memory_based && load.worker_memory_pct.is_some_and(|m| m >= up.memory) && budget_has_room;
+    if (busy || pressed) && load.size < load.cap {
         return Step::Up(step.min(load.cap - load.size));
     }
-    if load.cpu_pct <= scaling.scale_down_threshold.cpu
-        && memory_allows_down
-        && load.size > load.min_workers
-    {
-        return Step::Down(step.min(load.size - load.min_workers));
+    if load.size <= load.min_workers {
+        return Step::Hold;
+    }
+    let pool_small = load.memory_pct <= down.memory;
+    let idle = load.cpu_pct <= down.cpu && (!memory_based || pool_small);
+    let n = step.min(load.size - load.min_workers);
+    let cpu_after = load.cpu_pct * f64::from(load.size) / f64::from(load.size - n);
+    let small = memory_based
+        && pool_small
+        && load.worker_memory_pct.is_some_and(|m| m <= down.memory)
+        && cpu_after < up.cpu;
+    if idle || small {
+        return Step::Down(n);
     }
     Step::Hold
 }
@@ -257,9 +352,12 @@ mod tests {
         crate::settings::MemoryConfig::default().auto_scaling
     }
 
+    /// Without a per-worker reading (no `maxMemoryPerWorker`): CPU and the
+    /// pool's share of its budget only.
     fn load(cpu_pct: f64, memory_pct: f64) -> Load {
         Load {
             cpu_pct,
+            worker_memory_pct: None,
             memory_pct,
             memory_pct_with_one_more: memory_pct + 10.0,
             size: 2,
@@ -320,6 +418,110 @@ mod tests {
         assert_eq!(scale_on_load(&recent, &aggressive), Step::Up(2));
         let near_cap = Load { size: 3, ..recent };
         assert_eq!(scale_on_load(&near_cap, &aggressive), Step::Up(1));
+    }
+
+    /// `load(cpu, pool memory)` with the workers at `worker` % of their limit.
+    fn with_workers(cpu_pct: f64, memory_pct: f64, worker: f64) -> Load {
+        Load {
+            worker_memory_pct: Some(worker),
+            ..load(cpu_pct, memory_pct)
+        }
+    }
+
+    #[test]
+    fn memory_pressure_on_workers_adds_capacity_while_the_budget_has_room() {
+        let s = scaling();
+        // Workers at 85 % of maxMemoryPerWorker, CPU quiet: one more, since
+        // the pool with it (50 %) stays under scaleUpThreshold.memory (80 %).
+        assert_eq!(
+            scale_on_load(&with_workers(10.0, 40.0, 85.0), &s),
+            Step::Up(1)
+        );
+        // The budget has no room: the same pressure holds.
+        assert_eq!(
+            scale_on_load(&with_workers(10.0, 75.0, 85.0), &s),
+            Step::Hold
+        );
+        // Under the trigger: nothing.
+        assert_eq!(
+            scale_on_load(&with_workers(50.0, 40.0, 60.0), &s),
+            Step::Hold
+        );
+        // memoryBasedScaling off: memory neither triggers nor holds.
+        let cpu_only = AutoScaling {
+            memory_based_scaling: false,
+            ..s.clone()
+        };
+        assert_eq!(
+            scale_on_load(&with_workers(50.0, 40.0, 85.0), &cpu_only),
+            Step::Hold
+        );
+        // At the cap, nothing more.
+        let full = Load {
+            size: 4,
+            ..with_workers(10.0, 40.0, 95.0)
+        };
+        assert_eq!(scale_on_load(&full, &s), Step::Hold);
+    }
+
+    #[test]
+    fn scale_down_threshold_memory_alone_shrinks_a_small_pool() {
+        let s = scaling();
+        let four = |cpu, pool, worker| Load {
+            size: 4,
+            ..with_workers(cpu, pool, worker)
+        };
+        // CPU between the thresholds, workers and pool under 30 %: one less,
+        // as the three left stay under scaleUpThreshold.cpu (50 × 4/3 ≈ 67 %).
+        assert_eq!(scale_on_load(&four(50.0, 10.0, 20.0), &s), Step::Down(1));
+        // The three left would be busy (65 × 4/3 ≈ 87 %): it holds.
+        assert_eq!(scale_on_load(&four(65.0, 10.0, 20.0), &s), Step::Hold);
+        // Workers over scaleDownThreshold.memory, or the pool: it holds.
+        assert_eq!(scale_on_load(&four(50.0, 10.0, 40.0), &s), Step::Hold);
+        assert_eq!(scale_on_load(&four(50.0, 40.0, 20.0), &s), Step::Hold);
+        // Never under minWorkers.
+        let one = Load {
+            size: 1,
+            ..with_workers(5.0, 5.0, 5.0)
+        };
+        assert_eq!(scale_on_load(&one, &s), Step::Hold);
+        // Without memoryBasedScaling, memory alone does nothing.
+        let cpu_only = AutoScaling {
+            memory_based_scaling: false,
+            ..s
+        };
+        assert_eq!(
+            scale_on_load(&four(50.0, 10.0, 20.0), &cpu_only),
+            Step::Hold
+        );
+    }
+
+    #[test]
+    fn a_configured_low_memory_mode_keeps_the_configured_figures() {
+        use LowMemoryOrigin::*;
+        assert!(!Configuration.restricts());
+        assert!(Operator.restricts() && Pressure.restricts());
+        let r = || Some("swap".to_owned());
+        assert_eq!(
+            low_memory_step(None, r()),
+            LowMemoryStep::Enter("swap".into())
+        );
+        assert_eq!(low_memory_step(None, None), LowMemoryStep::Hold);
+        // Pressure on a configured mode makes it a pressure mode…
+        assert_eq!(
+            low_memory_step(Some(Configuration), r()),
+            LowMemoryStep::Restrict("swap".into())
+        );
+        // …which ends with the pressure; a calm host leaves a configured
+        // mode on, and only an operator ends an operator's.
+        assert_eq!(low_memory_step(Some(Pressure), None), LowMemoryStep::Leave);
+        assert_eq!(low_memory_step(Some(Pressure), r()), LowMemoryStep::Hold);
+        assert_eq!(
+            low_memory_step(Some(Configuration), None),
+            LowMemoryStep::Hold
+        );
+        assert_eq!(low_memory_step(Some(Operator), None), LowMemoryStep::Hold);
+        assert_eq!(low_memory_step(Some(Operator), r()), LowMemoryStep::Hold);
     }
 
     #[test]
@@ -424,6 +626,25 @@ mod tests {
         assert_eq!(on_crossing(Level::Warning, &m, &e).0, Action::None);
         m.garbage_collection_hint = false;
         assert_eq!(on_crossing(Level::Critical, &m, &e).0, Action::None);
+    }
+
+    #[test]
+    fn memory_management_off_detects_no_leak() {
+        let (mut m, _) = config();
+        assert!(detects_leaks(&m));
+        m.enabled = false;
+        assert!(!detects_leaks(&m), "enabled: false");
+        m.enabled = true;
+        m.memory_leak_detection = false;
+        assert!(!detects_leaks(&m));
+    }
+
+    #[test]
+    fn percentages_are_of_the_scope_whole_to_a_tenth() {
+        assert_eq!(percent_of(3 << 30, 4 << 30), Some(75.0));
+        assert_eq!(percent_of(1, 3), Some(33.3));
+        assert_eq!(percent_of(5 << 30, 4 << 30), Some(125.0));
+        assert_eq!(percent_of(1 << 20, 0), None, "no limit, no percentage");
     }
 
     #[test]

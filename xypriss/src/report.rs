@@ -51,6 +51,10 @@ pub struct Memory {
     pub can_enable_low_memory_mode: bool,
     pub current_usage: Usage,
     pub healthy: bool,
+    /// The worker thresholds in force (warning, critical, limit; bytes,
+    /// 0 = unset): tighter while a restricting low-memory mode is on.
+    #[serde(default)]
+    pub worker_thresholds: [u64; 3],
 }
 
 /// Memory in use, in bytes, against its limits.
@@ -59,6 +63,10 @@ pub struct Memory {
 pub struct Usage {
     /// The pool's workers' resident memory, summed.
     pub total_rss_bytes: u64,
+    /// `totalRssBytes` as a percentage of `maxTotalMemoryBytes`, to a
+    /// tenth: XyPriss's `getClusterMetrics().memoryUsage`.
+    #[serde(default)]
+    pub percent: f64,
     /// `maxTotalMemory`.
     pub max_total_memory_bytes: u64,
     /// `maxMemoryPerWorker`.
@@ -227,6 +235,7 @@ pub(crate) fn sample() -> Status {
             can_enable_low_memory_mode: false,
             current_usage: Usage {
                 total_rss_bytes: 600 << 20,
+                percent: 29.3,
                 max_total_memory_bytes: 2 << 30,
                 max_memory_per_worker_bytes: 512 << 20,
                 system_available_bytes: Some(8 << 30),
@@ -235,6 +244,7 @@ pub(crate) fn sample() -> Status {
                 memory_critical_threshold: 95.0,
             },
             healthy: false,
+            worker_thresholds: [400 << 20, 480 << 20, 512 << 20],
         },
         health: Health {
             healthy: false,

@@ -242,5 +242,8 @@ mod tests {
         );
         assert_eq!(view["scaleEvents"], json!({"up": 2, "down": 1}));
         assert_eq!(view["memoryUsage"]["maxTotalMemoryBytes"], 2u64 << 30);
+        // getClusterMetrics().memoryUsage: a percentage, beside the bytes.
+        assert_eq!(view["memoryUsage"]["percent"], 29.3);
+        assert_eq!(view["memoryUsage"]["totalRssBytes"], 600u64 << 20);
     }
 }

@@ -370,7 +370,7 @@ options! {
         default: "true",
         default_from: "ref",
         help: "React to the pool's memory as a whole",
-        doc: "Turns on the pool-level reactions of this section; off, no thresholds are set and no alert, scaling on memory or low-memory mode happens.",
+        doc: "Turns on the reactions of this section; off, no thresholds are set and no leak is watched: no alert (`leak_detected` included), restart for memory, scaling on memory or low-memory mode happens.",
     }
     MAX_TOTAL_MEMORY {
         path: "resources.memoryManagement.maxTotalMemory",
@@ -442,7 +442,7 @@ options! {
         default: "false",
         default_from: "ref",
         help: "Start the pool in low-memory mode",
-        doc: "Starts the pool in [low-memory mode](#low-memory-mode), as if an operator had turned it on.",
+        doc: "Starts the pool in [low-memory mode](#low-memory-mode) with the configuration's own figures (no cap, no tightening); it ends when an operator turns it off.",
     }
     RESERVATION {
         path: "resources.memoryManagement.memoryReservation",
@@ -478,7 +478,7 @@ options! {
         default: "false",
         default_from: "ours",
         help: "Start the pool in low-memory mode (as memoryManagement.lowMemoryMode)",
-        doc: "The same as `memoryManagement.lowMemoryMode`: the pool starts in low-memory mode.",
+        doc: "The same as `memoryManagement.lowMemoryMode`: the pool starts in low-memory mode, with the configuration's own figures.",
     }
     REDUCED_LOGGING {
         path: "resources.performanceOptimization.reducedLogging",
@@ -640,7 +640,7 @@ options! {
         default: "true",
         default_from: "ours",
         help: "Load-driven scaling also asks memory",
-        doc: "Load-driven scaling also asks memory: a scale-up only while one more worker keeps the pool under `scaleUpThreshold.memory`, a scale-down only while the pool is at most `scaleDownThreshold.memory`.",
+        doc: "Memory scales the pool too, and bounds it: see [Scaling](#scaling).",
     }
     AGGRESSIVE {
         path: "autoScaling.aggressiveMemoryScaling",
@@ -657,8 +657,8 @@ options! {
         slot: Slot::Percent(|o| &mut o.memory.auto_scaling.scale_down_threshold.memory),
         default: "30",
         default_from: "ours, as the reference's advanced example",
-        help: "An idle pool shrinks only while its memory is at most this percent of its budget",
-        doc: "An idle pool shrinks only while its memory is at most this percent of its budget.",
+        help: "The pool shrinks while its memory and its workers' are at most this percent (of its budget, of their limit)",
+        doc: "With `memoryBasedScaling`, the pool shrinks while it is at most this percent of its budget and its workers at most this percent of `maxMemoryPerWorker` (see [Scaling](#scaling)).",
     }
     DOWN_CPU {
         path: "autoScaling.scaleDownThreshold.cpu",
@@ -675,8 +675,8 @@ options! {
         slot: Slot::Percent(|o| &mut o.memory.auto_scaling.scale_up_threshold.memory),
         default: "80",
         default_from: "ours, as the reference's advanced example",
-        help: "A scale-up happens only while the pool stays under this percent of its budget",
-        doc: "A scale-up happens only while one more worker of the observed p95 size keeps the pool under this percent of its budget; must be above the scale-down one.",
+        help: "Workers at this percent of their limit add a worker, while the pool stays under this percent of its budget",
+        doc: "With `memoryBasedScaling`, workers at this percent of `maxMemoryPerWorker` or more (their mean) add a worker, and any scale-up happens only while one more worker of the observed p95 size keeps the pool under this percent of its budget (see [Scaling](#scaling)); must be above the scale-down one.",
     }
     UP_CPU {
         path: "autoScaling.scaleUpThreshold.cpu",

@@ -294,6 +294,7 @@ pub(crate) mod tests {
                 can_enable_low_memory_mode: true,
                 current_usage: Usage {
                     total_rss_bytes: 400 * MIB,
+                    percent: 19.5,
                     max_total_memory_bytes: 2048 * MIB,
                     max_memory_per_worker_bytes: 512 * MIB,
                     system_available_bytes: Some(8192 * MIB),
@@ -302,6 +303,7 @@ pub(crate) mod tests {
                     memory_critical_threshold: 95.0,
                 },
                 healthy: false,
+                worker_thresholds: [0; 3],
             },
             health: Health {
                 healthy: false,

@@ -134,6 +134,11 @@ pub enum Event {
         message: String,
         action: &'static str,
         memory_usage: u64,
+        /// `memoryUsage` as a percentage of the scope's whole: the worker's
+        /// limit, `maxTotalMemory`, the host less `memoryReservation`;
+        /// absent without a worker limit.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        memory_usage_percent: Option<f64>,
         /// The threshold crossed; for a leak, the worker's limit (0 if none).
         threshold: u64,
         /// For `leak_detected`: the Theil–Sen slope of the worker's memory.
@@ -151,9 +156,17 @@ pub enum Event {
     LowMemoryMode {
         enabled: bool,
         reason: String,
-        /// The pool's ceiling while it is on.
+        /// Where the mode came from (`configuration`, `operator`,
+        /// `pressure`): a configured mode keeps the configured figures.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        origin: Option<&'static str>,
+        /// The pool's ceiling while it is on, when the mode caps it.
         #[serde(skip_serializing_if = "Option::is_none")]
         pool_cap: Option<u32>,
+        /// The worker thresholds in force while it is on (warning,
+        /// critical, limit; bytes, 0 = unset).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        worker_thresholds: Option<[u64; 3]>,
     },
     /// A worker's throttle (`resourceThrottling`) applied or lifted.
     #[serde(rename_all = "camelCase")]
@@ -178,6 +191,9 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         pid: Option<u32>,
         memory_usage: u64,
+        /// As in `memory_alert`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        memory_usage_percent: Option<f64>,
         threshold: u64,
     },
     #[serde(rename_all = "camelCase")]

@@ -191,6 +191,7 @@ mod tests {
             message: "worker 0 uses 490 MiB".into(),
             action: "throttle",
             memory_usage: 490 << 20,
+            memory_usage_percent: Some(95.7),
             threshold: 486 << 20,
             slope_bytes_per_sec: None,
             confidence: None,

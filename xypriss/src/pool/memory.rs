@@ -13,7 +13,7 @@ use crate::{
     detect::threshold::{Change, Level},
     observe::procfs::monotonic_ns,
     output::event::{AlertType, Event},
-    policy::{self, Action},
+    policy::{self, Action, LowMemoryOrigin},
 };
 
 impl Pool {
@@ -75,7 +75,7 @@ impl Pool {
                         Some((i.id, i.pid)),
                         &format!("worker {}", i.id),
                         None,
-                        usage,
+                        (usage, thresholds[2]),
                         change,
                         done,
                     )
@@ -89,7 +89,7 @@ impl Pool {
                         Some((i.id, i.pid)),
                         "",
                         None,
-                        usage,
+                        (usage, thresholds[2]),
                         change,
                         Taken::None,
                     )
@@ -122,7 +122,7 @@ impl Pool {
         let action = self.memory_scaling(&changes);
         for event in scope_events(
             "system",
-            used,
+            (used, thresholds[2]),
             changes,
             "the host",
             "memory less memoryReservation",
@@ -139,20 +139,24 @@ impl Pool {
         self.degrade(&pressure, action);
     }
 
-    /// Low-memory mode on host pressure, off when it eases (unless an
-    /// operator turned it on); and `gracefulDegradation`: while system memory
-    /// stays critical, one worker less per cooldown, down to `minWorkers`.
+    /// Low-memory mode on host pressure, off when it eases (one an operator
+    /// or the configuration turned on stays: [`policy::low_memory_step`]);
+    /// and `gracefulDegradation`: while system memory stays critical, one
+    /// worker less per cooldown, down to `minWorkers`.
     pub(super) fn degrade(&mut self, pressure: &policy::HostPressure, scaled: Taken) {
         let swap_limit = self.config.memory.memory_management.swap_usage_limit;
         let reason = policy::low_memory_reason(pressure, swap_limit, self.low_memory.is_some());
-        match (&self.low_memory, reason) {
-            (None, Some(reason)) => {
-                self.set_low_memory(true, &reason, false);
+        match policy::low_memory_step(self.low_memory.as_ref().map(|l| l.origin), reason) {
+            policy::LowMemoryStep::Hold => {}
+            policy::LowMemoryStep::Enter(reason) => {
+                self.set_low_memory(true, &reason, LowMemoryOrigin::Pressure);
             }
-            (Some(on), None) if !on.manual => {
-                self.set_low_memory(false, "memory pressure eased", false);
+            policy::LowMemoryStep::Restrict(reason) => {
+                self.restrict_low_memory(&reason);
             }
-            _ => {}
+            policy::LowMemoryStep::Leave => {
+                self.set_low_memory(false, "memory pressure eased", LowMemoryOrigin::Pressure);
+            }
         }
         let degradation = Degradation {
             system_level: pressure.system_level,
@@ -186,7 +190,7 @@ impl Pool {
         let action = self.memory_scaling(&changes);
         for event in scope_events(
             "cluster",
-            usage,
+            (usage, total),
             changes,
             "the pool",
             "maxTotalMemory",
@@ -253,6 +257,7 @@ impl Pool {
             ),
             action: action.as_str(),
             memory_usage: usage,
+            memory_usage_percent: policy::percent_of(usage, limit),
             threshold: limit,
             slope_bytes_per_sec: Some(verdict.slope_bytes_per_sec.round()),
             confidence: Some(verdict.confidence),
@@ -263,54 +268,102 @@ impl Pool {
         }
     }
 
-    /// The worker thresholds in force: tighter in low-memory mode.
+    /// The worker thresholds in force: tighter in a low-memory mode that
+    /// restricts.
     pub(super) fn worker_thresholds(&self) -> [u64; 3] {
-        if self.low_memory.is_some() {
+        if self
+            .low_memory
+            .as_ref()
+            .is_some_and(|l| l.origin.restricts())
+        {
             policy::tightened(self.config.thresholds)
         } else {
             self.config.thresholds
         }
     }
 
-    /// Turns low-memory mode on or off, for `reason`; `manual` when an
-    /// operator (or the configuration) asks. Says so, tells the workers, and
-    /// applies its effects: the pool's ceiling, tighter worker thresholds.
-    pub(super) fn set_low_memory(&mut self, enabled: bool, reason: &str, manual: bool) -> Reply {
+    /// Turns low-memory mode on or off, for `reason`, from `origin`. Says
+    /// so, tells the workers, and applies its effects: when `origin`
+    /// restricts, the pool's ceiling and tighter worker thresholds. An
+    /// operator's request makes a pressure mode already on the operator's
+    /// (only an operator ends it then), without changing what it does.
+    pub(super) fn set_low_memory(
+        &mut self,
+        enabled: bool,
+        reason: &str,
+        origin: LowMemoryOrigin,
+    ) -> Reply {
         if enabled == self.low_memory.is_some() {
-            if let Some(l) = self.low_memory.as_mut() {
-                l.manual |= manual;
+            if let Some(l) = self.low_memory.as_mut()
+                && origin == LowMemoryOrigin::Operator
+                && l.origin == LowMemoryOrigin::Pressure
+            {
+                l.origin = origin;
             }
             return Reply::LowMemory {
                 enabled,
                 changed: false,
             };
         }
-        let size_before = self.low_memory.as_ref().map(|l| l.size_before);
-        self.low_memory = enabled.then(|| LowMemory {
+        let before = self.low_memory.take();
+        if enabled {
+            self.low_memory = Some(LowMemory {
+                reason: reason.into(),
+                origin,
+                cap: origin
+                    .restricts()
+                    .then(|| low_memory_cap(self.config.min_workers, self.size)),
+                size_before: self.size,
+            });
+        }
+        self.low_memory_changed(enabled, reason, before);
+        Reply::LowMemory {
+            enabled,
+            changed: true,
+        }
+    }
+
+    /// A low-memory mode from the configuration meets host pressure: it
+    /// becomes a pressure mode, which caps and tightens, and ends with the
+    /// pressure.
+    fn restrict_low_memory(&mut self, reason: &str) {
+        let before = self.low_memory.take();
+        self.low_memory = Some(LowMemory {
             reason: reason.into(),
-            manual,
-            cap: low_memory_cap(self.config.min_workers, self.size),
+            origin: LowMemoryOrigin::Pressure,
+            cap: Some(low_memory_cap(self.config.min_workers, self.size)),
             size_before: self.size,
         });
-        let cap = self.low_memory.as_ref().map(|l| l.cap);
+        self.low_memory_changed(true, reason, before);
+    }
+
+    /// Says low-memory mode's new state (it was `before`), tells the
+    /// workers, retunes their thresholds, and moves the pool to its new
+    /// ceiling, or back to its size from before a ceiling.
+    fn low_memory_changed(&mut self, enabled: bool, reason: &str, before: Option<LowMemory>) {
+        let now = self.low_memory.as_ref();
+        let cap = now.and_then(|l| l.cap);
+        let thresholds = self.worker_thresholds();
         self.output.emit(&Event::LowMemoryMode {
             enabled,
             reason: reason.into(),
+            origin: now.or(before.as_ref()).map(|l| l.origin.as_str()),
             pool_cap: cap,
+            worker_thresholds: now.map(|_| thresholds),
         });
         let message = serde_json::json!({
             "event": "low_memory_mode",
             "enabled": enabled,
             "reason": reason,
         });
-        let thresholds = self.worker_thresholds();
         for i in self.instances.values_mut() {
             i.control.send(&message);
             if let Err(err) = self.observer.retune(i.slot, thresholds) {
                 tracing::warn!("worker {}: new thresholds not set: {err}", i.id);
             }
         }
-        match (cap, size_before) {
+        let restored = before.filter(|b| b.cap.is_some()).map(|b| b.size_before);
+        match (cap, restored) {
             (Some(cap), _) if self.size > cap => {
                 self.scale_down(self.size - cap, None, "low_memory_mode");
             }
@@ -318,10 +371,6 @@ impl Pool {
                 self.scale_up(before - self.size, "low_memory_mode_ended");
             }
             _ => {}
-        }
-        Reply::LowMemory {
-            enabled,
-            changed: true,
         }
     }
 }
@@ -383,7 +432,7 @@ pub(super) fn release(i: &mut Instance, usage: u64, threshold: u64, events: &mut
 /// goes with its critical and limit alerts.
 pub(super) fn scope_events(
     scope: &'static str,
-    usage: u64,
+    usage: (u64, u64),
     changes: Vec<Change>,
     who: &str,
     against: &str,
@@ -402,15 +451,17 @@ pub(super) fn scope_events(
 }
 
 /// One scope's `memory_alert` (going up) or `memory_recovered` for `change`.
+/// `whole` is the scope's 100 % (0 = none), for `memoryUsagePercent`.
 pub(super) fn threshold_event(
     scope: &'static str,
     worker: Option<(u32, u32)>,
     who: &str,
     against: Option<&str>,
-    usage: u64,
+    (usage, whole): (u64, u64),
     change: Change,
     action: Taken,
 ) -> Event {
+    let memory_usage_percent = policy::percent_of(usage, whole);
     match change {
         Change::Raised { level, threshold } => Event::MemoryAlert {
             kind: level.into(),
@@ -426,6 +477,7 @@ pub(super) fn threshold_event(
             ),
             action: action.as_str(),
             memory_usage: usage,
+            memory_usage_percent,
             threshold,
             slope_bytes_per_sec: None,
             confidence: None,
@@ -437,6 +489,7 @@ pub(super) fn threshold_event(
             worker_id: worker.map(|(id, _)| id),
             pid: worker.map(|(_, pid)| pid),
             memory_usage: usage,
+            memory_usage_percent,
             threshold,
         },
     }

@@ -110,12 +110,12 @@ pub(super) struct Instance {
 /// Low-memory mode, while it is on.
 pub(super) struct LowMemory {
     reason: String,
-    /// Turned on by an operator (or the configuration): only an operator
-    /// turns it off. Otherwise it ends when the pressure that started it does.
-    manual: bool,
-    /// The pool's ceiling meanwhile.
-    cap: u32,
-    /// The pool's size when it began, restored when it ends.
+    /// Where it came from: what it does and how it ends follow
+    /// ([`crate::policy::LowMemoryOrigin`]).
+    origin: crate::policy::LowMemoryOrigin,
+    /// The pool's ceiling meanwhile, when the mode restricts.
+    cap: Option<u32>,
+    /// The pool's size when it began restricting, restored when it ends.
     size_before: u32,
 }
 

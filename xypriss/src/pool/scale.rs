@@ -35,7 +35,7 @@ impl Pool {
     pub(super) fn scale_up(&mut self, n: u32, reason: &str) {
         let cap = self.pool_cap();
         let mut to = self.size.saturating_add(n).min(cap);
-        let mut bound = if self.low_memory.is_some() {
+        let mut bound = if self.low_memory.as_ref().is_some_and(|l| l.cap.is_some()) {
             format!("its low-memory mode ceiling of {cap}")
         } else {
             format!("--max-workers {cap}")
@@ -78,7 +78,7 @@ impl Pool {
             max_memory_per_worker: memory.max_memory_per_worker,
             min_workers: self.config.min_workers,
             max_workers: self.config.max_workers,
-            low_memory_mode: memory.memory_management.low_memory_mode,
+            low_memory_mode: self.low_memory.is_some(),
         }
     }
 
@@ -119,7 +119,8 @@ impl Pool {
     pub(super) fn pool_cap(&self) -> u32 {
         self.low_memory
             .as_ref()
-            .map_or(self.config.max_workers, |l| l.cap)
+            .and_then(|l| l.cap)
+            .unwrap_or(self.config.max_workers)
     }
 
     /// `POST /cluster/scale`, `xypriss scale N`.
@@ -193,12 +194,27 @@ impl Pool {
         }
         let scaling = &self.config.memory.auto_scaling;
         let observed = self.memory_observed();
+        let limit = self.config.memory.max_memory_per_worker;
+        let ready: Vec<u64> = self
+            .instances
+            .values()
+            .filter(|i| i.state == State::Ready)
+            .map(|i| i.counters.rss())
+            .collect();
+        let worker_memory_pct = (limit != 0 && !ready.is_empty())
+            .then(|| ready.iter().sum::<u64>() as f64 * 100.0 / ready.len() as f64 / limit as f64);
         let load = policy::Load {
             cpu_pct: self.load.iter().map(|(_, l)| l).sum::<f64>() / self.load.len() as f64,
+            worker_memory_pct,
             memory_pct: recommend::memory_share(&observed, 0),
             memory_pct_with_one_more: recommend::memory_share(&observed, 1),
             size: self.size,
-            min_workers: self.config.min_workers,
+            // lazyWorkerInit alone grows on demand up to --workers, and never shrinks.
+            min_workers: if scaling.enabled {
+                self.config.min_workers
+            } else {
+                self.size
+            },
             cap: if scaling.enabled {
                 self.pool_cap()
             } else {
@@ -206,13 +222,19 @@ impl Pool {
             },
             since_last: self.last_load_scale.map(|t| t.elapsed()),
         };
-        let mut settings = scaling.clone();
-        if !scaling.enabled {
-            // lazyWorkerInit alone grows on demand up to --workers, and never shrinks.
-            settings.scale_down_threshold.cpu = -1.0;
-        }
-        let step = policy::scale_on_load(&load, &settings);
-        let reason = format!("cpu {:.0}% over {}s", load.cpu_pct, LOAD_WINDOW.as_secs());
+        let step = policy::scale_on_load(&load, scaling);
+        let by_cpu = match step {
+            policy::Step::Up(_) => load.cpu_pct >= scaling.scale_up_threshold.cpu,
+            _ => load.cpu_pct <= scaling.scale_down_threshold.cpu,
+        };
+        let reason = match (by_cpu, load.worker_memory_pct) {
+            (false, Some(m)) => format!(
+                "workers at {m:.0}% of maxMemoryPerWorker, cpu {:.0}% over {}s",
+                load.cpu_pct,
+                LOAD_WINDOW.as_secs()
+            ),
+            _ => format!("cpu {:.0}% over {}s", load.cpu_pct, LOAD_WINDOW.as_secs()),
+        };
         match step {
             policy::Step::Hold => return,
             policy::Step::Up(n) => self.scale_up(n, &reason),

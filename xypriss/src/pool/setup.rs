@@ -25,6 +25,7 @@ use crate::{
         event::{Event, SCHEMA_VERSION},
         ndjson::{Output, QUEUE_LINES, QUEUE_LINES_MINIMAL},
     },
+    policy::LowMemoryOrigin,
     runtime_dir,
     settings::{ObserverChoice, RunConfig},
     supervise::{
@@ -128,7 +129,11 @@ impl Pool {
             && (management.low_memory_mode
                 || self.config.memory.performance_optimization.low_memory_mode)
         {
-            self.set_low_memory(true, "lowMemoryMode is set in the configuration", true);
+            self.set_low_memory(
+                true,
+                "lowMemoryMode is set in the configuration: the pool keeps its configured size and thresholds",
+                LowMemoryOrigin::Configuration,
+            );
         }
         for id in 0..self.size {
             self.workers.insert(id, Worker::default());

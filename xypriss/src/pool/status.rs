@@ -11,6 +11,7 @@ use crate::{
     api::{ApiError, Call, Reply, Request},
     detect::threshold::Level,
     observe::Source,
+    policy::{self, LowMemoryOrigin},
     recommend,
     report::{self as status, Status},
     supervise::lifecycle::State,
@@ -23,7 +24,7 @@ impl Pool {
             Request::Status => Ok(Reply::Status(Box::new(self.cached_status()))),
             Request::Scale { workers } => self.scale_to(workers),
             Request::LowMemory { enabled } => {
-                Ok(self.set_low_memory(enabled, "asked by an operator", true))
+                Ok(self.set_low_memory(enabled, "asked by an operator", LowMemoryOrigin::Operator))
             }
             Request::Restart { worker: Some(id) } => {
                 if self.live(id) {
@@ -135,6 +136,8 @@ impl Pool {
                 can_enable_low_memory_mode: recommendations.can_enable_low_memory_mode,
                 current_usage: status::Usage {
                     total_rss_bytes: total_rss,
+                    percent: policy::percent_of(total_rss, management.max_total_memory)
+                        .unwrap_or(0.0),
                     max_total_memory_bytes: management.max_total_memory,
                     max_memory_per_worker_bytes: self.config.memory.max_memory_per_worker,
                     system_available_bytes: observed.available,
@@ -143,6 +146,7 @@ impl Pool {
                     memory_critical_threshold: management.memory_critical_threshold,
                 },
                 healthy,
+                worker_thresholds: self.worker_thresholds(),
             },
             health: status::Health { healthy, details },
             workers,

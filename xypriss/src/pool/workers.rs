@@ -138,11 +138,7 @@ impl Pool {
             cgroup,
             not_ready: false,
             alerts: Alerts::default(),
-            leak: self
-                .config
-                .memory
-                .memory_management
-                .memory_leak_detection
+            leak: policy::detects_leaks(&self.config.memory.memory_management)
                 .then(|| LeakDetector::new(LeakParams::default())),
             leaking: false,
             verdict: None,
