@@ -28,6 +28,8 @@ use support::{DEMO, MIB, Pool, XYPRISS, named, proc_status, root_or_skip, u64_of
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 const GIB: u64 = 1 << 30;
+/// How xypriss marks a piece of a line it cut.
+const MARK: &str = "[cut at 65536 bytes: continued]";
 
 /// A scratch directory, removed on drop.
 struct Scratch(PathBuf);
@@ -106,13 +108,14 @@ fn a_worker_writing_a_gibibyte_without_a_newline_leaves_xypriss_flat() {
             bytes += n as u64;
             tail.extend_from_slice(&buf[..n]);
             let text = String::from_utf8_lossy(&tail);
-            cuts += text.matches("[cut at 65536 bytes: continued]").count() as u64;
+            cuts += text.matches(MARK).count() as u64;
             if text.contains("flood-done") {
                 let _ = done_tx.send((bytes, cuts));
                 return;
             }
-            // Keep only what a mark cut in two may need.
-            let keep = tail.len().saturating_sub(64);
+            // Keep what a mark cut in two needs, too little to hold a whole
+            // one (which would be counted again).
+            let keep = tail.len().saturating_sub(MARK.len() - 1);
             tail.drain(..keep);
         }
     });

@@ -339,11 +339,14 @@ pub fn run(root: &Path, minutes: f64) -> Result<()> {
             failures.push(format!("status server {server}: {r}"));
         }
     }
-    if stepped
-        .as_ref()
-        .is_some_and(|s| s["poolsTakenForStale"] != 0)
-    {
-        failures.push("the clock step made a live pool stale".to_owned());
+    match &stepped {
+        Some(step) if step["thirdPoolRan"] != true => {
+            failures.push("the third pool, in its time namespace, did not run".to_owned());
+        }
+        Some(step) if step["poolsTakenForStale"] != 0 => {
+            failures.push("the clock step made a live pool stale".to_owned());
+        }
+        _ => {}
     }
     if !failures.is_empty() {
         bail!("{}", failures.join("; "));
@@ -396,16 +399,16 @@ fn clock_step(xypriss: &Path, demo: &Path, pools: &[&Path]) -> Result<Value> {
             bail!("touch {} failed", pool.display());
         }
     }
-    let output = Command::new("timeout")
+    let output = Command::new("unshare")
         .args([
-            "-s",
-            "INT",
-            "5",
-            "unshare",
             "--time",
             "--fork",
             "--boottime",
             "86400",
+            "timeout",
+            "-s",
+            "INT",
+            "5",
         ])
         .arg(xypriss)
         .args([
@@ -422,9 +425,13 @@ fn clock_step(xypriss: &Path, demo: &Path, pools: &[&Path]) -> Result<Value> {
         .stdin(Stdio::null())
         .output()
         .context("the third xypriss")?;
-    let taken: Vec<String> = String::from_utf8_lossy(&output.stdout)
+    let events: Vec<Value> = String::from_utf8_lossy(&output.stdout)
         .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let started = events.iter().any(|e| e["event"] == "worker_spawned");
+    let taken: Vec<String> = events
+        .iter()
         .filter(|e| e["event"] == "stale_cgroup_removed")
         .filter_map(|e| e["path"].as_str().map(str::to_owned))
         .filter(|path| pools.iter().any(|pool| Path::new(path) == *pool))
@@ -433,6 +440,7 @@ fn clock_step(xypriss: &Path, demo: &Path, pools: &[&Path]) -> Result<Value> {
     Ok(json!({
         "steppedBySecs": 3600,
         "thirdPoolBoottimeOffsetSecs": 86400,
+        "thirdPoolRan": started,
         "poolsTakenForStale": taken.len(),
         "taken": taken,
     }))
