@@ -1,7 +1,8 @@
 //! `cargo xtask soak --faults --minutes N`: the soak under attack. Two pools
 //! run side by side while:
 //! - a worker of pool A floods its stdout without a newline (`cat /dev/zero`);
-//! - a local user who is not root (`nobody`) floods pool A's notify socket;
+//! - a local user who is neither root nor the workers' user (`daemon`)
+//!   floods pool A's notify socket;
 //! - an HTTP client pipelines requests to pool B's status server and never
 //!   reads the answers, while another client asks both servers in a loop;
 //! - halfway, the wall clock steps an hour forward for both pools, as a
@@ -161,13 +162,14 @@ fn count_output(stderr: impl std::io::Read) -> Output {
     output
 }
 
-/// `nobody` sending READY=1 to `socket` as fast as it can until killed;
+/// `daemon` (uid 1: a local user who is not root, and not the workers'
+/// `nobody`) sending READY=1 to `socket` as fast as it can until killed;
 /// prints how many datagrams went and how many the kernel refused.
 fn notify_flooder(socket: &Path) -> Result<Child> {
     Command::new("setpriv")
         .args([
-            "--reuid=65534",
-            "--regid=65534",
+            "--reuid=1",
+            "--regid=1",
             "--clear-groups",
             "--inh-caps=-all",
             "/usr/bin/python3",
