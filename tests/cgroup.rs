@@ -22,6 +22,7 @@ use std::{
 };
 
 use nix::{
+    fcntl::{Flock, FlockArg},
     sys::{
         signal::{Signal, kill},
         wait::{WaitStatus, waitpid},
@@ -291,31 +292,37 @@ fn a_pool_whose_xypriss_is_gone_is_killed_and_removed() {
         .expect("the process is added");
     }
 
-    // A pool named after a process that started after it was made: its pid
-    // was reused. (Made an hour ago, as far as its mtime says.)
+    // A pool whose lock nobody holds, named after a process that runs: its
+    // pid was reused.
     let stranger = ChildGuard::sleep();
     let foreign = hierarchy
         .path()
         .join("xypriss")
-        .join(format!("test-foreign.{}", stranger.pid()));
+        .join(format!("test-foreign.{}.flock", stranger.pid()));
     let _foreign_guard = StaleGuard(foreign.clone());
     fs::create_dir_all(foreign.join("w0.g0")).expect("a stale pool");
-    let status = Command::new("touch")
-        .args(["-d", "1 hour ago"])
-        .arg(&foreign)
-        .status()
-        .expect("touch runs");
-    assert!(status.success());
-    // A pool of another running process that is not xypriss, made after it
-    // started (the library's user, or an xypriss in a pid namespace of its
-    // own, whose pid means another process here): it stays.
-    let owner = ChildGuard::sleep();
+    // A pool of an older xypriss (no lock), whose process runs: it stays.
+    let older = ChildGuard::sleep();
+    let legacy = hierarchy
+        .path()
+        .join("xypriss")
+        .join(format!("test-legacy.{}", older.pid()));
+    let _legacy_guard = StaleGuard(legacy.clone());
+    fs::create_dir_all(legacy.join("w0.g0")).expect("a live legacy pool");
+    // A pool whose owner holds its lock, whatever pid names it (the
+    // library's user, or an xypriss in a pid namespace of its own, whose pid
+    // means another process here, or none): it stays.
     let library = hierarchy
         .path()
         .join("xypriss")
-        .join(format!("test-library.{}", owner.pid()));
+        .join(format!("test-library.{dead}.flock"));
     let _library_guard = StaleGuard(library.clone());
     fs::create_dir_all(library.join("w0.g0")).expect("a live pool");
+    let _held = Flock::lock(
+        fs::File::open(&library).expect("the pool opens"),
+        FlockArg::LockExclusiveNonblock,
+    )
+    .expect("the pool is locked");
 
     let removed = hierarchy
         .remove_stale()
@@ -346,6 +353,7 @@ fn a_pool_whose_xypriss_is_gone_is_killed_and_removed() {
 
     assert!(!foreign.exists(), "{} is left", foreign.display());
     assert!(library.exists(), "a live owner's pool was removed");
+    assert!(legacy.exists(), "an older xypriss's live pool was removed");
     assert!(
         fs::exists(format!("/proc/{}", stranger.pid())).expect("/proc"),
         "the process the pid now names is not touched"
@@ -557,6 +565,66 @@ async fn throttling_slows_an_allocating_worker_until_it_is_lifted() {
     for dir in [Some(path), cpu_twin].into_iter().flatten() {
         assert!(!dir.exists(), "{} is left", dir.display());
     }
+}
+
+#[test]
+fn live_pools_survive_a_forward_clock_step() {
+    if !root_or_skip("live_pools_survive_a_forward_clock_step") {
+        return;
+    }
+    let hierarchy = Hierarchy::find().expect("a memory hierarchy");
+    // This process's pool, and one of an older xypriss (no lock) whose
+    // process runs. The wall clock jumps an hour forward, as NTP at boot or a
+    // resumed VM make it: simulated without touching the machine's clock, by
+    // dating both directories an hour back, which is what a check comparing
+    // an owner's start (from /proc/stat's boot time, which follows the wall
+    // clock) with its pool's mtime sees after such a step.
+    let live = PoolGuard::create("test-stepped");
+    let older = ChildGuard::sleep();
+    let legacy = hierarchy
+        .path()
+        .join("xypriss")
+        .join(format!("test-stepped-legacy.{}", older.pid()));
+    let _legacy_guard = StaleGuard(legacy.clone());
+    fs::create_dir_all(legacy.join("w0.g0")).expect("a live legacy pool");
+    let worker = ChildGuard::sleep();
+    let cgroup = live.get().worker(0, 1).expect("a worker cgroup");
+    cgroup.add(worker.pid()).expect("the worker joins");
+    let dirs = [
+        Some(live.get().path().to_owned()),
+        cpu_twin_of(&hierarchy, live.get().path()),
+        Some(legacy.clone()),
+    ];
+    for dir in dirs.iter().flatten() {
+        let stepped = Command::new("touch")
+            .args(["-d", "1 hour ago"])
+            .arg(dir)
+            .status()
+            .expect("touch runs");
+        assert!(stepped.success());
+    }
+
+    let removed = hierarchy
+        .remove_stale()
+        .expect("stale pools are looked for");
+    assert!(
+        removed
+            .iter()
+            .all(|s| s.path != live.get().path() && s.path != legacy),
+        "live pools taken for stale: {removed:?}"
+    );
+    assert!(live.get().path().is_dir());
+    assert!(legacy.is_dir());
+    assert_eq!(
+        waitpid(
+            Pid::from_raw(worker.pid() as i32),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG)
+        )
+        .expect("the worker is ours"),
+        WaitStatus::StillAlive,
+        "a live pool's worker was killed"
+    );
+    drop(cgroup);
 }
 
 /// Where `path`, in the memory hierarchy, has its twin in a v1 cpu hierarchy.

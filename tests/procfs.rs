@@ -50,7 +50,8 @@ fn as_nobody(args: &[&str]) -> Command {
         XYPRISS,
         "run",
     ])
-    .args(support::named(args));
+    // Itself: as nobody, xypriss cannot run workers as anybody else.
+    .args(support::named(&[&["--user", "nobody"], args].concat()));
     cmd
 }
 
@@ -116,6 +117,8 @@ fn in_a_pid_namespace_of_its_own_it_polls_proc_and_says_why() {
         "--mount-proc",
         XYPRISS,
         "run",
+        "--user",
+        "root",
         "--workers",
         "1",
     ])
@@ -142,6 +145,8 @@ fn in_a_pid_namespace_of_its_own_it_polls_proc_and_says_why() {
             "--mount-proc",
             XYPRISS,
             "run",
+            "--user",
+            "root",
             "--require-ebpf",
             DEMO,
         ])

@@ -30,7 +30,16 @@ fn ebpf_starts_with_only_its_runtime_directory_writable() {
     }
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--propagation", "private", "sh", "-c", SANDBOX])
-        .args([XYPRISS, "run", "--workers", "1", "--require-ebpf", DEMO]);
+        .args([
+            XYPRISS,
+            "run",
+            "--user",
+            "root",
+            "--workers",
+            "1",
+            "--require-ebpf",
+            DEMO,
+        ]);
     let mut pool = Pool::start_command(&mut cmd);
     let observer = pool.wait_event("observer", Duration::from_secs(20), |_| true);
     assert_eq!(observer["source"], "ebpf", "{observer}");

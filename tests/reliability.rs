@@ -601,6 +601,8 @@ fn a_closed_stdout_stops_the_pool_gracefully() {
     let mut child = Command::new(XYPRISS)
         .args([
             "run",
+            "--user",
+            "root",
             "--workers",
             "2",
             "--ready-timeout",
@@ -672,6 +674,8 @@ fn a_verifier_rejection_degrades_to_procfs_or_refuses_when_required() {
     let mut cmd = Command::new(XYPRISS);
     cmd.env("XYPRISS_FAULT_INJECT", "verifier").args([
         "run",
+        "--user",
+        "root",
         "--workers",
         "1",
         "--name",
@@ -704,6 +708,8 @@ fn a_verifier_rejection_degrades_to_procfs_or_refuses_when_required() {
         .env("XYPRISS_FAULT_INJECT", "verifier")
         .args([
             "run",
+            "--user",
+            "root",
             "--workers",
             "1",
             "--require-ebpf",
@@ -815,6 +821,8 @@ fn tracefs_is_mounted_for_the_load_and_unmounted_after_it() {
         .env("XYPRISS_FAULT_INJECT", "verifier")
         .args([
             "run",
+            "--user",
+            "root",
             "--require-ebpf",
             "--workers",
             "1",

@@ -68,10 +68,16 @@ pub struct Pool {
 }
 
 /// `run`'s ARGS with a `--name` of their own if they have none: tests run
-/// side by side, and two pools of one name cannot (the control socket).
+/// side by side, and two pools of one name cannot (the control socket). As
+/// root, without a `--user` of their own, they say `--user root`: root's
+/// workers run as the sudo user or not at all unless asked, and the tests'
+/// workers write where only root may.
 pub fn named(args: &[&str]) -> Vec<String> {
     static POOLS: AtomicU32 = AtomicU32::new(0);
     let mut named: Vec<String> = args.iter().map(|&a| a.to_owned()).collect();
+    if nix::unistd::geteuid().is_root() && !args.contains(&"--user") {
+        named.splice(0..0, ["--user".into(), "root".into()]);
+    }
     if !args.contains(&"--name") {
         let n = POOLS.fetch_add(1, Ordering::Relaxed);
         named.splice(
@@ -96,7 +102,10 @@ impl Pool {
     /// returned sender sends (or is dropped): a stalled consumer.
     pub fn start_paused(args: &[&str]) -> (Self, mpsc::Sender<()>) {
         let (resume, gate) = mpsc::channel();
-        let pool = Self::start_gated(Command::new(XYPRISS).arg("run").args(args), Some(gate));
+        let pool = Self::start_gated(
+            Command::new(XYPRISS).arg("run").args(named(args)),
+            Some(gate),
+        );
         (pool, resume)
     }
 

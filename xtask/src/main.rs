@@ -8,6 +8,7 @@
 
 mod bench;
 mod bootstrap;
+mod faults;
 mod soak;
 mod vmtest;
 
@@ -61,6 +62,10 @@ enum Task {
         /// How long to run.
         #[arg(long, default_value_t = 10.0)]
         minutes: f64,
+        /// The fault mode instead: two pools under a flooding worker, a
+        /// flooding local user, a slow HTTP client and a clock step.
+        #[arg(long)]
+        faults: bool,
     },
     /// Check formatting and lints, run every test (unit and real-kernel
     /// integration), then the kernel-dependent ones on 6.1 and 6.12 in VMs (vmtest).
@@ -99,13 +104,17 @@ fn run(flags: Flags) -> Result<()> {
             vmtest::run(&root, &flags)
         }
         Task::Dist => dist(&root),
-        Task::Soak { minutes } => {
+        Task::Soak { minutes, faults } => {
             bootstrap::ensure(&root)?;
             cargo(
                 &root,
                 ["build", "--release", "--package", "xypriss", "--bins"],
             )?;
-            soak::run(&root, minutes)
+            if faults {
+                faults::run(&root, minutes)
+            } else {
+                soak::run(&root, minutes)
+            }
         }
         Task::Bench { names, minutes } => {
             bootstrap::ensure(&root)?;
@@ -200,6 +209,12 @@ fn demo(root: &Path, args: Vec<OsString>) -> Result<()> {
     let bin = root.join("target/release");
     let mut cmd = Command::new(bin.join("xypriss"));
     cmd.arg("run");
+    // As root without sudo, xypriss will not run workers as root unasked:
+    // the demo's run as nobody.
+    let as_root = nix::unistd::geteuid().is_root() && std::env::var_os("SUDO_UID").is_none();
+    if as_root && !args.iter().any(|a| a == "--user") {
+        cmd.args(["--user", "nobody"]);
+    }
     if args.is_empty() {
         cmd.args(["--workers", "auto"]);
     }

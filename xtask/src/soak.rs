@@ -217,7 +217,7 @@ fn tally(
 
 /// GETs `/cluster/memory` and `/metrics` in turn until `stop`: how many
 /// answered 200, how many did not, and the latency percentiles.
-fn hammer(address: SocketAddr, stop: &AtomicBool) -> Value {
+pub(crate) fn hammer(address: SocketAddr, stop: &AtomicBool) -> Value {
     let (mut ok, mut failed) = (0u64, 0u64);
     let mut times = Vec::new();
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();

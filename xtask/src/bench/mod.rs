@@ -151,8 +151,17 @@ pub(crate) struct Pool {
 
 impl Pool {
     pub(crate) fn start(xypriss: &Path, args: &[&str]) -> Result<Self> {
+        // As root without sudo, xypriss runs no worker as root unasked: the
+        // workers run as nobody, as they would as the user behind sudo.
+        let as_root = nix::unistd::geteuid().is_root() && std::env::var_os("SUDO_UID").is_none();
+        let user: &[&str] = if as_root && !args.contains(&"--user") {
+            &["--user", "nobody"]
+        } else {
+            &[]
+        };
         let mut child = Command::new(xypriss)
             .arg("run")
+            .args(user)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -9,10 +9,14 @@
 use std::{
     io::{self, BufRead as _, BufReader, Write as _},
     os::unix::net::UnixStream,
-    path::PathBuf,
+    path::{Path, PathBuf},
     time::Duration,
 };
 
+use nix::{
+    sys::socket::{getsockopt, sockopt},
+    unistd::geteuid,
+};
 use serde_json::Value;
 
 use super::{Request, Status, socket::Response};
@@ -37,6 +41,11 @@ pub enum ClientError {
     PermissionDenied { path: PathBuf, source: io::Error },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
+    #[error(
+        "{} is served by uid {uid}, neither you nor root: not a pool of yours, not asked",
+        path.display()
+    )]
+    Impostor { path: PathBuf, uid: u32 },
     #[error("{}: no answer within {}", path.display(), humantime::format_duration(CALL_TIMEOUT))]
     Timeout { path: PathBuf },
     #[error("{}: the pool closed the connection (is it stopping?)", path.display())]
@@ -46,6 +55,25 @@ pub enum ClientError {
     /// The pool refused the request; `code` as in `docs/api.md`.
     #[error("{message}")]
     Api { code: String, message: String },
+}
+
+/// Whoever listens on the socket must be this user or root: a socket put in
+/// a runtime directory by somebody else would otherwise be asked, and
+/// believed, and given requests.
+fn check_peer(stream: &UnixStream, path: &Path) -> Result<(), ClientError> {
+    let peer = getsockopt(stream, sockopt::PeerCredentials).map_err(|errno| ClientError::Io {
+        path: path.into(),
+        source: errno.into(),
+    })?;
+    let uid = peer.uid();
+    if uid == 0 || uid == geteuid().as_raw() {
+        Ok(())
+    } else {
+        Err(ClientError::Impostor {
+            path: path.into(),
+            uid,
+        })
+    }
 }
 
 fn list(paths: &[PathBuf]) -> String {
@@ -72,7 +100,10 @@ impl Client {
         for dir in dirs {
             let path = dir.join(format!("{name}.sock"));
             match UnixStream::connect(&path) {
-                Ok(stream) => return Self::over(stream, path),
+                Ok(stream) => {
+                    check_peer(&stream, &path)?;
+                    return Self::over(stream, path);
+                }
                 Err(err) if err.kind() == io::ErrorKind::NotFound => searched.push(path),
                 Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => {
                     stale.get_or_insert(path);

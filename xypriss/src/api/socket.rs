@@ -24,6 +24,10 @@ use std::{
     time::Duration,
 };
 
+use nix::{
+    errno::Errno,
+    fcntl::{AT_FDCWD, RenameFlags, renameat2},
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::{
@@ -184,7 +188,7 @@ fn bind(dir: &Path, name: &str) -> Result<(UnixListener, SocketFile), SocketErro
             path: path.clone(),
             source,
         })
-        .and_then(|()| bind_privately(&staging.join("sock"), &path));
+        .and_then(|()| bind_privately(&staging.join("sock"), &path, name));
     let _ = fs::remove_dir_all(&staging);
     let listener = bound?;
     let file = SocketFile::new(path.clone()).map_err(|source| SocketError::Io {
@@ -196,8 +200,8 @@ fn bind(dir: &Path, name: &str) -> Result<(UnixListener, SocketFile), SocketErro
 }
 
 /// Binds at `inside`, a private path, sets the mode and owner, and moves the
-/// socket to `path`.
-fn bind_privately(inside: &Path, path: &Path) -> Result<UnixListener, SocketError> {
+/// socket to `path`, which must not exist: else pool `name` runs already.
+fn bind_privately(inside: &Path, path: &Path, name: &str) -> Result<UnixListener, SocketError> {
     let failed = |action| {
         move |source| SocketError::Io {
             action,
@@ -215,7 +219,22 @@ fn bind_privately(inside: &Path, path: &Path) -> Result<UnixListener, SocketErro
         std::os::unix::fs::chown(inside, Some(uid), Some(gid))
             .map_err(failed("give the sudo user"))?;
     }
-    fs::rename(inside, path).map_err(failed("move into place"))?;
+    // Never over another pool's socket: two starts of one name may both have
+    // found the place free, and the second must fail, not take it.
+    renameat2(
+        AT_FDCWD,
+        inside,
+        AT_FDCWD,
+        path,
+        RenameFlags::RENAME_NOREPLACE,
+    )
+    .map_err(|errno| match errno {
+        Errno::EEXIST => SocketError::InUse {
+            name: name.into(),
+            path: path.to_owned(),
+        },
+        errno => failed("move into place")(errno.into()),
+    })?;
     Ok(listener)
 }
 
@@ -597,6 +616,29 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let mut again = Client::connect(&path).await;
         assert!(again.ask(r#"{"op":"scale","workers":1}"#).await.ok);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn of_two_starts_that_both_found_the_name_free_the_second_fails() {
+        let dir = scratch_dir("race");
+        let path = dir.join("p.sock");
+        for staging in [".a", ".b"] {
+            fs::create_dir(dir.join(staging)).unwrap();
+        }
+        // Both passed the check for a live socket; now each moves its own in.
+        let first = bind_privately(&dir.join(".a/sock"), &path, "p").unwrap();
+        let second = bind_privately(&dir.join(".b/sock"), &path, "p");
+        assert!(
+            matches!(second, Err(SocketError::InUse { .. })),
+            "the second start took the first one's socket"
+        );
+        // The first pool still answers at its path.
+        let _client = tokio::net::UnixStream::connect(&path).await.unwrap();
+        timeout(Duration::from_secs(5), first.accept())
+            .await
+            .expect("the first pool's listener gets the connection")
+            .unwrap();
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -18,7 +18,12 @@ use crate::{
     output::ndjson::Format,
     settings::{self, Host, ObserverChoice, ReadyMode, RunConfig},
     size::Size,
-    supervise::{backoff::Policy, spawn::Identity, workers},
+    supervise::{
+        backoff::Policy,
+        identity::{self, Account, IdentityError},
+        spawn::Identity,
+        workers,
+    },
 };
 
 /// A checked configuration, and what to tell the user about it once logging
@@ -47,6 +52,8 @@ pub enum FlagError {
     Backoff { value: f64 },
     #[error("--user {user}: {reason}")]
     User { user: String, reason: String },
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
     #[error("--group {group}: {reason}")]
     Group { group: String, reason: String },
     #[error("--ready socket needs a --listen socket to watch")]
@@ -196,6 +203,17 @@ fn identity(
     group: Option<String>,
     cwd: Option<PathBuf>,
 ) -> Result<Identity, FlagError> {
+    if let Some(dir) = &cwd {
+        let unusable = |reason: &str| FlagError::Cwd {
+            dir: dir.clone(),
+            reason: reason.into(),
+        };
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(unusable("not a directory")),
+            Err(e) => return Err(unusable(&e.to_string())),
+        }
+    }
     let user_entry = match &user {
         None => None,
         Some(name) => {
@@ -214,8 +232,8 @@ fn identity(
             )
         }
     };
-    let gid = match &group {
-        None => user_entry.as_ref().map(|u| u.gid.as_raw()),
+    let given_gid = match &group {
+        None => None,
         Some(name) => {
             let found = match name.parse::<u32>() {
                 Ok(gid) => Group::from_gid(gid.into()),
@@ -234,19 +252,27 @@ fn identity(
             )
         }
     };
-    if let Some(dir) = &cwd {
-        let unusable = |reason: &str| FlagError::Cwd {
-            dir: dir.clone(),
-            reason: reason.into(),
-        };
-        match std::fs::metadata(dir) {
-            Ok(meta) if meta.is_dir() => {}
-            Ok(_) => return Err(unusable("not a directory")),
-            Err(e) => return Err(unusable(&e.to_string())),
-        }
-    }
+    // Without --user: see `identity` for who, and why never root silently.
+    let sudo = match &user_entry {
+        Some(_) => None,
+        None => match identity::default_user(
+            nix::unistd::geteuid().as_raw(),
+            std::env::var_os("SUDO_UID").as_deref(),
+            std::env::var_os("SUDO_GID").as_deref(),
+        )? {
+            identity::DefaultUser::Own => None,
+            identity::DefaultUser::Sudo { uid, gid } => Some((uid, gid)),
+        },
+    };
+    let gid = given_gid
+        .or(user_entry.as_ref().map(|u| u.gid.as_raw()))
+        .or(sudo.map(|(_, gid)| gid));
+    let uid = user_entry
+        .map(|u| u.uid.as_raw())
+        .or(sudo.map(|(uid, _)| uid));
     Ok(Identity {
-        uid: user_entry.map(|u| u.uid.as_raw()),
+        account: Account::of(uid.unwrap_or(nix::unistd::geteuid().as_raw())),
+        uid,
         gid,
         cwd,
     })

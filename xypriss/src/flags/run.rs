@@ -154,7 +154,9 @@ pub struct RunFlags {
     )]
     pub max_quick_restarts: u32,
 
-    /// Run workers as this user (name or uid); they then have no capabilities.
+    /// Run workers as this user (name or uid). As root without it, workers
+    /// run as the user behind sudo; with neither, xypriss refuses to start
+    /// (`--user root` runs them as root on purpose, still without capabilities).
     #[arg(long, value_name = "USER")]
     pub user: Option<String>,
 
@@ -167,7 +169,9 @@ pub struct RunFlags {
     pub cwd: Option<PathBuf>,
 
     /// Set an environment variable for workers (repeatable).
-    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    /// Workers inherit only PATH, the locale, TZ, TERM and TMPDIR from
+    /// xypriss's environment; `--env KEY` passes KEY through as it is.
+    #[arg(long = "env", value_name = "KEY=VALUE|KEY", value_parser = parse_env)]
     pub env: Vec<(OsString, OsString)>,
 
     /// The pool's name: several pools can run side by side under different names.
@@ -252,13 +256,19 @@ fn parse_signal(text: &str) -> Result<Signal, String> {
         .map_err(|_| format!("`{text}` is not a signal name (e.g. SIGTERM, INT, SIGQUIT)"))
 }
 
-/// `--env KEY=VALUE`.
+/// `--env KEY=VALUE`, or `--env KEY`: KEY as xypriss's environment has it.
 fn parse_env(text: &str) -> Result<(OsString, OsString), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() && !key.contains('\0') => {
             Ok((key.into(), value.into()))
         }
-        _ => Err(format!("`{text}` is not KEY=VALUE")),
+        None if !text.is_empty() && !text.contains('\0') => match std::env::var_os(text) {
+            Some(value) => Ok((text.into(), value)),
+            None => Err(format!(
+                "`{text}` is not set in xypriss's environment: write KEY=VALUE"
+            )),
+        },
+        _ => Err(format!("`{text}` is not KEY=VALUE or KEY")),
     }
 }
 

@@ -57,11 +57,13 @@ pub(super) async fn setup(config: RunConfig) -> anyhow::Result<(Pool, Inputs)> {
     let signals = Signals::listen()?;
     announce(&config, &output, &observer, degraded);
     let listeners = Listeners::bind(&config.listen)?;
-    let notify = NotifySocket::bind(runtime_dir.join(format!(
-        "{}.{}.notify",
-        config.name,
-        std::process::id()
-    )))
+    let notify = NotifySocket::bind(
+        runtime_dir.join(format!("{}.{}.notify", config.name, std::process::id())),
+        config
+            .identity
+            .uid
+            .unwrap_or_else(|| nix::unistd::geteuid().as_raw()),
+    )
     .map_err(|e| anyhow::anyhow!("cannot create the notify socket: {e}"))?;
     if !listeners.is_empty() {
         output.emit(&Event::Listening {

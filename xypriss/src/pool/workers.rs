@@ -100,7 +100,7 @@ impl Pool {
             cgroup: cgroup.as_ref(),
             registration: self.observer.registration(slot),
             listeners: Some(&self.listeners),
-            control: Some((worker_end.raw(), control_fd)),
+            control: Some(worker_end.raw()),
         });
         drop(worker_end);
         let pid = match spawned {

@@ -7,13 +7,38 @@
 //! process group is left with one `setsid`, a cgroup only by a process allowed
 //! to write to another cgroup's `cgroup.procs`.
 //!
-//! The layout is `<hierarchy>/xypriss/<pool>.<xypriss pid>/w<id>.g<generation>`.
-//! The pid in the pool's name lets the next xypriss tell whether the one that
-//! made the pool still runs: a SIGKILLed xypriss cannot clean up, so what it
-//! left behind is killed and removed at the next start
-//! ([`Hierarchy::remove_stale`]). The `xypriss` directory itself is shared by
-//! every xypriss on the machine and never removed: removing it would race with
-//! another one creating its pool.
+//! The layout is
+//! `<hierarchy>/xypriss/<pool>.<xypriss pid>.flock/w<id>.g<generation>`.
+//! A SIGKILLed xypriss cannot clean up, so what it left behind is killed and
+//! removed at the next start ([`Hierarchy::remove_stale`]). Which pools are
+//! left behind is told by a lock, not by a clock or a pid: each xypriss holds
+//! an exclusive `flock` on its pool's directory for as long as it runs, and
+//! the kernel releases it when the process ends, however it ends. A pool
+//! whose lock can be taken has no owner. (A pool named `<pool>.<pid>`, made
+//! before the lock by an older xypriss that may still run, holds none: it is
+//! stale only once no process has its pid, ESRCH and nothing else; and an
+//! older xypriss does not read the new names at all.) Comparing start times instead would
+//! drift: `/proc/stat`'s boot time is recomputed from the wall clock, so a
+//! forward clock step (NTP at boot, a VM resumed) made every live pool look
+//! younger than its owner, and the next xypriss killed their workers. A pool
+//! is made, and locked, while its maker holds the lock of the `xypriss`
+//! directory, which a search for stale pools holds too, so no pool is ever
+//! seen between its birth and its lock. The `xypriss` directory itself is
+//! shared by every xypriss on the machine and never removed: removing it
+//! would race with another one creating its pool.
+//!
+//! Where pools are made: on cgroup v2, under xypriss's own cgroup (from
+//! /proc/self/cgroup) when its service manager delegated it (systemd's
+//! `Delegate=yes`, which the unit in deploy/systemd has; systemd marks such
+//! a cgroup with the `trusted.delegate` xattr), so that the unit's
+//! `MemoryMax=`, `TasksMax=` and systemd-oomd cover the workers too. v2 lets
+//! no cgroup with processes of its own hand controllers down, so xypriss
+//! first moves the unit's processes (itself) into a leaf of it,
+//! [`SUPERVISOR`]. A cgroup nobody delegated (a login session's scope) is not
+//! xypriss's to rearrange: pools go under the hierarchy's root then, as they
+//! always do on v1, whose hierarchies are each their own tree: a v1 memory
+//! pool is outside the unit's memory cgroup, and the unit's v1 limits do not
+//! cover it.
 //!
 //! The memory controller is used where it is: cgroup v2 when its root offers
 //! it, otherwise a cgroup v1 `memory` hierarchy (hybrid machines bind memory to
@@ -37,18 +62,25 @@
 //!
 //! Killing and removing wait for the cgroup to empty, at most
 //! [`DRAIN_TIMEOUT`]: these calls block, so async code runs them with
-//! `spawn_blocking`.
+//! `spawn_blocking`. v2 kills with `cgroup.kill`; v1 has none, and reads
+//! `cgroup.procs` before it signals, so it pins each process with a pidfd
+//! and signals only those still listed ([`kill_listed`]): a pid reused
+//! elsewhere in between is never hit.
 
 use std::{
     collections::{BTreeSet, HashSet},
-    fs, io,
+    fs::{self, File},
+    io,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
     path::{Path, PathBuf},
     thread,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use nix::{
     errno::Errno,
+    fcntl::{Flock, FlockArg},
+    libc,
     sys::signal::{Signal, kill},
     unistd::Pid,
 };
@@ -98,6 +130,8 @@ pub enum CgroupError {
     StillPopulated { path: PathBuf, pids: Vec<u32> },
     #[error("cannot remove {}: {source}", path.display())]
     Remove { path: PathBuf, source: io::Error },
+    #[error("cannot lock {}: {source}", path.display())]
+    Lock { path: PathBuf, source: Errno },
     #[error(
         "cannot throttle {}: cgroup v1 has no memory.high, and the worker has no cgroup in a v1 cpu hierarchy to bound its CPU time",
         path.display()
@@ -299,19 +333,39 @@ impl Dirs {
 pub struct Hierarchy {
     version: Version,
     root: Dirs,
+    /// Where the `xypriss` directory of pools is: the root, or on v2 the
+    /// delegated cgroup xypriss runs in.
+    base: Dirs,
 }
 
 impl Hierarchy {
     /// Finds the memory hierarchy, and the cpu controller, in this process's mounts.
     pub fn find() -> Result<Self, CgroupError> {
         choose(&mounts()?, read_controllers)
+            .map(Self::placed)
             .map_err(|reason| CgroupError::NoMemoryController { reason })
+    }
+
+    /// On v2, pools go under this process's cgroup when it was delegated:
+    /// see the module header.
+    fn placed(mut self) -> Self {
+        if self.version != Version::V2 {
+            return self;
+        }
+        let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let mount = self.root.memory.clone();
+        let delegated = |unit: &str| is_delegated(&mount.join(unit.trim_start_matches('/')));
+        if let Some(unit) = v2_own_cgroup(&own).and_then(|own| v2_base(own, delegated)) {
+            self.base = self.root.join(unit.trim_start_matches('/'));
+        }
+        self
     }
 
     /// The memory hierarchy mounted at `root`, if that is one: for a look at
     /// one place rather than the choice [`Self::find`] makes.
     pub fn find_at(root: &Path) -> Result<Self, CgroupError> {
         choose_at(&mounts()?, root, read_controllers)
+            .map(Self::placed)
             .map_err(|reason| CgroupError::NoMemoryController { reason })
     }
 
@@ -326,7 +380,7 @@ impl Hierarchy {
 
     /// The directory every pool's memory cgroup is made in; it may not exist yet.
     pub fn pools(&self) -> PathBuf {
-        self.root.memory.join(TOP)
+        self.base.memory.join(TOP)
     }
 
     /// Where the v1 hierarchy with the cpu controller is mounted, when it is
@@ -340,9 +394,31 @@ impl Hierarchy {
     /// cpu hierarchy. Without its cpu part, the pool goes on with a warning.
     pub fn pool(&self, name: &str) -> Result<PoolCgroup, CgroupError> {
         check_pool_name(name)?;
-        let name = format!("{name}.{}", std::process::id());
-        let root = &self.root.memory;
+        let name = format!("{name}.{}{LOCKED}", std::process::id());
+        let root = &self.base.memory;
+        if self.base != self.root {
+            enter_leaf(root)?;
+        }
+        // Held until the pool is made and locked: see the module header.
+        let _top = lock_top(root)?;
         let memory = make_pool(root, &name)?;
+        let lock = match try_lock(&memory) {
+            Ok(Some(lock)) => lock,
+            Ok(None) => {
+                return Err(CgroupError::Lock {
+                    path: memory,
+                    source: Errno::EWOULDBLOCK,
+                });
+            }
+            Err(source) => {
+                // Nothing runs in it yet.
+                let _ = fs::remove_dir(&memory);
+                return Err(CgroupError::Lock {
+                    path: memory,
+                    source,
+                });
+            }
+        };
         if self.version == Version::V2
             && let Err(err) = enable_down(root, &memory, "memory")
         {
@@ -350,7 +426,7 @@ impl Hierarchy {
             let _ = fs::remove_dir(&memory);
             return Err(err);
         }
-        let cpu = self.root.cpu.as_deref().and_then(|cpu_root| {
+        let cpu = self.base.cpu.as_deref().and_then(|cpu_root| {
             let made = match self.version {
                 Version::V2 => enable_down(cpu_root, &memory, "cpu").map(|()| memory.clone()),
                 Version::V1 if cpu_root == root => Ok(memory.clone()),
@@ -362,37 +438,41 @@ impl Hierarchy {
         Ok(PoolCgroup {
             version: self.version,
             dirs: Dirs { memory, cpu },
+            _lock: lock,
         })
     }
 
-    /// Kills and removes every pool whose owner is gone: its pid is not
-    /// running, or started after the pool was made (the pid was reused). Pools of a running xypriss,
-    /// this one's included, are left alone. A pool's cpu twin goes with it,
-    /// and one left without its memory part too. Each pool is reported, with
-    /// what went wrong if it could not be removed whole.
+    /// Kills and removes every pool whose owner is gone: nothing holds its
+    /// lock (see the module header). Pools of a running xypriss, this one's
+    /// included, are left alone, whatever the clock did. A pool's cpu twin
+    /// goes with it, and one left without its memory part too. Each pool is
+    /// reported, with what went wrong if it could not be removed whole.
     ///
-    /// In a pid namespace of its own, pools' pids cannot be told apart from
-    /// the host's, so nothing is judged stale there: see [`Self::remove_pools_of`].
+    /// In a pid namespace of its own xypriss is likely in a container whose
+    /// view of the cgroup files is not the host's (and flock locks are not
+    /// shared between two mounts of different cgroup namespaces), so nothing
+    /// is judged stale there: see [`Self::remove_pools_of`].
     pub fn remove_stale(&self) -> Result<Vec<Stale>, CgroupError> {
         if own_pid_namespace().is_some() {
             return Ok(Vec::new());
         }
-        self.remove_where(|pid, created| is_stale(owner(pid).as_ref(), created))
+        self.remove_where(|owner| match owner {
+            PoolOwner::Locked(_) => true,
+            PoolOwner::Legacy(pid) => process_gone(pid),
+        })
     }
 
-    /// Kills and removes the pools made by process `pid`, which is gone:
-    /// what the watchdog of an xypriss in a pid namespace of its own can
-    /// still clean.
+    /// Kills and removes the pools named after process `pid`, which is gone,
+    /// and which nobody holds: what the watchdog of an xypriss in a pid
+    /// namespace of its own can still clean.
     pub fn remove_pools_of(&self, pid: u32) -> Result<Vec<Stale>, CgroupError> {
-        self.remove_where(|owner, _| owner == pid)
+        self.remove_where(|owner| owner.pid() == pid)
     }
 
-    /// Kills and removes the pools for which `remove(owner pid, made at)` holds.
-    fn remove_where(
-        &self,
-        remove: impl Fn(u32, Option<SystemTime>) -> bool,
-    ) -> Result<Vec<Stale>, CgroupError> {
-        let top = self.root.join(TOP);
+    /// Kills and removes the pools nobody holds for which `remove(owner)` holds.
+    fn remove_where(&self, remove: impl Fn(PoolOwner) -> bool) -> Result<Vec<Stale>, CgroupError> {
+        let top_lock = lock_top(&self.base.memory)?;
+        let top = self.base.join(TOP);
         let mut names = BTreeSet::new();
         for dir in top.each() {
             let entries = match fs::read_dir(dir) {
@@ -413,18 +493,37 @@ impl Hierarchy {
                 names.insert(entry.file_name());
             }
         }
-        let mut removed = Vec::new();
+        // Every pool whose lock is free, locked now: none is being made
+        // (that takes the top lock), and no other xypriss drains them too.
+        let mut orphans = Vec::new();
         for name in names {
-            let Some(pid) = name.to_str().and_then(pool_pid) else {
+            let Some(owner) = name.to_str().and_then(pool_owner) else {
                 continue;
             };
-            let pool = top.join(&name);
-            let created = pool
-                .each()
-                .find_map(|dir| fs::metadata(dir).and_then(|m| m.modified()).ok());
-            if !remove(pid, created) {
+            if !remove(owner) {
                 continue;
             }
+            let pid = owner.pid();
+            let pool = top.join(&name);
+            // Its memory part, or the cpu twin left without one.
+            let Some(dir) = pool.each().find(|dir| dir.exists()) else {
+                continue;
+            };
+            match try_lock(dir) {
+                Ok(Some(lock)) => orphans.push((pid, pool, lock)),
+                // Its xypriss runs; or it went, with its pool, just now.
+                Ok(None) | Err(Errno::ENOENT) => {}
+                Err(source) => {
+                    return Err(CgroupError::Lock {
+                        path: dir.into(),
+                        source,
+                    });
+                }
+            }
+        }
+        drop(top_lock);
+        let mut removed = Vec::new();
+        for (pid, pool, _lock) in orphans {
             let mut killed = 0;
             let error = pool.drain(self.version, &mut killed).err();
             removed.push(Stale {
@@ -456,6 +555,8 @@ pub struct Stale {
 pub struct PoolCgroup {
     version: Version,
     dirs: Dirs,
+    /// Says the pool is in use, for as long as this process holds it.
+    _lock: Flock<File>,
 }
 
 impl PoolCgroup {
@@ -684,12 +785,14 @@ fn judge(
         "cgroup2" => match controllers(&mount.mount_point) {
             Ok(list) if list.split_whitespace().any(|c| c == "memory") => {
                 let cpu = list.split_whitespace().any(|c| c == "cpu");
+                let root = Dirs {
+                    memory: mount.mount_point.clone(),
+                    cpu: cpu.then(|| mount.mount_point.clone()),
+                };
                 Ok(Hierarchy {
                     version: Version::V2,
-                    root: Dirs {
-                        memory: mount.mount_point.clone(),
-                        cpu: cpu.then(|| mount.mount_point.clone()),
-                    },
+                    base: root.clone(),
+                    root,
                 })
             }
             Ok(list) => Err(format!(
@@ -708,12 +811,14 @@ fn judge(
             let cpu = mounts.iter().find(|m| {
                 m.fs_type == "cgroup" && m.super_options.contains_key("cpu") && !read_only(m)
             });
+            let root = Dirs {
+                memory: mount.mount_point.clone(),
+                cpu: cpu.map(|m| m.mount_point.clone()),
+            };
             Ok(Hierarchy {
                 version: Version::V1,
-                root: Dirs {
-                    memory: mount.mount_point.clone(),
-                    cpu: cpu.map(|m| m.mount_point.clone()),
-                },
+                base: root.clone(),
+                root,
             })
         }
         other => Err(format!("{at} is a {other} mount, not a cgroup hierarchy")),
@@ -732,50 +837,77 @@ fn check_pool_name(name: &str) -> Result<(), CgroupError> {
     }
 }
 
-/// The xypriss pid in a pool directory's name `<pool>.<pid>`.
-fn pool_pid(dir_name: &str) -> Option<u32> {
-    let (pool, pid) = dir_name.rsplit_once('.')?;
-    check_pool_name(pool).ok()?;
-    pid.parse().ok()
-}
+/// The end of the name of a pool whose maker holds its lock.
+const LOCKED: &str = ".flock";
 
-/// What is known of the process whose pid names a pool.
+/// How a pool directory's name says who made it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Owner {
-    /// When it started, if that could be read.
-    started: Option<SystemTime>,
+enum PoolOwner {
+    /// `<pool>.<pid>.flock`: its xypriss holds the directory's lock while it runs.
+    Locked(u32),
+    /// `<pool>.<pid>`: made by an xypriss from before the lock; only the pid tells.
+    Legacy(u32),
 }
 
-/// The running (not zombie) process `pid`, if any.
-fn owner(pid: u32) -> Option<Owner> {
-    let process = Process::new(i32::try_from(pid).ok()?).ok()?;
-    let stat = process.stat().ok()?;
-    if matches!(stat.state, 'Z' | 'X' | 'x') {
-        return None;
+impl PoolOwner {
+    fn pid(self) -> u32 {
+        match self {
+            Self::Locked(pid) | Self::Legacy(pid) => pid,
+        }
     }
-    // Boot time is whole seconds, rounded down: the start may come out up to a
-    // second early, never late, so a live pool is never taken for stale.
-    let started = procfs::boot_time_secs().ok().map(|boot| {
-        let ticks = procfs::ticks_per_second().max(1);
-        UNIX_EPOCH
-            + Duration::from_secs(boot)
-            + Duration::from_millis(stat.starttime.saturating_mul(1000) / ticks)
-    });
-    Some(Owner { started })
 }
 
-/// Whether a pool made at `created` by the process now known as `owner` is
-/// stale: the process is gone, or started after the pool was made (its pid
-/// was reused). What the process runs is not asked: a pool made through the
-/// library belongs to a process that is not xypriss, and one made in a pid
-/// namespace of its own is named after a pid that means another process
-/// here; killing either while its owner runs would be far worse than leaving
-/// it to its own watchdog.
-fn is_stale(owner: Option<&Owner>, created: Option<SystemTime>) -> bool {
-    match owner {
-        None => true,
-        Some(owner) => matches!((owner.started, created), (Some(s), Some(c)) if s > c),
+/// Who made the pool directory named `dir_name`.
+fn pool_owner(dir_name: &str) -> Option<PoolOwner> {
+    let (stem, locked) = match dir_name.strip_suffix(LOCKED) {
+        Some(stem) => (stem, true),
+        None => (dir_name, false),
+    };
+    let (pool, pid) = stem.rsplit_once('.')?;
+    check_pool_name(pool).ok()?;
+    let pid = pid.parse().ok()?;
+    Some(if locked {
+        PoolOwner::Locked(pid)
+    } else {
+        PoolOwner::Legacy(pid)
+    })
+}
+
+/// Whether no process has pid `pid`: only ESRCH says so. EPERM (another
+/// user's) or anything else means it may run.
+fn process_gone(pid: u32) -> bool {
+    match i32::try_from(pid) {
+        Ok(raw) => kill(Pid::from_raw(raw), None) == Err(Errno::ESRCH),
+        Err(_) => true,
     }
+}
+
+/// Opens `dir` (CLOEXEC, so no worker inherits the lock) and takes its
+/// exclusive lock if nobody holds it; `None` when somebody does.
+fn try_lock(dir: &Path) -> Result<Option<Flock<File>>, Errno> {
+    let file = File::open(dir).map_err(|err| Errno::from_raw(err.raw_os_error().unwrap_or(0)))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, errno)) => Err(errno),
+    }
+}
+
+/// Makes `<root>/xypriss` if need be, and waits for its exclusive lock:
+/// held while a pool is made and locked, and while stale pools are found.
+fn lock_top(root: &Path) -> Result<Flock<File>, CgroupError> {
+    let top = root.join(TOP);
+    match mkdir(&top) {
+        Err(CgroupError::Exists { .. }) | Ok(()) => {}
+        Err(err) => return Err(err),
+    }
+    let failed = |source| CgroupError::Lock {
+        path: top.clone(),
+        source,
+    };
+    let file =
+        File::open(&top).map_err(|err| failed(Errno::from_raw(err.raw_os_error().unwrap_or(0))))?;
+    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| failed(errno))
 }
 
 /// Kills everything in `dir` and the cgroups below it, and removes them,
@@ -821,28 +953,75 @@ fn kill_all(dir: &Path, version: Version) -> Result<usize, CgroupError> {
             write(&kill_file, "1")?;
             killed.extend(listed.into_iter().filter(|&pid| pid != 0));
         } else {
-            // Pid 0 is a process outside our pid namespace: kill(0) would hit our own group.
-            for pid in listed.into_iter().filter(|&pid| pid != 0) {
-                let Ok(raw) = i32::try_from(pid) else {
-                    continue;
-                };
-                match kill(Pid::from_raw(raw), Signal::SIGKILL) {
-                    Ok(()) => {
-                        killed.insert(pid);
-                    }
-                    Err(Errno::ESRCH) => {}
-                    Err(source) => {
-                        return Err(CgroupError::Kill {
-                            path: dir.into(),
-                            pid,
-                            source,
-                        });
-                    }
-                }
-            }
+            killed.extend(kill_listed(dir, &listed)?);
         }
         thread::sleep(POLL);
     }
+}
+
+/// SIGKILLs the processes of `listed` (read from `dir`'s `cgroup.procs`)
+/// that are still in `dir`; returns those killed. A pid read from the list
+/// may have been reused by another process since, anywhere on the host: so
+/// each one is first pinned with a pidfd, which always means the one process
+/// it was opened on, the list is read again, and only a pinned process still
+/// listed is signalled, through its pidfd. (The pinned process holds its pid
+/// until it is reaped, so the pid in the new list is that process.) A pid
+/// gone by then is left for the next round.
+fn kill_listed(dir: &Path, listed: &[u32]) -> Result<Vec<u32>, CgroupError> {
+    let kill_error = |pid, source| CgroupError::Kill {
+        path: dir.into(),
+        pid,
+        source,
+    };
+    let mut pinned = Vec::new();
+    // Pid 0 is a process outside our pid namespace: it cannot be pinned.
+    for &pid in listed.iter().filter(|&&pid| pid != 0) {
+        match pidfd_open(pid) {
+            Ok(fd) => pinned.push((pid, fd)),
+            Err(Errno::ESRCH) => {}
+            Err(source) => return Err(kill_error(pid, source)),
+        }
+    }
+    let still = read_procs(dir)?;
+    let mut killed = Vec::new();
+    for (pid, fd) in pinned {
+        if !still.contains(&pid) {
+            continue;
+        }
+        match pidfd_send_signal(&fd, Signal::SIGKILL) {
+            Ok(()) => killed.push(pid),
+            Err(Errno::ESRCH) => {}
+            Err(source) => return Err(kill_error(pid, source)),
+        }
+    }
+    Ok(killed)
+}
+
+/// `pidfd_open(2)` (Linux 5.3): an fd that means process `pid` and no other.
+fn pidfd_open(pid: u32) -> Result<OwnedFd, Errno> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| Errno::ESRCH)?;
+    // SAFETY: the system call takes a pid and flags, and returns a new fd.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: the kernel just made this fd, and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `pidfd_send_signal(2)` (Linux 5.1): `signal` to the process `fd` means.
+fn pidfd_send_signal(fd: &OwnedFd, signal: Signal) -> Result<(), Errno> {
+    // SAFETY: an fd we own, a valid signal, no siginfo, no flags.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            signal as libc::c_int,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if ret < 0 { Err(Errno::last()) } else { Ok(()) }
 }
 
 /// The pids listed in `dir`'s `cgroup.procs`, 0s included.
@@ -868,6 +1047,75 @@ fn subdirs(dir: &Path) -> Result<Vec<PathBuf>, CgroupError> {
         }
     }
     Ok(dirs)
+}
+
+/// The leaf of a delegated cgroup that its own processes move into, so that
+/// it may hand controllers down to the pools beside the leaf.
+pub const SUPERVISOR: &str = "xypriss-supervisor";
+
+/// This process's cgroup v2 path, from /proc/self/cgroup's `0::` line.
+fn v2_own_cgroup(text: &str) -> Option<&str> {
+    text.lines().find_map(|line| line.strip_prefix("0::"))
+}
+
+/// The cgroup pools are made under, for a process in v2 cgroup `own`: the
+/// unit's cgroup (`own`, or its parent when `own` is the [`SUPERVISOR`] leaf
+/// of it) if it is not the root and `delegated` says it was delegated;
+/// `None` for the hierarchy's root.
+fn v2_base(own: &str, delegated: impl Fn(&str) -> bool) -> Option<String> {
+    let own = own.trim().trim_end_matches('/');
+    let unit = own
+        .strip_suffix(SUPERVISOR)
+        .and_then(|parent| parent.strip_suffix('/'))
+        .unwrap_or(own);
+    (!unit.is_empty() && delegated(unit)).then(|| unit.to_owned())
+}
+
+/// Whether systemd delegated the cgroup at `dir` (`Delegate=yes`): it marks
+/// it with the `trusted.delegate` xattr (`user.delegate` for a user manager).
+fn is_delegated(dir: &Path) -> bool {
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    ["trusted.delegate", "user.delegate"]
+        .into_iter()
+        .any(|name| {
+            let name = std::ffi::CString::new(name).expect("no NUL");
+            let mut value = [0u8; 8];
+            // SAFETY: NUL-terminated strings and a buffer of the length given.
+            let len = unsafe {
+                libc::getxattr(
+                    path.as_ptr(),
+                    name.as_ptr(),
+                    value.as_mut_ptr().cast(),
+                    value.len(),
+                )
+            };
+            len > 0 && value[..len as usize].starts_with(b"1")
+        })
+}
+
+/// Moves every process of the delegated cgroup `unit` (xypriss, and what
+/// its service manager started beside it) into its [`SUPERVISOR`] leaf, so
+/// that `unit` may enable controllers for its children.
+fn enter_leaf(unit: &Path) -> Result<(), CgroupError> {
+    let leaf = unit.join(SUPERVISOR);
+    match mkdir(&leaf) {
+        Err(CgroupError::Exists { .. }) | Ok(()) => {}
+        Err(err) => return Err(err),
+    }
+    for pid in read_procs(unit)?.into_iter().filter(|&pid| pid != 0) {
+        match fs::write(leaf.join(PROCS), pid.to_string()) {
+            // Gone meanwhile.
+            Err(err) if err.raw_os_error() == Some(libc::ESRCH) => {}
+            result => result.map_err(|source| CgroupError::Write {
+                path: leaf.join(PROCS),
+                value: pid.to_string(),
+                source,
+            })?,
+        }
+    }
+    Ok(())
 }
 
 /// Makes `<root>/xypriss/<pool>`; the shared `xypriss` may exist already.
@@ -964,6 +1212,35 @@ mod tests {
 25 1 8:1 / / rw,relatime - ext4 /dev/vda rw
 30 23 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot";
 
+    fn hierarchy(version: Version, root: Dirs) -> Hierarchy {
+        Hierarchy {
+            version,
+            base: root.clone(),
+            root,
+        }
+    }
+
+    #[test]
+    fn on_v2_pools_go_under_a_delegated_cgroup_of_ours() {
+        let unit = "/system.slice/system-xypriss.slice/xypriss@web.service";
+        let text = format!("0::{unit}\n");
+        let own = v2_own_cgroup(&text).unwrap();
+        let delegated = |dir: &str| dir == unit;
+        assert_eq!(v2_base(own, delegated).as_deref(), Some(unit));
+        // Once xypriss moved into its leaf (and for the watchdog, born there).
+        let leaf = format!("{unit}/{SUPERVISOR}");
+        assert_eq!(v2_base(&leaf, delegated).as_deref(), Some(unit));
+        // A login session's scope, not delegated: the hierarchy's root.
+        let session = "/user.slice/user-1000.slice/session-4.scope";
+        assert_eq!(v2_base(session, delegated), None);
+        assert_eq!(v2_base("/", |_| true), None);
+        assert_eq!(v2_base(&format!("/{SUPERVISOR}"), |_| true), None);
+        // A hybrid machine's v1 lines are not v2's.
+        let hybrid = "12:memory:/system.slice/x.service\n1:name=systemd:/x\n0::/x.service\n";
+        assert_eq!(v2_own_cgroup(hybrid), Some("/x.service"));
+        assert_eq!(v2_own_cgroup("4:memory:/a\n"), None);
+    }
+
     fn mounts(text: &str) -> Vec<MountInfo> {
         text.lines()
             .map(|line| MountInfo::from_line(line).unwrap())
@@ -990,13 +1267,13 @@ mod tests {
         );
         assert_eq!(
             found,
-            Ok(Hierarchy {
-                version: Version::V2,
-                root: Dirs {
+            Ok(hierarchy(
+                Version::V2,
+                Dirs {
                     memory: "/sys/fs/cgroup".into(),
                     cpu: Some("/sys/fs/cgroup".into()),
                 },
-            })
+            ))
         );
         let without_cpu = choose(
             &mounts(PURE_V2),
@@ -1015,13 +1292,13 @@ mod tests {
         );
         assert_eq!(
             found,
-            Ok(Hierarchy {
-                version: Version::V1,
-                root: Dirs {
+            Ok(hierarchy(
+                Version::V1,
+                Dirs {
                     memory: "/sys/fs/cgroup/memory".into(),
                     cpu: Some("/sys/fs/cgroup/cpu".into()),
                 },
-            })
+            ))
         );
     }
 
@@ -1139,13 +1416,13 @@ mod tests {
         let at = |root: &str| choose_at(&mounts(HYBRID), Path::new(root), &v2);
         assert_eq!(
             at("/sys/fs/cgroup/memory"),
-            Ok(Hierarchy {
-                version: Version::V1,
-                root: Dirs {
+            Ok(hierarchy(
+                Version::V1,
+                Dirs {
                     memory: "/sys/fs/cgroup/memory".into(),
                     cpu: Some("/sys/fs/cgroup/cpu".into()),
                 },
-            })
+            ))
         );
         let unified = at("/sys/fs/cgroup/unified").unwrap_err();
         assert!(unified.contains("does not offer memory"), "{unified}");
@@ -1195,6 +1472,32 @@ mod tests {
     }
 
     #[test]
+    fn a_listed_pid_now_outside_the_cgroup_is_not_killed() {
+        let dir = std::env::temp_dir().join(format!("xypriss-kill-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let mut outsider = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = outsider.id();
+        // Read as the cgroup's when its process was there; by now the pid
+        // names a process elsewhere, and the cgroup lists nothing.
+        fs::write(dir.join(PROCS), "").unwrap();
+        assert_eq!(kill_listed(&dir, &[pid]).unwrap(), Vec::<u32>::new());
+        thread::sleep(Duration::from_millis(50));
+        assert!(
+            outsider.try_wait().unwrap().is_none(),
+            "a process outside the cgroup was killed"
+        );
+        // Still listed: it is the cgroup's, and is killed.
+        fs::write(dir.join(PROCS), format!("{pid}\n")).unwrap();
+        assert_eq!(kill_listed(&dir, &[pid]).unwrap(), [pid]);
+        use std::os::unix::process::ExitStatusExt as _;
+        assert_eq!(outsider.wait().unwrap().signal(), Some(libc::SIGKILL));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn pool_names_are_letters_digits_underscore_and_dash() {
         assert!(check_pool_name("web_2-api").is_ok());
         for bad in ["", "a.b", "a/b", "..", "é", "a b"] {
@@ -1207,11 +1510,16 @@ mod tests {
 
     #[test]
     fn pool_directories_name_their_xypriss() {
-        assert_eq!(pool_pid("web.4242"), Some(4242));
-        assert_eq!(pool_pid("web-2.1"), Some(1));
-        assert_eq!(pool_pid("web"), None);
-        assert_eq!(pool_pid("web.x"), None);
-        assert_eq!(pool_pid("a.b.12"), None);
+        assert_eq!(pool_owner("web.4242.flock"), Some(PoolOwner::Locked(4242)));
+        assert_eq!(pool_owner("web.4242"), Some(PoolOwner::Legacy(4242)));
+        assert_eq!(pool_owner("web-2.1"), Some(PoolOwner::Legacy(1)));
+        assert_eq!(pool_owner("web"), None);
+        assert_eq!(pool_owner("web.flock"), None);
+        assert_eq!(pool_owner("web.x"), None);
+        assert_eq!(pool_owner("a.b.12"), None);
+        assert_eq!(pool_owner("a.b.12.flock"), None);
+        assert!(!process_gone(std::process::id()));
+        assert!(process_gone(u32::MAX));
     }
 
     #[test]
@@ -1224,18 +1532,5 @@ mod tests {
         assert_eq!(Version::V1.high_file(), "memory.soft_limit_in_bytes");
         assert_eq!(Version::V2.max_file(), "memory.max");
         assert_eq!(Version::V1.max_file(), "memory.limit_in_bytes");
-    }
-
-    #[test]
-    fn a_pool_is_stale_once_its_xypriss_is_gone() {
-        let made = UNIX_EPOCH + Duration::from_secs(1000);
-        let before = Some(made - Duration::from_secs(1));
-        let after = Some(made + Duration::from_secs(1));
-        let xypriss = |started| Owner { started };
-        assert!(is_stale(None, Some(made)));
-        assert!(is_stale(Some(&xypriss(after)), Some(made)), "pid reused");
-        assert!(!is_stale(Some(&xypriss(before)), Some(made)));
-        assert!(!is_stale(Some(&xypriss(None)), Some(made)));
-        assert!(!is_stale(Some(&xypriss(after)), None));
     }
 }

@@ -12,12 +12,10 @@
 use std::{
     io::{self, Write as _},
     os::{
-        fd::{AsRawFd as _, BorrowedFd, OwnedFd, RawFd},
+        fd::{AsRawFd as _, OwnedFd, RawFd},
         unix::net::UnixStream,
     },
 };
-
-use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 
 /// xypriss's end of one worker's channel.
 pub struct Control {
@@ -47,25 +45,6 @@ impl WorkerEnd {
     pub fn raw(&self) -> RawFd {
         self.0.as_raw_fd()
     }
-}
-
-/// In the child, between fork and exec: puts the worker's end at `target`,
-/// inheritable. Only system calls.
-pub fn install(source: RawFd, target: RawFd) -> io::Result<()> {
-    if source == target {
-        // SAFETY: the fd is open for the duration of this call.
-        let fd = unsafe { BorrowedFd::borrow_raw(source) };
-        let flags = fcntl(fd, FcntlArg::F_GETFD)?;
-        let flags = FdFlag::from_bits_truncate(flags) - FdFlag::FD_CLOEXEC;
-        fcntl(fd, FcntlArg::F_SETFD(flags))?;
-        return Ok(());
-    }
-    // dup2 clears FD_CLOEXEC on the new fd.
-    // SAFETY: plain dup2 on fds this process owns.
-    if unsafe { nix::libc::dup2(source, target) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 impl Control {

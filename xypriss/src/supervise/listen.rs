@@ -239,12 +239,16 @@ impl Listeners {
     }
 
     /// A closure for `pre_exec` that hands the sockets to the program `cmd`
-    /// runs: it moves them to fds 3, 4, … without CLOEXEC, then execs the
-    /// program itself with `cmd`'s environment plus [`Listeners::env`] and
-    /// `LISTEN_PID` set to the child's pid (see the module header for why).
-    /// It allocates nothing in the child. With no socket it does nothing.
-    /// Passing [`Listeners::env`] with `Command::envs` as well is harmless.
-    /// For a tokio command, pass `cmd.as_std()`.
+    /// runs: it moves them to fds 3, 4, … without CLOEXEC, and the `extra`
+    /// fds (a worker's control channel) right after them, all in one
+    /// hand-over, so that no fd is put where another still sits; it marks
+    /// every fd above them CLOEXEC, so the program inherits nothing else
+    /// (not even an fd xypriss itself inherited without CLOEXEC); then, when
+    /// there is a socket, it execs the program itself with `cmd`'s
+    /// environment plus [`Listeners::env`] and `LISTEN_PID` set to the
+    /// child's pid (see the module header for why). It allocates nothing in
+    /// the child. Passing [`Listeners::env`] with `Command::envs` as well is
+    /// harmless. For a tokio command, pass `cmd.as_std()`.
     ///
     /// `cmd`'s program, arguments and environment are read now: call this
     /// once `cmd` is configured, and register the closure last, as pre_exec
@@ -257,20 +261,24 @@ impl Listeners {
     pub fn child_setup(
         &self,
         cmd: &Command,
+        extra: &[RawFd],
     ) -> io::Result<impl FnMut() -> io::Result<()> + Send + Sync + 'static> {
         let fds = Arc::clone(&self.fds);
-        let mut scratch = vec![-1; fds.len()];
+        let extra = extra.to_vec();
+        let mut scratch = vec![-1; fds.len() + extra.len()];
         let mut exec = if self.is_empty() {
             None
         } else {
             Some(Exec::new(cmd, &self.env())?)
         };
         Ok(move || {
-            let Some(exec) = exec.as_mut() else {
-                return Ok(());
-            };
-            hand_over(fds.iter().map(|fd| fd.as_raw_fd()), &mut scratch)?;
-            Err(exec.run())
+            let sources = fds.iter().map(|fd| fd.as_raw_fd());
+            hand_over(sources.chain(extra.iter().copied()), &mut scratch)?;
+            cloexec_from(LISTEN_FDS_START + scratch.len() as RawFd)?;
+            match exec.as_mut() {
+                Some(exec) => Err(exec.run()),
+                None => Ok(()),
+            }
         })
     }
 }
@@ -378,6 +386,26 @@ fn hand_over(sources: impl Iterator<Item = RawFd>, scratch: &mut [RawFd]) -> io:
         unsafe { libc::close(copy) };
     }
     Ok(())
+}
+
+/// Marks every fd from `first` on CLOEXEC (`close_range`, Linux 5.11).
+/// Async-signal-safe: one system call.
+fn cloexec_from(first: RawFd) -> io::Result<()> {
+    // SAFETY: close_range with the flag its man page documents; it only
+    // changes fd flags.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// The exec the child does itself, built in the parent.
@@ -653,7 +681,7 @@ pub(crate) mod testing {
     /// Runs the test server on `listeners`, as `xypriss` would run a worker.
     pub fn spawn_server(listeners: &Listeners, env: &[(&str, &str)]) -> Reaped {
         let mut cmd = server_command(env);
-        let setup = listeners.child_setup(&cmd).expect("prepare the exec");
+        let setup = listeners.child_setup(&cmd, &[]).expect("prepare the exec");
         // SAFETY: the closure is async-signal-safe.
         unsafe {
             cmd.pre_exec(setup);

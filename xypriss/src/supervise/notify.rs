@@ -9,6 +9,13 @@
 //! sender's pid, which a worker cannot forge, so xypriss knows who is ready.
 //! Which pids it accepts is the caller's business.
 //!
+//! Only the workers may send: the socket file belongs to the workers' user,
+//! mode 0600, so the kernel refuses every other user (root aside), and a
+//! datagram whose credentials name another uid is dropped before anything
+//! is done for it, with a warning at most every [`WARN_EVERY`] that says how
+//! many were. Any local user could otherwise keep the control loop busy:
+//! each datagram costs it up to 32 /proc reads to find its worker.
+//!
 //! Each xypriss names its socket with its pid, and removes it when it ends;
 //! one that was SIGKILLed cannot, and no later xypriss would bind that name
 //! again. So binding one also removes the dead `*.notify` sockets beside it
@@ -20,16 +27,19 @@ use std::{
     os::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
         unix::{
-            fs::{FileTypeExt as _, PermissionsExt as _},
+            fs::{FileTypeExt as _, PermissionsExt as _, chown},
             net,
         },
     },
     path::{Path, PathBuf},
+    sync::Mutex,
+    time::{Duration, Instant},
 };
 
 use nix::{
     cmsg_space,
     sys::socket::{ControlMessageOwned, MsgFlags, UnixCredentials, recvmsg, setsockopt, sockopt},
+    unistd::geteuid,
 };
 use tokio::{io::Interest, net::UnixDatagram};
 
@@ -116,17 +126,46 @@ fn remove_stale(dir: &Path) -> Vec<PathBuf> {
     removed
 }
 
+/// How often, at most, datagrams from another user than the workers' are
+/// warned about.
+pub const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Warnings at most every [`WARN_EVERY`], each with how many events it covers.
+#[derive(Debug, Default)]
+struct RateLimit {
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl RateLimit {
+    /// One more event at `now`: how many to warn about now, if it is time.
+    fn note(&mut self, now: Instant) -> Option<u64> {
+        self.since += 1;
+        if self
+            .last
+            .is_some_and(|last| now.saturating_duration_since(last) < WARN_EVERY)
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.since))
+    }
+}
+
 /// The socket workers notify, bound at a path and removed on drop.
 pub struct NotifySocket {
     socket: UnixDatagram,
     file: SocketFile,
+    /// The workers' uid: datagrams from any other are dropped.
+    sender: u32,
+    refused: Mutex<RateLimit>,
 }
 
 impl NotifySocket {
-    /// Binds a datagram socket at `path`, replacing a stale socket there, and
-    /// lets any user send to it (workers may run as another user). Must be
-    /// called within a tokio runtime.
-    pub fn bind(path: PathBuf) -> io::Result<Self> {
+    /// Binds a datagram socket at `path`, replacing a stale socket there,
+    /// that only uid `sender` (the workers') may send to. Must be called
+    /// within a tokio runtime.
+    pub fn bind(path: PathBuf, sender: u32) -> io::Result<Self> {
         clear_stale_socket(&path)?;
         if let Some(dir) = path.parent() {
             for stale in remove_stale(dir) {
@@ -148,13 +187,22 @@ impl NotifySocket {
         };
         setsockopt(&socket, sockopt::PassCred, &true)
             .map_err(|errno| failed("SO_PASSCRED", errno.into()))?;
-        fs::set_permissions(file.path(), Permissions::from_mode(0o666))
-            .map_err(|err| failed("chmod 666", err))?;
+        fs::set_permissions(file.path(), Permissions::from_mode(0o600))
+            .map_err(|err| failed("chmod 600", err))?;
+        if sender != geteuid().as_raw() {
+            chown(file.path(), Some(sender), None)
+                .map_err(|err| failed("give the workers' user", err))?;
+        }
         socket
             .set_nonblocking(true)
             .map_err(|err| failed("O_NONBLOCK", err))?;
         let socket = UnixDatagram::from_std(socket).map_err(|err| failed("register", err))?;
-        Ok(Self { socket, file })
+        Ok(Self {
+            socket,
+            file,
+            sender,
+            refused: Mutex::default(),
+        })
     }
 
     /// The socket's path, for `NOTIFY_SOCKET`.
@@ -162,7 +210,9 @@ impl NotifySocket {
         self.file.path()
     }
 
-    /// The next datagram. Datagrams longer than 4 KiB are dropped with a warning.
+    /// The next datagram from the workers' user. Datagrams longer than 4 KiB
+    /// are dropped with a warning; those of another user too, with a warning
+    /// at most every [`WARN_EVERY`].
     pub async fn recv(&self) -> io::Result<Notification> {
         loop {
             let received = self
@@ -198,11 +248,12 @@ impl NotifySocket {
             Some(&mut cmsg),
             MsgFlags::MSG_CMSG_CLOEXEC,
         )?;
-        let mut pid = None;
+        let (mut pid, mut uid) = (None, None);
         for message in msg.cmsgs().into_iter().flatten() {
             match message {
                 ControlMessageOwned::ScmCredentials(creds) => {
                     pid = u32::try_from(creds.pid()).ok().filter(|&pid| pid > 0);
+                    uid = Some(creds.uid());
                 }
                 ControlMessageOwned::ScmRights(fds) => {
                     for fd in fds {
@@ -212,6 +263,23 @@ impl NotifySocket {
                 }
                 _ => {}
             }
+        }
+        // First, before anything is done for it: is it the workers'?
+        if uid != Some(self.sender) {
+            let refused = self
+                .refused
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .note(Instant::now());
+            if let Some(count) = refused {
+                tracing::warn!(
+                    "dropped {count} notification(s) not from the workers' uid {} (the latest from uid {}, pid {})",
+                    self.sender,
+                    uid.map_or_else(|| "unknown".into(), |uid| uid.to_string()),
+                    pid.map_or_else(|| "unknown".into(), |pid| pid.to_string())
+                );
+            }
+            return Ok(None);
         }
         let (len, truncated) = (msg.bytes, msg.flags.contains(MsgFlags::MSG_TRUNC));
         if truncated {
@@ -230,8 +298,6 @@ impl NotifySocket {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use tokio::time::timeout;
 
     use super::{
@@ -286,11 +352,11 @@ mod tests {
     async fn receives_fields_with_the_senders_pid() {
         let dir = TempDir::new("notify-recv");
         let path = dir.path().join("notify");
-        let socket = NotifySocket::bind(path.clone()).unwrap();
+        let socket = NotifySocket::bind(path.clone(), geteuid().as_raw()).unwrap();
         assert_eq!(socket.path(), path);
         let meta = fs::metadata(&path).unwrap();
         assert!(meta.file_type().is_socket());
-        assert_eq!(meta.permissions().mode() & 0o777, 0o666);
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
 
         let sender = net::UnixDatagram::unbound().unwrap();
         sender.send_to(&[b'x'; DATAGRAM_MAX + 1], &path).unwrap();
@@ -306,18 +372,57 @@ mod tests {
         assert!(!path.exists(), "the socket file is removed on drop");
     }
 
+    #[test]
+    fn refusals_are_warned_about_at_most_every_ten_seconds() {
+        let mut limit = RateLimit::default();
+        let start = Instant::now();
+        assert_eq!(limit.note(start), Some(1), "the first one at once");
+        for ms in 1..1000 {
+            assert_eq!(limit.note(start + Duration::from_millis(ms)), None);
+        }
+        assert_eq!(limit.note(start + WARN_EVERY), Some(1000), "with the count");
+        assert_eq!(limit.note(start + WARN_EVERY), None);
+    }
+
+    #[tokio::test]
+    async fn datagrams_of_another_uid_are_dropped_first() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = TempDir::new("notify-uid");
+        let path = dir.path().join("notify");
+        // The workers are somebody else: this process (root, or the test's
+        // user) is not them, so its datagrams are not theirs.
+        let socket = NotifySocket::bind(path.clone(), geteuid().as_raw() + 1).unwrap();
+        let sender = net::UnixDatagram::unbound().unwrap();
+        sender.send_to(b"READY=1\n", &path).unwrap();
+        assert!(
+            timeout(Duration::from_millis(300), socket.recv())
+                .await
+                .is_err(),
+            "a datagram of another uid came through"
+        );
+        if geteuid().is_root() {
+            let meta = fs::metadata(&path).unwrap();
+            assert_eq!(meta.uid(), geteuid().as_raw() + 1, "the workers' socket");
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        }
+    }
+
     #[tokio::test]
     async fn bind_replaces_a_stale_socket_only() {
         let dir = TempDir::new("notify-bind");
         let path = dir.path().join("notify");
         drop(net::UnixDatagram::bind(&path).unwrap());
-        let socket = NotifySocket::bind(path.clone()).unwrap();
-        let err = NotifySocket::bind(path.clone()).err().unwrap();
+        let socket = NotifySocket::bind(path.clone(), geteuid().as_raw()).unwrap();
+        let err = NotifySocket::bind(path.clone(), geteuid().as_raw())
+            .err()
+            .unwrap();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
         drop(socket);
 
         fs::write(&path, "data").unwrap();
-        let err = NotifySocket::bind(path.clone()).err().unwrap();
+        let err = NotifySocket::bind(path.clone(), geteuid().as_raw())
+            .err()
+            .unwrap();
         assert!(err.to_string().contains("is not a socket"), "{err}");
         assert_eq!(fs::read_to_string(&path).unwrap(), "data");
     }
@@ -330,7 +435,7 @@ mod tests {
         let live = net::UnixDatagram::bind(at("live.2.notify")).unwrap();
         fs::write(at("data.3.notify"), "data").unwrap();
         drop(net::UnixDatagram::bind(at("gone.4.sock")).unwrap());
-        let socket = NotifySocket::bind(at("new.5.notify")).unwrap();
+        let socket = NotifySocket::bind(at("new.5.notify"), geteuid().as_raw()).unwrap();
         assert!(!at("gone.1.notify").exists(), "a dead notify socket stays");
         for kept in [
             "live.2.notify",
@@ -347,7 +452,7 @@ mod tests {
     async fn a_real_worker_says_it_is_ready() {
         let dir = TempDir::new("notify-worker");
         let path = dir.path().join("notify");
-        let socket = NotifySocket::bind(path.clone()).unwrap();
+        let socket = NotifySocket::bind(path.clone(), geteuid().as_raw()).unwrap();
         let addr: ListenAddr = "127.0.0.1:0".parse().unwrap();
         let listeners = Listeners::bind(&[addr]).unwrap();
         let server = spawn_server(&listeners, &[("NOTIFY_SOCKET", path.to_str().unwrap())]);

@@ -2,10 +2,14 @@
 //!
 //! Each worker gets its own process group, so that a stop signal reaches
 //! everything it started, and a parent-death signal, so that it dies with
-//! xypriss even when xypriss is SIGKILLed. It never keeps a capability:
-//! xypriss runs as root for eBPF, its workers need not. As another user
-//! (`--user`) the kernel clears them; as root, they are dropped for good
-//! (bounding set, ambient, securebits) before exec. Nor does it keep
+//! xypriss even when xypriss is SIGKILLed. It never keeps a capability, nor
+//! can it get one back: xypriss runs as root for eBPF, its workers need not.
+//! Every worker loses the bounding and ambient sets, root's supplementary
+//! groups, and gets `PR_SET_NO_NEW_PRIVS`; as another user (`--user`) the
+//! kernel clears the rest; as root (`--user root`), they are dropped for good
+//! (securebits) before exec. Who it runs as by default is
+//! [`identity`]'s choice. It inherits only the fds it is handed, and an
+//! allow-listed environment ([`identity::passes`]). Nor does it keep
 //! xypriss's shield from the OOM killer ([`oom_score_adj`]), whether
 //! xypriss set it itself or a service manager did (the systemd unit's
 //! `OOMScoreAdjust=`). Its stdout and stderr are prefixed and forwarded to
@@ -26,7 +30,12 @@ use std::{
     process::{Command, Stdio},
 };
 
-use super::{cgroup::WorkerCgroup, control, listen::Listeners, oom_score_adj};
+use super::{
+    cgroup::WorkerCgroup,
+    identity::{self, Account},
+    listen::Listeners,
+    oom_score_adj,
+};
 use crate::{observe::ebpf::Registration, output::stderr};
 use nix::{
     fcntl::{OFlag, open},
@@ -35,7 +44,7 @@ use nix::{
         signal::{Signal, killpg},
         stat::Mode,
     },
-    unistd::{Gid, Pid, Uid, getppid, setgid, setgroups, setuid, write},
+    unistd::{Gid, Pid, Uid, chdir, geteuid, getppid, setgid, setgroups, setuid, write},
 };
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncRead, BufReader},
@@ -45,9 +54,14 @@ use tokio::{
 /// Who workers run as, and where.
 #[derive(Clone, Debug, Default)]
 pub struct Identity {
+    /// Their user; `None` keeps xypriss's own.
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// Where they start, entered once they are that user.
     pub cwd: Option<PathBuf>,
+    /// `HOME`, `USER`, `LOGNAME` and `SHELL` for them: the account they run
+    /// as, not xypriss's.
+    pub account: Option<Account>,
 }
 
 /// One worker process to start.
@@ -57,7 +71,9 @@ pub struct Spec<'a> {
     pub id: u32,
     pub generation: u32,
     pub identity: &'a Identity,
-    /// `XYPRISS_*` and the user's `--env`, in that order.
+    /// `XYPRISS_*` and the user's `--env`, in that order, on top of the
+    /// variables of xypriss's own environment that [`identity::passes`] lets
+    /// through.
     pub env: Vec<(OsString, OsString)>,
     /// The worker's cgroup: the child moves itself in, in each hierarchy,
     /// before exec, so everything it ever starts is born inside.
@@ -66,13 +82,15 @@ pub struct Spec<'a> {
     pub registration: Option<Registration>,
     /// Sockets to hand over as fds 3, 4, … (systemd socket activation).
     pub listeners: Option<&'a Listeners>,
-    /// The worker's end of its control channel, and the fd number it gets.
-    pub control: Option<(RawFd, RawFd)>,
+    /// The worker's end of its control channel, handed over with the
+    /// sockets, right after them: fd 3 + the number of sockets.
+    pub control: Option<RawFd>,
 }
 
 /// Spawns `spec`; returns its pid. The caller reaps it.
 pub fn spawn(spec: Spec<'_>) -> io::Result<u32> {
     let supervisor = Pid::this();
+    let root = geteuid().is_root();
     let cgroup_procs = spec
         .cgroup
         .map(WorkerCgroup::procs_files)
@@ -81,19 +99,30 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<u32> {
         .map(|p| CString::new(p.into_os_string().into_vec()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(io::Error::other)?;
+    let cwd = spec
+        .identity
+        .cwd
+        .as_ref()
+        .map(|dir| CString::new(dir.clone().into_os_string().into_vec()))
+        .transpose()
+        .map_err(io::Error::other)?;
     let mut cmd = Command::new(spec.app);
     cmd.args(spec.args)
-        .envs(spec.env)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
-    if let Some(cwd) = &spec.identity.cwd {
-        cmd.current_dir(cwd);
+    for (name, _) in std::env::vars_os() {
+        if !identity::passes(&name) {
+            cmd.env_remove(name);
+        }
     }
+    if let Some(account) = &spec.identity.account {
+        cmd.envs(account.env());
+    }
+    cmd.envs(spec.env);
     let (uid, gid) = (spec.identity.uid, spec.identity.gid);
     let registration = spec.registration;
-    let control = spec.control;
     let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse::<libc::c_ulong>().ok())
@@ -110,9 +139,6 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<u32> {
             }
             // Before the identity changes: only root sets the floor anew.
             oom_score_adj::reset_in_child()?;
-            if let Some((source, target)) = control {
-                control::install(source, target)?;
-            }
             if let Some(registration) = &registration {
                 registration.register_self()?;
             }
@@ -125,8 +151,12 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<u32> {
                 )?;
                 write(&fd, b"0")?;
             }
-            // Then the identity: groups first, while still allowed to change them.
-            if uid.is_some() || gid.is_some() {
+            if root {
+                // While CAP_SETPCAP is still there: no capability can ever
+                // come back, through exec or otherwise, whatever user follows.
+                drop_bounding_set(last_cap)?;
+                // Then the identity: groups first, while still allowed to
+                // change them; root's supplementary groups go in every case.
                 setgroups(&[])?;
             }
             if let Some(gid) = gid {
@@ -134,11 +164,13 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<u32> {
             }
             match uid {
                 // From root to another user, the kernel clears every capability.
-                Some(uid) => setuid(Uid::from_raw(uid))?,
-                // Still root: give up every capability, for good.
-                None => drop_capabilities(last_cap)?,
+                Some(uid) if uid != 0 => setuid(Uid::from_raw(uid))?,
+                // Still root (`--user root`): give up every capability, for good.
+                _ => drop_capabilities()?,
             }
-            if uid.is_some() || gid.is_some() {
+            // No exec (a setuid binary, file capabilities) gives any back.
+            prctl::set_no_new_privs()?;
+            if uid.is_some_and(|uid| uid != 0) || gid.is_some() {
                 // A change of credentials clears the parent-death signal: set it again.
                 prctl::set_pdeathsig(Signal::SIGKILL)?;
                 if getppid() != supervisor {
@@ -147,17 +179,29 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<u32> {
                     ));
                 }
             }
+            // As the worker's user: a directory it may not enter is an error.
+            if let Some(cwd) = &cwd {
+                chdir(cwd.as_c_str())?;
+            }
             Ok(())
         });
     }
-    if let Some(listeners) = spec.listeners.filter(|l| !l.is_empty()) {
-        cmd.envs(listeners.env());
-        // Last: it moves the sockets to fds 3, 4, …, sets LISTEN_PID, and execs.
-        let hand_over = listeners.child_setup(&cmd)?;
-        // SAFETY: the closure allocates nothing; see `Listeners::child_setup`.
-        unsafe {
-            cmd.pre_exec(hand_over);
+    let none;
+    let listeners = match spec.listeners {
+        Some(listeners) => listeners,
+        None => {
+            none = Listeners::bind(&[]).map_err(io::Error::other)?;
+            &none
         }
+    };
+    cmd.envs(listeners.env());
+    // Last: it moves the sockets and the control channel to fds 3, 4, …,
+    // leaves nothing else inheritable, and execs with LISTEN_PID when there
+    // are sockets.
+    let hand_over = listeners.child_setup(&cmd, spec.control.as_slice())?;
+    // SAFETY: the closure allocates nothing; see `Listeners::child_setup`.
+    unsafe {
+        cmd.pre_exec(hand_over);
     }
     let mut child = cmd.spawn()?;
     let pid = child.id();
@@ -175,12 +219,42 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<u32> {
     Ok(pid)
 }
 
-/// Leaves this process (about to exec a worker as root) with no capability:
-/// an empty bounding set, no ambient ones, empty effective, permitted and
+/// Empties the bounding set and the ambient set of this process (about to
+/// exec a worker, still root): whatever user it becomes, no capability can
+/// come back. Only system calls: safe between fork and exec.
+fn drop_bounding_set(last_cap: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: prctl with the arguments its man page documents.
+    unsafe {
+        for cap in 0..=last_cap {
+            check(libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0).into())?;
+        }
+        check(
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL,
+                0,
+                0,
+                0,
+            )
+            .into(),
+        )
+    }
+}
+
+fn check(ret: libc::c_long) -> io::Result<()> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Leaves this process (about to exec a worker as root, its bounding set
+/// already empty) with no capability: empty effective, permitted and
 /// inheritable sets, and the securebits that stop exec from granting root's
 /// capabilities back. Only system calls: safe between fork and exec. Does
 /// nothing when the process has no capabilities to drop (not root).
-fn drop_capabilities(last_cap: libc::c_ulong) -> io::Result<()> {
+fn drop_capabilities() -> io::Result<()> {
     // From <linux/securebits.h> and <linux/capability.h>.
     const SECBIT_NOROOT: libc::c_ulong = 1 << 0;
     const SECBIT_NOROOT_LOCKED: libc::c_ulong = 1 << 1;
@@ -199,31 +273,11 @@ fn drop_capabilities(last_cap: libc::c_ulong) -> io::Result<()> {
         permitted: u32,
         inheritable: u32,
     }
-    let check = |ret: libc::c_long| {
-        if ret < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
-    };
-    if !nix::unistd::geteuid().is_root() {
+    if !geteuid().is_root() {
         return Ok(());
     }
     // SAFETY: prctl and capset with the arguments their man pages document.
     unsafe {
-        for cap in 0..=last_cap {
-            check(libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0).into())?;
-        }
-        check(
-            libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_CLEAR_ALL,
-                0,
-                0,
-                0,
-            )
-            .into(),
-        )?;
         let bits = SECBIT_NOROOT
             | SECBIT_NOROOT_LOCKED
             | SECBIT_NO_SETUID_FIXUP
@@ -246,16 +300,87 @@ fn drop_capabilities(last_cap: libc::c_ulong) -> io::Result<()> {
     }
 }
 
+/// The longest piece of a worker's output line forwarded at once. A line
+/// past it is cut into pieces this long, each forwarded as its own line and
+/// marked, so that a worker writing without newlines costs xypriss this much
+/// memory, not the line's length (xypriss runs as root, shielded from the OOM
+/// killer: what it holds for a worker must be bounded).
+pub const MAX_LINE: usize = 64 << 10;
+
+/// How a forwarded piece of a worker's output ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Piece {
+    /// The rest of a line, up to its newline (or the end of the stream).
+    Whole,
+    /// [`MAX_LINE`] bytes of a line that goes on.
+    Cut,
+}
+
 /// Copies a worker's output to stderr, one prefixed line at a time, through
-/// the bounded writer that drops (and counts) what a stalled stderr cannot take.
+/// the bounded writer that drops (and counts) what a stalled stderr cannot
+/// take; a line longer than [`MAX_LINE`] goes in marked pieces.
 async fn forward(stream: impl AsyncRead + Unpin, id: u32, generation: u32, pid: u32) {
-    let mut lines = BufReader::new(stream).split(b'\n');
-    while let Ok(Some(line)) = lines.next_segment().await {
-        let mut out = format!("[worker {id}.{generation} pid {pid}] ").into_bytes();
-        out.extend_from_slice(&line);
+    let mut continued = false;
+    let _ = pieces(stream, MAX_LINE, |piece, end| {
+        let more = if continued { " +" } else { "" };
+        let mut out = format!("[worker {id}.{generation} pid {pid}{more}] ").into_bytes();
+        out.extend_from_slice(piece);
+        if end == Piece::Cut {
+            out.extend_from_slice(format!(" [cut at {MAX_LINE} bytes: continued]").as_bytes());
+        }
         out.push(b'\n');
         // Queued, never waited for: see output::stderr.
         stderr::line(out);
+        continued = end == Piece::Cut;
+    })
+    .await;
+}
+
+/// Reads `stream` to its end and gives `each` its lines, newline excluded, in
+/// pieces of at most `max` bytes. Holds at most `max` bytes of a line.
+async fn pieces(
+    stream: impl AsyncRead + Unpin,
+    max: usize,
+    mut each: impl FnMut(&[u8], Piece),
+) -> io::Result<()> {
+    let mut reader = BufReader::with_capacity(64 << 10, stream);
+    let mut line = Vec::with_capacity(max.min(8 << 10));
+    loop {
+        let buf = reader.fill_buf().await?;
+        if line.len() == max {
+            // Full: whole if its newline comes next (or nothing does), else cut.
+            let next = buf.first().copied();
+            if next == Some(b'\n') {
+                reader.consume(1);
+            }
+            let end = match next {
+                Some(b'\n') | None => Piece::Whole,
+                Some(_) => Piece::Cut,
+            };
+            each(&line, end);
+            line.clear();
+            continue;
+        }
+        if buf.is_empty() {
+            if !line.is_empty() {
+                each(&line, Piece::Whole);
+            }
+            return Ok(());
+        }
+        let room = max - line.len();
+        match buf.iter().take(room).position(|&b| b == b'\n') {
+            Some(at) => {
+                line.extend_from_slice(&buf[..at]);
+                reader.consume(at + 1);
+                each(&line, Piece::Whole);
+                line.clear();
+            }
+            None => {
+                let take = buf.len().min(room);
+                line.extend_from_slice(&buf[..take]);
+                reader.consume(take);
+            }
+        }
     }
 }
 
@@ -265,5 +390,50 @@ pub fn signal_group(pid: u32, signal: Signal) {
         && err != nix::errno::Errno::ESRCH
     {
         tracing::warn!("could not send {signal} to worker group {pid}: {err}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn cut(input: &[u8], max: usize) -> Vec<(Vec<u8>, Piece)> {
+        let mut out = Vec::new();
+        pieces(input, max, |piece, end| out.push((piece.to_vec(), end)))
+            .await
+            .unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn lines_shorter_than_the_cap_pass_whole() {
+        let out = cut(b"one\ntwo\n\nlast", 8).await;
+        let whole = |s: &str| (s.as_bytes().to_vec(), Piece::Whole);
+        assert_eq!(out, [whole("one"), whole("two"), whole(""), whole("last")]);
+    }
+
+    #[tokio::test]
+    async fn a_long_line_goes_in_marked_pieces_and_nothing_is_lost() {
+        let out = cut(b"abcdefghij\nxy\n", 4).await;
+        let piece = |s: &str, end| (s.as_bytes().to_vec(), end);
+        assert_eq!(
+            out,
+            [
+                piece("abcd", Piece::Cut),
+                piece("efgh", Piece::Cut),
+                piece("ij", Piece::Whole),
+                piece("xy", Piece::Whole),
+            ]
+        );
+        // A line of exactly the cap is whole.
+        let out = cut(b"abcd\nefghi", 4).await;
+        assert_eq!(
+            out,
+            [
+                piece("abcd", Piece::Whole),
+                piece("efgh", Piece::Cut),
+                piece("i", Piece::Whole)
+            ]
+        );
     }
 }

@@ -256,19 +256,39 @@ fn alert(event: &Value) -> Option<String> {
     };
     let time = event["timestamp"]
         .as_u64()
-        .map(|ms| {
-            let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-            // RFC 3339: the time of day is bytes 11 to 19.
-            humantime::format_rfc3339_seconds(at).to_string()[11..19].to_owned()
-        })
+        .map(time_of_day)
         .unwrap_or_default();
     Some(format!("{time}  {what}"))
+}
+
+/// `HH:MM:SS` (UTC) of a Unix time in milliseconds, in any year: an event
+/// comes from a pool, and a pool's clock may say anything.
+fn time_of_day(ms: u64) -> String {
+    let secs = (ms / 1000) % 86_400;
+    format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::operate::table::tests::{sample, worker};
+
+    #[test]
+    fn an_event_from_past_year_9999_is_shown_not_a_panic() {
+        for (ms, shown) in [
+            (3_723_000, "01:02:03"),
+            // 10000-01-01T00:00:01Z.
+            (253_402_300_801_000, "00:00:01"),
+            (u64::MAX, "14:25:51"),
+        ] {
+            let line =
+                format!(r#"{{"event":"scale","from":1,"to":2,"reason":"api","timestamp":{ms}}}"#);
+            let mut model = Model::default();
+            model.event(&line);
+            let feed = model.alerts().collect::<Vec<_>>();
+            assert!(feed.iter().any(|l| l.starts_with(shown)), "{ms}: {feed:?}");
+        }
+    }
 
     #[test]
     fn history_keeps_the_latest_points() {
