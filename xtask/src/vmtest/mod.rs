@@ -139,7 +139,7 @@ pub fn run(root: &Path, flags: &Flags) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!(
             "vmtest needs root: it installs its tools with apt-get and links kernel modules \
-             into /lib/modules (run it as root, or skip it with `cargo xtask test --no-vmtest`)"
+             into /lib/modules (run it as root, or run `cargo xtask test` without --vmtest)"
         );
     }
     debian::ensure_tools()?;

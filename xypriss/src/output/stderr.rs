@@ -5,7 +5,9 @@
 //! that stalls (a paused pager, Ctrl-S in a terminal, a journald backlog)
 //! would block a plain write, and with it the control loop that made the
 //! line. Here a write never waits: the line joins a queue of at most
-//! [`QUEUE_LINES`], and when the queue is full it is dropped and counted.
+//! [`QUEUE_LINES`] lines and [`QUEUE_BYTES`] bytes (a worker's line may be
+//! 64 KiB, so a count of lines alone would not bound the memory), and when
+//! the queue is full it is dropped and counted.
 //! Once the queue drains, the writer says how many were dropped, on stderr
 //! itself, so that a reader learns of the gap where it is.
 
@@ -13,7 +15,7 @@ use std::{
     io::{self, Write},
     sync::{
         OnceLock,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         mpsc::{self, Receiver, SyncSender, TrySendError},
     },
     thread,
@@ -30,16 +32,24 @@ enum Message {
 /// Lines that may wait for stderr.
 pub const QUEUE_LINES: usize = 16_384;
 
+/// Bytes that may wait for stderr.
+pub const QUEUE_BYTES: usize = 8 << 20;
+
 struct Queue {
     lines: SyncSender<Message>,
+    /// Bytes queued and not yet written.
+    bytes: AtomicUsize,
+    room: usize,
     dropped: AtomicU64,
 }
 
 impl Queue {
-    fn new(room: usize) -> (Self, Receiver<Message>) {
-        let (lines, rx) = mpsc::sync_channel(room);
+    fn new(lines: usize, room: usize) -> (Self, Receiver<Message>) {
+        let (tx, rx) = mpsc::sync_channel(lines);
         let queue = Self {
-            lines,
+            lines: tx,
+            bytes: AtomicUsize::new(0),
+            room,
             dropped: AtomicU64::new(0),
         };
         (queue, rx)
@@ -48,15 +58,30 @@ impl Queue {
     /// Queues `bytes`, or counts them dropped when the queue is full; gives
     /// them back when nobody reads the queue.
     fn push(&self, bytes: Vec<u8>) -> Result<(), Vec<u8>> {
+        let len = bytes.len();
+        if self.bytes.fetch_add(len, Ordering::Relaxed) + len > self.room {
+            self.bytes.fetch_sub(len, Ordering::Relaxed);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
         match self.lines.try_send(Message::Line(bytes)) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
+                self.bytes.fetch_sub(len, Ordering::Relaxed);
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
-            Err(TrySendError::Disconnected(Message::Line(bytes))) => Err(bytes),
+            Err(TrySendError::Disconnected(Message::Line(bytes))) => {
+                self.bytes.fetch_sub(len, Ordering::Relaxed);
+                Err(bytes)
+            }
             Err(TrySendError::Disconnected(Message::Flush(_))) => Ok(()),
         }
+    }
+
+    /// The writer took `len` bytes off the queue.
+    fn written(&self, len: usize) {
+        self.bytes.fetch_sub(len, Ordering::Relaxed);
     }
 }
 
@@ -67,7 +92,7 @@ static QUEUE: OnceLock<Queue> = OnceLock::new();
 /// directly.
 fn queue() -> &'static Queue {
     QUEUE.get_or_init(|| {
-        let (queue, rx) = Queue::new(QUEUE_LINES);
+        let (queue, rx) = Queue::new(QUEUE_LINES, QUEUE_BYTES);
         let spawned = thread::Builder::new()
             .name("stderr".into())
             .spawn(move || drain(&rx));
@@ -136,6 +161,9 @@ fn drain(rx: &Receiver<Message>) {
             said = dropped;
         }
         let _ = stderr.write_all(&bytes);
+        if let Some(queue) = QUEUE.get() {
+            queue.written(bytes.len());
+        }
     }
 }
 
@@ -170,7 +198,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_and_counts_instead_of_waiting() {
-        let (queue, rx) = Queue::new(2);
+        let (queue, rx) = Queue::new(2, 1 << 20);
         for n in 0..5 {
             assert_eq!(queue.push(vec![b'0' + n, b'\n']), Ok(()));
         }
@@ -185,5 +213,18 @@ mod tests {
         assert_eq!(kept, [b"0\n".to_vec(), b"1\n".to_vec()]);
         drop(rx);
         assert_eq!(queue.push(b"late\n".to_vec()), Err(b"late\n".to_vec()));
+    }
+
+    #[test]
+    fn long_lines_are_bounded_by_bytes_not_only_by_count() {
+        let (queue, rx) = Queue::new(1_000, 100 << 10);
+        for _ in 0..4 {
+            assert_eq!(queue.push(vec![b'x'; 64 << 10]), Ok(()));
+        }
+        assert_eq!(queue.dropped.load(Ordering::Relaxed), 3);
+        assert_eq!(rx.try_iter().count(), 1);
+        queue.written(64 << 10);
+        assert_eq!(queue.push(vec![b'y'; 64 << 10]), Ok(()));
+        assert_eq!(queue.dropped.load(Ordering::Relaxed), 3);
     }
 }
