@@ -103,10 +103,17 @@ impl Bench {
             pattern("sawtooth", "GC sawtooth, 24 MiB every 4 s", None),
             pattern("step", "one-off +64 MiB step at 30 s", None),
             pattern("churn", "churn, 1-64 MiB held briefly", None),
+            pattern(
+                "cache",
+                "cache filling 20 s at 4 MiB/s, then churning (4 MiB/s of garbage collected every 16 s)",
+                None,
+            ),
             stress(
                 "stress-bigheap",
                 "stress-ng --bigheap 1 (1% of a core: about 20 MiB/s)",
-                Some(15),
+                // Growth this fast must last 60 s to be a leak (see
+                // detect/leak.rs), or the next scale that long.
+                Some(75),
                 Some(1),
                 &["--bigheap", "1"],
             ),

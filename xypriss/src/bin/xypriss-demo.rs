@@ -16,8 +16,10 @@
 //!   100 MiB baseline, until stopped: `leak1m` (1 MiB/s), `leak100k`
 //!   (100 KiB/s), `warmup` (a cache filling to +64 MiB, then holding),
 //!   `sawtooth` (+24 MiB and back every 4 s, as a garbage collector),
-//!   `step` (+64 MiB once, after 30 s) or `churn` (1 to 64 MiB held for a
-//!   few milliseconds, again and again).
+//!   `step` (+64 MiB once, after 30 s), `churn` (1 to 64 MiB held for a
+//!   few milliseconds, again and again) or `cache` (a cache filling at
+//!   4 MiB/s for 20 s, then churning: 4 MiB/s of garbage, collected every
+//!   16 s).
 //! - `exit CODE [AFTER_MS]`: exits with CODE, at once or after AFTER_MS.
 //! - `crash segv|abort [AFTER_MS]`: dies of a real segmentation fault (a
 //!   write to a page mapped without access) or of `abort()`, at once or
@@ -145,12 +147,14 @@ fn main() -> ExitCode {
         Some("faultbench") => parse(args.get(1), "MIB")
             .and_then(|mib| parse(args.get(2), "ROUNDS").map(|rounds| faultbench(mib, rounds))),
         Some("pattern") => match args.get(1).map(String::as_str) {
-            Some(name @ ("leak1m" | "leak100k" | "warmup" | "sawtooth" | "step" | "churn")) => {
+            Some(
+                name @ ("leak1m" | "leak100k" | "warmup" | "sawtooth" | "step" | "churn" | "cache"),
+            ) => {
                 pattern(name, &signals);
                 Ok(())
             }
             other => Err(format!(
-                "pattern {other:?}: leak1m, leak100k, warmup, sawtooth, step or churn"
+                "pattern {other:?}: leak1m, leak100k, warmup, sawtooth, step, churn or cache"
             )),
         },
         Some("exit") => parse::<u8>(args.get(1), "CODE").and_then(|code| {
@@ -481,6 +485,11 @@ fn pattern(name: &str, signals: &SigSet) {
             "warmup" => extra.resize((64.0 * (1.0 - (-t / 5.0).exp())) as usize),
             "sawtooth" => extra.resize(((t % 4.0) / 4.0 * 24.0) as usize),
             "step" => extra.resize(if t >= 30.0 { 64 } else { 0 }),
+            // A cache filling at 4 MiB/s for 20 s, then churning: garbage
+            // piling up at 4 MiB/s, collected every 16 s.
+            "cache" => {
+                extra.resize((4.0 * t.min(20.0) + 4.0 * ((t - 20.0).max(0.0) % 16.0)) as usize)
+            }
             _ => {
                 // churn: xorshift sizes from 1 to 64 MiB, held briefly.
                 rng ^= rng << 13;

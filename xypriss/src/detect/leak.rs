@@ -53,13 +53,23 @@
 //!   above); and that is not falling back (the last bucket is not below the
 //!   line by more than [`FALLEN_BACK`] times the noise, nor more than the
 //!   granularity's rounding: a collection just ran).
+//! - **Evidence that scales with the rate.** A warm-up ramp or a collector's
+//!   cycle ends after a bounded rise, so the faster it climbs the sooner it
+//!   ends; a leak goes on. Growth up to [`Params::evidence_rate_bytes_per_sec`]
+//!   proves itself over the shortest scale (a 1 MiB/s leak in about 12 s),
+//!   faster growth must have lasted longer ([`Params::evidence_ns`]: 49 s at
+//!   4 MiB/s, at most 60 s), judged at the faster of the scale's pace and its
+//!   recent half's. A cache that fills for 20 s and then churns, its garbage
+//!   piling up at 4 MiB/s for 16 s until a major collection, climbs for 36 s
+//!   without a drop: that was reported as a leak, and no longer is. Fast
+//!   growth towards a limit is the threshold and predictive replacement's
+//!   to handle ([`crate::predict`]), which do not wait for this verdict.
 //!
 //! What it cannot tell, memory alone cannot. Growth that lasts longer than
-//! the shortest scale at a steady pace is, until it stops, a leak: a cache
-//! filling at a constant rate or settling slower than an exponential of
-//! time constant ~10 s, the first ramp of a collector cycle slower than the
-//! shortest scale (before the window holds a top to compare with), or, in
-//! the first seconds of a series, a load that happens to climb cleanly. The
+//! its evidence at a steady pace is, until it stops, a leak: a cache filling
+//! at a constant rate for longer, the first ramp of a collector cycle longer
+//! than that (before the window holds a top to compare with), or, in the
+//! first seconds of a series, a slow load that happens to climb cleanly. The
 //! verdict says "growing steadily now"; the policy weighs it (with
 //! [`Verdict::eta_to_limit_sec`], or by wanting it for a while).
 //!
@@ -119,6 +129,14 @@ pub struct Params {
     /// observer's granularity, since a sample is only sent when the memory
     /// moved by that much, and a smaller rise can be its rounding.
     pub min_rise_bytes: u64,
+    /// The growth up to which the shortest scale is evidence enough, in bytes
+    /// per second. Faster growth must be sustained longer (see
+    /// [`Params::evidence_ns`])…
+    pub evidence_rate_bytes_per_sec: f64,
+    /// …one shortest scale more for each this many bytes per second faster.
+    pub evidence_step_bytes_per_sec: f64,
+    /// The longest growth asked for, in nanoseconds, however fast.
+    pub max_evidence_ns: u64,
 }
 
 impl Default for Params {
@@ -138,7 +156,28 @@ impl Default for Params {
             min_slope_bytes_per_sec: 32.0 * 1024.0,
             min_slope_fraction_per_min: 0.002,
             min_rise_bytes: 2 << 20,
+            evidence_rate_bytes_per_sec: 1.25 * 1024.0 * 1024.0,
+            evidence_step_bytes_per_sec: 0.9 * 1024.0 * 1024.0,
+            max_evidence_ns: 60_000_000_000,
         }
+    }
+}
+
+impl Params {
+    /// How long growth at `slope` bytes per second must have lasted to be
+    /// a leak, in nanoseconds: the shortest scale up to
+    /// [`evidence_rate_bytes_per_sec`](Self::evidence_rate_bytes_per_sec),
+    /// then one shortest scale more for each
+    /// [`evidence_step_bytes_per_sec`](Self::evidence_step_bytes_per_sec)
+    /// faster, at most [`max_evidence_ns`](Self::max_evidence_ns) (and never
+    /// less than the shortest scale). With the defaults: 12 s up to
+    /// 1.25 MiB/s, 24 s at 2.15 MiB/s, 49 s at 4 MiB/s, 60 s from 4.6 MiB/s.
+    pub fn evidence_ns(&self, slope: f64) -> u64 {
+        let shortest = self.bucket_ns.saturating_mul(self.min_points as u64);
+        let faster = (slope - self.evidence_rate_bytes_per_sec).max(0.0);
+        let scales = 1.0 + faster / self.evidence_step_bytes_per_sec.max(1.0);
+        let scaled = shortest as f64 * scales;
+        (scaled.min(self.max_evidence_ns as f64) as u64).max(shortest)
     }
 }
 
@@ -381,13 +420,16 @@ impl Window<'_> {
             let h = m / 2;
             let older = theil_sen(&t[..h], &y[..h], scratch);
             let recent = theil_sen(&t[m - h..], &y[m - h..], scratch);
+            // Growth that speeds up proves itself at its recent pace.
+            let long_enough = m as u64 * params.bucket_ns >= params.evidence_ns(slope.max(recent));
             // The stretch before the scale, as long as it, when there are
             // at least three buckets of it.
             let k = m.min(from);
             let before = (k >= 3)
                 .then(|| theil_sen(&self.t[from - k..from], &self.y[from - k..from], scratch));
             let older_max = self.y[..from].iter().copied().fold(f64::MIN, f64::max);
-            rise >= NOISE_MULTIPLE * noise
+            long_enough
+                && rise >= NOISE_MULTIPLE * noise
                 && quarters_rise(y, scratch)
                 && older >= SUSTAINED * slope
                 && recent >= NOT_SLOWING * older
@@ -1061,6 +1103,63 @@ mod tests {
                 }
             }
             println!("{name}: no false positive in 10 min");
+        }
+    }
+
+    #[test]
+    fn a_churning_cache_is_not_a_leak() {
+        // A cache filling for about 20 s (at 4 MiB/s, or as 1 - e^(-t/6) to
+        // 80 MiB), then churning: entries replaced every second, their garbage
+        // piling up at 4 MiB/s until a major collection brings the memory
+        // back to the cache's size, every 8, 16 or (after a fill that slows
+        // down) 24 s. With a linear fill and a 16 s cycle the memory climbs
+        // at 4 MiB/s for 36 s before the first collection: what was once
+        // reported as a leak at 36 s.
+        for (linear, period) in [(true, 8.0), (true, 16.0), (false, 16.0), (false, 24.0)] {
+            let fill = move |t: f64| {
+                if linear {
+                    4.0 * MIB * t.min(20.0)
+                } else {
+                    80.0 * MIB * (1.0 - (-t / 6.0).exp())
+                }
+            };
+            let garbage = move |t: f64| 4.0 * MIB * ((t - 20.0).max(0.0) % period);
+            let kind = if linear { "linear" } else { "slowing" };
+            never_fires(
+                &format!("cache, {kind} fill, collected every {period} s"),
+                || Box::new(move |t, _| BASE + fill(t) + garbage(t)),
+            );
+        }
+    }
+
+    #[test]
+    fn faster_growth_needs_longer_evidence() {
+        let p = Params::default();
+        let shortest = 12 * S;
+        assert_eq!(p.evidence_ns(0.0), shortest);
+        assert_eq!(p.evidence_ns(MIB), shortest);
+        assert_eq!(p.evidence_ns(1.25 * MIB), shortest);
+        // One step faster: twice the shortest scale.
+        assert_eq!(p.evidence_ns(2.15 * MIB), 2 * shortest);
+        assert!(
+            p.evidence_ns(4.0 * MIB) > 48 * S,
+            "{}",
+            p.evidence_ns(4.0 * MIB)
+        );
+        assert_eq!(p.evidence_ns(1e12), p.max_evidence_ns);
+    }
+
+    #[test]
+    fn a_fast_leak_is_seen_once_it_outlasts_its_evidence() {
+        // 4 MiB/s: 49 s of growth asked for; 20 MiB/s: the most, 60 s; and
+        // then the next scale that is that long.
+        for (rate, bound) in [(4.0 * MIB, 60.0), (20.0 * MIB, 60.0)] {
+            detects(
+                &format!("{} MiB/s leak", rate / MIB),
+                leak(rate, 30.0),
+                30.0,
+                bound,
+            );
         }
     }
 
