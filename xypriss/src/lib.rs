@@ -6,10 +6,10 @@
 //! kernel tracepoints → [`observe`] (BPF maps and ring buffer, or /proc; and
 //! [`observe::host`], every other read of the host) → [`decode`] →
 //! [`series`] (per-worker rates) → [`detect`] (threshold alerts, leaks) →
-//! [`policy`] and [`recommend`] (what to do; pure) → [`pool`] (the loop that
-//! owns all state and carries the decisions out, the only side effects,
-//! through [`supervise`], which starts and stops the workers) → [`output`]
-//! (NDJSON, Prometheus metrics). [`report`] is a leaf: the status the pool
+//! [`policy`], [`predict`] and [`recommend`] (what to do, and when; pure) →
+//! [`pool`] (the loop that owns all state and carries the decisions out,
+//! the only side effects, through [`supervise`], which starts and stops the
+//! workers) → [`output`] (NDJSON, Prometheus metrics). [`report`] is a leaf: the status the pool
 //! makes and that [`output`], [`api`] and [`operate`] share. Operators reach
 //! the loop through [`api`] (HTTP and the control socket), which the
 //! commands of [`operate`] (`xypriss status`, `top`, …) speak. Before any
@@ -30,6 +30,7 @@ pub mod operate;
 pub mod output;
 pub mod policy;
 pub mod pool;
+pub mod predict;
 pub mod recommend;
 pub mod report;
 pub mod runtime_dir;
