@@ -339,9 +339,20 @@ pub fn scale_on_load(load: &Load, scaling: &AutoScaling) -> Step {
 }
 
 /// The kernel-enforced backstop for a hard limit of `limit` bytes: slightly
-/// above it, so the graceful restart wins unless the worker runs away.
+/// above it, so the graceful restart wins unless the worker runs away. The
+/// worker's cgroup charge never exceeds it (`memory.max`, v1
+/// `memory.limit_in_bytes`); reaching it OOM-kills the worker.
 pub fn backstop(limit: u64) -> u64 {
     limit + (limit / 10).max(16 << 20)
+}
+
+/// Where the kernel starts slowing a worker past a hard limit of `limit`
+/// bytes (v2 `memory.high`): above the limit by max(5 %, 8 MiB), and never
+/// above the [`backstop`], so that only a worker already told to drain and
+/// stop, and still growing, is slowed, and it crawls rather than reaching
+/// the OOM killer.
+pub fn high_bound(limit: u64) -> u64 {
+    (limit + (limit / 20).max(8 << 20)).min(backstop(limit))
 }
 
 #[cfg(test)]
@@ -691,5 +702,15 @@ mod tests {
     fn the_backstop_sits_slightly_above_the_limit() {
         assert_eq!(backstop(64 << 20), 80 << 20);
         assert_eq!(backstop(1 << 30), (1 << 30) + (1 << 30) / 10);
+    }
+
+    #[test]
+    fn the_high_bound_sits_between_the_limit_and_the_backstop() {
+        assert_eq!(high_bound(64 << 20), 72 << 20);
+        assert_eq!(high_bound(1 << 30), (1 << 30) + (1 << 30) / 20);
+        for limit in [0, 1, 4096, 64 << 20, 192 << 20, 1 << 40] {
+            assert!(limit < high_bound(limit) || limit == 0, "{limit}");
+            assert!(high_bound(limit) <= backstop(limit), "{limit}");
+        }
     }
 }

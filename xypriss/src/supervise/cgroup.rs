@@ -73,6 +73,7 @@ use std::{
     io,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
     path::{Path, PathBuf},
+    sync::atomic::{AtomicU64, Ordering},
     thread,
     time::{Duration, Instant},
 };
@@ -581,6 +582,7 @@ impl PoolCgroup {
         Ok(WorkerCgroup {
             version: self.version,
             dirs,
+            high: AtomicU64::new(0),
         })
     }
 
@@ -593,11 +595,52 @@ impl PoolCgroup {
     }
 }
 
+/// The kernel's bound on a worker's memory past its limit, as
+/// [`WorkerCgroup::bound`] writes it. What it guarantees is the cgroup's
+/// charge (v2 `memory.current`, v1 `memory.usage_in_bytes`: the worker's
+/// anonymous memory, page cache and kernel memory charged to it), not its
+/// RSS: a file page first touched by another cgroup is charged there.
+///
+/// - `max` (v2 `memory.max`, v1 `memory.limit_in_bytes`) is exact: a
+///   charge that would take the cgroup past it first reclaims from the
+///   cgroup, and fails when that frees too little, which OOM-kills a process
+///   of the cgroup. So the charge never exceeds it, by a page or by the
+///   per-CPU charge batch (pre-charged pages count as charged). Without swap
+///   an anonymous leak cannot be reclaimed, so reaching it means a SIGKILL:
+///   no drain, and the requests in flight fail. It is the last resort, for a
+///   worker that outruns its graceful replacement or ignores its stop signal.
+/// - `high` (v2 `memory.high`; v1 has nothing like it) is a throttle, not a
+///   bound: a task that charged past it reclaims on its way back to user
+///   space, and when that cannot bring the cgroup under it (anonymous memory,
+///   no swap) sleeps in proportion to the square of the excess, up to 2 s
+///   each time. The worker crawls from there to `max`, and is not killed.
+///   It sits above the limit so that it only ever slows a worker already
+///   told to drain and stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bound {
+    pub high: Option<u64>,
+    pub max: u64,
+}
+
+impl Bound {
+    /// What a `version` hierarchy can hold of `high` and `max`: v1 keeps
+    /// only `max`.
+    pub fn on(version: Version, high: u64, max: u64) -> Self {
+        Bound {
+            high: (version == Version::V2).then_some(high.min(max)),
+            max,
+        }
+    }
+}
+
 /// One worker's cgroup: its memory one, and its cpu one if the pool has one.
 #[derive(Debug)]
 pub struct WorkerCgroup {
     version: Version,
     dirs: Dirs,
+    /// The `memory.high` of [`Self::bound`] (0: none), which lifting a
+    /// throttle restores.
+    high: AtomicU64,
 }
 
 impl WorkerCgroup {
@@ -645,6 +688,21 @@ impl WorkerCgroup {
         self.set(self.version.max_file(), bytes)
     }
 
+    /// Has the kernel bound the worker at `high` and `max` bytes (see
+    /// [`Bound`]): `memory.high` and `memory.max` on v2, only
+    /// `memory.limit_in_bytes` on v1. Returns what was written.
+    pub fn bound(&self, high: u64, max: u64) -> Result<Bound, CgroupError> {
+        let bound = Bound::on(self.version, high, max);
+        // The ceiling first: a `memory.high` above the old `memory.max`
+        // would otherwise hold for a moment with nothing above it.
+        self.set_max(Some(bound.max))?;
+        if let Some(high) = bound.high {
+            self.set(self.version.high_file(), Some(high))?;
+            self.high.store(high, Ordering::Relaxed);
+        }
+        Ok(bound)
+    }
+
     /// Slows the worker down instead of killing it: `memory_high` bytes as
     /// v2 `memory.high` or v1 `memory.soft_limit_in_bytes`, and its CPU time
     /// bounded to `cpu_fraction` of one CPU (0.1: 10 ms each 100 ms period,
@@ -680,9 +738,11 @@ impl WorkerCgroup {
         Ok(throttle)
     }
 
-    /// Lifts [`Self::throttle`]: no `memory.high` (or soft limit), no CPU bound.
+    /// Lifts [`Self::throttle`]: no CPU bound, and no `memory.high` (or soft
+    /// limit) but that of [`Self::bound`].
     pub fn unthrottle(&self) -> Result<(), CgroupError> {
-        self.set(self.version.high_file(), None)?;
+        let high = self.high.load(Ordering::Relaxed);
+        self.set(self.version.high_file(), (high != 0).then_some(high))?;
         match &self.dirs.cpu {
             Some(dir) => write(
                 &dir.join(self.version.quota_file()),
@@ -1376,6 +1436,85 @@ mod tests {
             "cpu.cfs_quota_us+memory.soft_limit_in_bytes"
         );
         assert_eq!(Throttle::MemoryHighCpuMax.as_str(), "memory.high+cpu.max");
+    }
+
+    /// A worker cgroup of `version` in a fresh directory of the temp dir,
+    /// its memory files holding what a new cgroup's hold.
+    fn fake_worker(version: Version, name: &str) -> WorkerCgroup {
+        let dir = std::env::temp_dir().join(format!("xypriss-{name}-{}", std::process::id()));
+        drop(fs::remove_dir_all(&dir));
+        fs::create_dir_all(&dir).unwrap();
+        let unlimited = version.limit_value(None);
+        for file in [version.high_file(), version.max_file()] {
+            fs::write(dir.join(file), &unlimited).unwrap();
+        }
+        WorkerCgroup {
+            version,
+            dirs: Dirs {
+                memory: dir,
+                cpu: None,
+            },
+            high: AtomicU64::new(0),
+        }
+    }
+
+    fn file(w: &WorkerCgroup, name: &str) -> String {
+        fs::read_to_string(w.path().join(name)).unwrap()
+    }
+
+    #[test]
+    fn v2_is_bound_by_memory_high_and_memory_max() {
+        let w = fake_worker(Version::V2, "bound-v2");
+        let bound = w.bound(200 << 20, 220 << 20).unwrap();
+        assert_eq!(
+            bound,
+            Bound {
+                high: Some(200 << 20),
+                max: 220 << 20
+            }
+        );
+        assert_eq!(file(&w, "memory.high"), (200u64 << 20).to_string());
+        assert_eq!(file(&w, "memory.max"), (220u64 << 20).to_string());
+        // A throttle lowers memory.high; lifting it restores the bound's.
+        w.set(w.version.high_file(), Some(100 << 20)).unwrap();
+        w.unthrottle().unwrap();
+        assert_eq!(file(&w, "memory.high"), (200u64 << 20).to_string());
+        // Never a memory.high over memory.max.
+        assert_eq!(Bound::on(Version::V2, 9, 5).high, Some(5));
+        fs::remove_dir_all(w.path()).unwrap();
+    }
+
+    #[test]
+    fn v1_is_bound_by_its_limit_alone() {
+        let w = fake_worker(Version::V1, "bound-v1");
+        let bound = w.bound(200 << 20, 220 << 20).unwrap();
+        assert_eq!(
+            bound,
+            Bound {
+                high: None,
+                max: 220 << 20
+            }
+        );
+        assert_eq!(
+            file(&w, "memory.limit_in_bytes"),
+            (220u64 << 20).to_string()
+        );
+        // The soft limit is no bound: left as it was.
+        assert_eq!(file(&w, "memory.soft_limit_in_bytes"), "-1");
+        w.unthrottle().unwrap();
+        assert_eq!(file(&w, "memory.soft_limit_in_bytes"), "-1");
+        fs::remove_dir_all(w.path()).unwrap();
+    }
+
+    #[test]
+    fn a_bound_that_cannot_be_written_says_where() {
+        let w = fake_worker(Version::V2, "bound-missing");
+        fs::remove_dir_all(w.path()).unwrap();
+        let err = w.bound(1 << 20, 2 << 20).unwrap_err();
+        assert!(
+            matches!(&err, CgroupError::Write { path, .. } if path.ends_with("memory.max")),
+            "{err}"
+        );
     }
 
     #[test]
