@@ -16,11 +16,15 @@
 //!   bpftrace doing the same per-process rss_stat accounting.
 //! - `http`: requests per second and p99 latency of a Node.js HTTP server
 //!   under `wrk`, run directly and as a xypriss worker.
+//! - `http-leak`: a Node.js server with a listener leak, 2 workers on a
+//!   shared socket with a 192 MiB limit each, under `wrk` for 60 s: socket
+//!   errors, non-2xx, p99 overall and during replacements, replacements and
+//!   overshoot, under xypriss and PM2's cluster mode.
 //! - `throughput`: the allocation rates at which `events_lost` stays 0.
 //! - `leak`: leak detection on real processes: the time to detect a 1 MiB/s
 //!   and a 100 KiB/s leak on a 100 MiB baseline, and false positives over
 //!   `--minutes` (default 10) of a warm-up, a GC sawtooth, a one-off step and
-//!   allocation churn; and on `stress-ng`'s allocators. Side by side.
+//!   allocation churn and a churning cache; and on `stress-ng`'s allocators. Side by side.
 //! - `footprint`: start-up time until every worker is ready, and xypriss's
 //!   own RSS and CPU, with 16, 64 and 256 idle workers.
 //! - `scale`: with 16, 64 and 256 workers, one of them swinging across its
@@ -34,6 +38,7 @@
 mod dashboards;
 mod footprint;
 mod http;
+mod http_leak;
 mod latency;
 mod leak;
 mod overhead;
@@ -60,11 +65,12 @@ use nix::{
 };
 use serde_json::Value;
 
-const ALL: [&str; 9] = [
+const ALL: [&str; 10] = [
     "reaction",
     "latency",
     "overhead",
     "http",
+    "http-leak",
     "throughput",
     "leak",
     "footprint",
@@ -93,6 +99,7 @@ pub fn run(root: &Path, names: &[String], minutes: f64) -> Result<()> {
             "reaction" => bench.reaction()?,
             "latency" => bench.latency()?,
             "http" => bench.http()?,
+            "http-leak" => bench.http_leak()?,
             "scale" => bench.scale()?,
             "overhead" => bench.overhead()?,
             "throughput" => bench.throughput()?,

@@ -4,7 +4,10 @@
 //! death (the restart), and how far over the limit it got first. The same
 //! program runs under each monitor, one after the other, at each rate:
 //!
-//! - xypriss, enforcing the limit (graceful replacement, kernel backstop);
+//! - xypriss, enforcing the limit (graceful replacement, kernel backstop),
+//!   with the default readiness (a successor is ready after a 1 s delay), and
+//!   with `--ready-timeout 0s` (ready at once, as PM2's restart); the table
+//!   says which readiness each row used;
 //! - PM2's `max_memory_restart`, with its default 30 s check and with the
 //!   shortest `PM2_WORKER_INTERVAL` it accepts (its code takes any number of
 //!   milliseconds; Node clamps a timer to 1 ms);
@@ -48,7 +51,9 @@ const CROSSINGS: usize = 5;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Monitor {
-    Xypriss,
+    /// xypriss; `true`: with the default readiness (a 1 s delay), `false`:
+    /// with `--ready-timeout 0s` (a successor counts as ready at once).
+    Xypriss { default_readiness: bool },
     /// PM2 with this `PM2_WORKER_INTERVAL` in ms (`None`: its default).
     Pm2(Option<u64>),
     /// A loop reading `/proc/<pid>/status` at this interval.
@@ -58,10 +63,23 @@ enum Monitor {
 impl Monitor {
     fn name(self) -> String {
         match self {
-            Self::Xypriss => "xypriss".into(),
+            Self::Xypriss { .. } => "xypriss".into(),
             Self::Pm2(None) => "PM2, default interval (30 s)".into(),
             Self::Pm2(Some(ms)) => format!("PM2, PM2_WORKER_INTERVAL={ms}"),
             Self::Poll(every) => format!("/proc poll every {} ms", every.as_millis()),
+        }
+    }
+
+    /// When a new worker counts as ready, for the table.
+    fn readiness(self) -> &'static str {
+        match self {
+            Self::Xypriss {
+                default_readiness: true,
+            } => "default (`--ready delay`, 1 s)",
+            Self::Xypriss {
+                default_readiness: false,
+            } => "`--ready-timeout 0s`",
+            Self::Pm2(_) | Self::Poll(_) => "at once (restart)",
         }
     }
 
@@ -108,6 +126,7 @@ fn parse_record(line: &str) -> Option<Record> {
 struct Crossing {
     crossed: u64,
     alert: Option<u64>,
+    signal: Option<u64>,
     died: Option<u64>,
     peak: u64,
 }
@@ -119,6 +138,11 @@ impl Crossing {
 
     fn restart_ms(&self) -> Option<f64> {
         self.died.map(|at| ms(at, self.crossed))
+    }
+
+    /// From the crossing to the stop signal the worker recorded.
+    fn signal_ms(&self) -> Option<f64> {
+        self.signal.map(|at| ms(at, self.crossed))
     }
 
     fn overshoot(&self) -> u64 {
@@ -211,6 +235,7 @@ impl Ledger {
                 Crossing {
                     crossed: c.crossed.min(kernel),
                     alert: alert.copied(),
+                    signal: self.signals.get(pid).copied(),
                     died: self.deaths.get(pid).copied(),
                     ..c.clone()
                 }
@@ -311,7 +336,7 @@ impl Bench {
     fn start_monitor(&self, monitor: Monitor, worker: &[String]) -> Result<Running> {
         let worker_args: Vec<&str> = worker.iter().map(String::as_str).collect();
         Ok(match monitor {
-            Monitor::Xypriss => {
+            Monitor::Xypriss { default_readiness } => {
                 let mut args = vec![
                     "--workers",
                     "1",
@@ -322,12 +347,13 @@ impl Bench {
                     "256MiB",
                     "--enforce-hard-limits",
                     "true",
+                ];
+                if !default_readiness {
                     // The replacement counts as ready at once, as PM2's
                     // restart does, so the old worker is stopped at once.
-                    "--ready-timeout",
-                    "0s",
-                    "--",
-                ];
+                    args.extend(["--ready-timeout", "0s"]);
+                }
+                args.push("--");
                 args.extend(&worker_args);
                 let pool = Pool::start(&self.xypriss, &args)?;
                 pool.wait_event("worker_spawned", Duration::from_secs(10))?;
@@ -430,7 +456,12 @@ impl Bench {
 
     pub(super) fn reaction(&self) -> Result<Value> {
         let monitors = [
-            Monitor::Xypriss,
+            Monitor::Xypriss {
+                default_readiness: true,
+            },
+            Monitor::Xypriss {
+                default_readiness: false,
+            },
             Monitor::Pm2(None),
             Monitor::Pm2(Some(1)),
             Monitor::Poll(Duration::from_secs(1)),
@@ -441,9 +472,9 @@ impl Bench {
             "reaction: a Node.js worker allocating past a 256 MiB limit; medians (max) over up to {CROSSINGS} crossings"
         );
         println!(
-            "| monitor | MiB/s | crossings | crossing → alert | crossing → old worker dead | overshoot |"
+            "| monitor | readiness | MiB/s | crossings | crossing → alert | crossing → stop signal | crossing → old worker dead | overshoot |"
         );
-        println!("| --- | --- | --- | --- | --- | --- |");
+        println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
         let mut rows = Vec::new();
         for rate in RATES {
             for monitor in monitors {
@@ -465,15 +496,18 @@ fn summarize(monitor: Monitor, rate: u64, crossings: &[Crossing]) -> Value {
     let mib = |b: u64| b as f64 / f64::from(1 << 20);
     json!({
         "monitor": monitor.name(),
+        "readiness": monitor.readiness(),
         "rate_mib_per_s": rate,
         "crossings": crossings.len(),
         "alert_ms": stat(crossings.iter().filter_map(Crossing::alert_ms).collect()),
         "restart_ms": stat(crossings.iter().filter_map(Crossing::restart_ms).collect()),
+        "signal_ms": stat(crossings.iter().filter_map(Crossing::signal_ms).collect()),
         "overshoot_mib": stat(crossings.iter().map(|c| mib(c.overshoot())).collect()),
         "capped": crossings.iter().any(|c| c.peak + (1 << 20) >= CAP),
         "raw": crossings.iter().map(|c| json!({
             "alert_ms": c.alert_ms(),
             "restart_ms": c.restart_ms(),
+            "signal_ms": c.signal_ms(),
             "peak_bytes": c.peak,
         })).collect::<Vec<_>>(),
     })
@@ -506,10 +540,12 @@ fn table_row(row: &Value) -> String {
         ""
     };
     format!(
-        "| {} | {} | {crossings} | {} | {} | {over_mib:.1} MiB, {:.1}% ({over_max:.1} MiB){capped} |",
+        "| {} | {} | {} | {crossings} | {} | {} | {} | {over_mib:.1} MiB, {:.1}% ({over_max:.1} MiB){capped} |",
         row["monitor"].as_str().unwrap_or_default(),
+        row["readiness"].as_str().unwrap_or_default(),
         row["rate_mib_per_s"],
         time(&row["alert_ms"]),
+        time(&row["signal_ms"]),
         time(&row["restart_ms"]),
         over_mib / 256.0 * 100.0,
     )
