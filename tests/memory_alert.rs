@@ -236,6 +236,59 @@ fn a_slow_leak_past_a_hard_limit_is_replaced_before_the_old_one_stops() {
 }
 
 #[test]
+fn a_limit_replacement_starts_ahead_and_drains_the_old_worker_at_the_crossing() {
+    if !root_or_skip("a_limit_replacement_starts_ahead_and_drains_the_old_worker_at_the_crossing") {
+        return;
+    }
+    // 20 MiB/s towards a 64 MiB limit, critical at 95 %: the successor
+    // starts about 150 ms before the limit, is ready 100 ms later, and the
+    // old worker is told to drain at its crossing, not before.
+    let mut pool = Pool::start(&[
+        "--workers",
+        "1",
+        "--max-memory-per-worker",
+        "64MiB",
+        "--enforce-hard-limits",
+        "true",
+        "--ready-timeout",
+        "100ms",
+        DEMO,
+        "grow",
+        "20",
+    ]);
+    let stopping = pool.wait_event("worker_stopping", TIMEOUT, |e| e["generation"] == 1);
+    assert_eq!(stopping["reason"], "replaced");
+    let drain = pool.wait_log("control: {\"event\":\"drain\"", TIMEOUT);
+    let line: serde_json::Value =
+        serde_json::from_str(drain.split_once("control: ").unwrap().1).unwrap();
+    assert_eq!(line["reason"], "limit_exceeded", "{line}");
+    assert_eq!(line["deadlineMs"], 5000, "{line}");
+    assert!(line["timestamp"].as_u64().unwrap() > 0, "{line}");
+    let events = &pool.events;
+    let at = |what: &str, pred: &dyn Fn(&serde_json::Value) -> bool| {
+        events
+            .iter()
+            .position(|e| e["event"] == what && pred(e))
+            .unwrap_or_else(|| panic!("no {what}: {events:#?}"))
+    };
+    let spawned2 = at("worker_spawned", &|e| e["generation"] == 2);
+    let ready2 = at("worker_ready", &|e| e["generation"] == 2);
+    let limit = at("memory_alert", &|e| e["type"] == "limit_exceeded");
+    let stop1 = at("worker_stopping", &|e| e["generation"] == 1);
+    assert!(spawned2 < limit, "the successor started after the crossing");
+    assert!(
+        ready2 < stop1,
+        "the old worker stopped before its successor was ready"
+    );
+    assert!(limit < stop1, "the old worker stopped before its limit");
+    // Not slowed meanwhile.
+    assert!(of(events, "memory_throttling").is_empty());
+    let exited = pool.wait_event("worker_exited", TIMEOUT, |e| e["generation"] == 1);
+    assert_eq!(exited["expected"], true);
+    assert!(pool.stop().success());
+}
+
+#[test]
 fn the_cluster_scope_alerts_on_the_pools_total() {
     if !root_or_skip("the_cluster_scope_alerts_on_the_pools_total") {
         return;

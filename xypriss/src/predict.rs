@@ -16,6 +16,17 @@
 //! collection freed it), it is stopped anyway after [`MAX_STANDBY`]
 //! start-ups, so that a pool is never left a worker over its size: the
 //! decision to replace it was made, only its moment was waited for.
+//!
+//! Two trade-offs. A worker's slope is only trusted once it is ready: while
+//! it starts, loading its code is a burst that ends (a Node.js process takes
+//! 40 MiB in 100 ms), and predicting from it would replace every new worker.
+//! And when a worker reaches its limit before its successor is ready (it
+//! grows faster than a start-up allows for), it waits for the successor
+//! only while the slope keeps it under the kernel's first bound until the
+//! successor is expected ready: a worker slowed by the kernel while it still
+//! takes requests (v2's `memory.high`) serves them at a crawl, and one
+//! OOM-killed (v1's limit) fails them, both worse than a pool one worker
+//! short for a moment while the others serve.
 
 use std::time::Duration;
 
@@ -120,16 +131,22 @@ pub fn lead_time(startup: &Startup) -> Duration {
 }
 
 /// Whether a worker's successor should start now: `None` without a limit,
-/// or while the worker is below its critical threshold and its slope leaves
-/// it more than [`lead_time`] before the limit.
-pub fn start_ahead(memory: Memory, thresholds: Thresholds, startup: &Startup) -> Option<Ahead> {
+/// or while the worker is below its critical threshold and, once `ready`
+/// (a start-up's burst says nothing of what follows), its slope leaves it
+/// more than [`lead_time`] before the limit.
+pub fn start_ahead(
+    memory: Memory,
+    thresholds: Thresholds,
+    ready: bool,
+    startup: &Startup,
+) -> Option<Ahead> {
     if thresholds.limit == 0 {
         return None;
     }
     if thresholds.critical != 0 && memory.usage >= thresholds.critical {
         return Some(Ahead::Critical);
     }
-    if memory.slope <= 0.0 || !memory.slope.is_finite() {
+    if !ready || memory.slope <= 0.0 || !memory.slope.is_finite() {
         return None;
     }
     let room = thresholds.limit.saturating_sub(memory.usage) as f64;
@@ -146,6 +163,9 @@ pub enum Handover {
     /// Drain it and stop it now: it reached its limit and its successor is
     /// ready.
     AtLimit,
+    /// Drain it and stop it now, before its successor is ready: at its
+    /// slope it would pass the kernel's `memory.high` first.
+    AtLimitAlone,
     /// Drain it and stop it now: its successor is ready, and it was not
     /// waiting for its limit (a leak, a restart).
     SuccessorReady,
@@ -154,23 +174,50 @@ pub enum Handover {
     StandbyOver,
 }
 
-/// When the old worker stops, once its successor is ready (`ready_for`: for
-/// how long; `None`: not yet): at once unless it `waits_for_limit` (a
-/// replacement started ahead of the limit), else at its limit, or after
-/// [`MAX_STANDBY`] lead times of waiting.
-pub fn handover(
-    usage: u64,
-    limit: u64,
-    waits_for_limit: bool,
-    ready_for: Option<Duration>,
-    startup: &Startup,
-) -> Handover {
-    let Some(ready_for) = ready_for else {
-        return Handover::Wait;
+/// The old worker and its successor, for [`handover`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Pair {
+    /// The old worker's memory.
+    pub memory: Memory,
+    /// Its limit, and the kernel's first bound above it (0 = none): v2's
+    /// `memory.high`, where it would crawl, or v1's `memory.limit_in_bytes`,
+    /// where it would be OOM-killed.
+    pub limit: u64,
+    pub high: u64,
+    /// Whether it waits for its limit (a replacement started ahead of it),
+    /// or goes as soon as its successor is ready (a leak, a restart).
+    pub waits_for_limit: bool,
+    /// How long ago the successor started.
+    pub successor_age: Duration,
+    /// For how long the successor has been ready (`None`: not yet).
+    pub ready_for: Option<Duration>,
+}
+
+/// When the old worker stops. Once its successor is ready: at once unless
+/// it waits for its limit, else at its limit, or after [`MAX_STANDBY`] lead
+/// times of waiting. Before: only when it is at its limit and its slope
+/// would take it past `memory.high` before the successor is expected ready.
+pub fn handover(pair: Pair, startup: &Startup) -> Handover {
+    let Pair {
+        memory,
+        limit,
+        high,
+        waits_for_limit,
+        ..
+    } = pair;
+    let at_limit = limit != 0 && memory.usage >= limit;
+    let Some(ready_for) = pair.ready_for else {
+        let remaining = startup.expected().saturating_sub(pair.successor_age);
+        let projected = memory.usage as f64 + memory.slope.max(0.0) * remaining.as_secs_f64();
+        return if waits_for_limit && at_limit && high != 0 && projected >= high as f64 {
+            Handover::AtLimitAlone
+        } else {
+            Handover::Wait
+        };
     };
     if !waits_for_limit {
         Handover::SuccessorReady
-    } else if limit != 0 && usage >= limit {
+    } else if at_limit {
         Handover::AtLimit
     } else if ready_for >= lead_time(startup) * MAX_STANDBY {
         Handover::StandbyOver
@@ -220,20 +267,20 @@ mod tests {
     fn a_successor_starts_at_the_critical_threshold() {
         let s = Startup::new(Duration::from_secs(1));
         assert_eq!(
-            start_ahead(at(243, 0.0), thresholds(), &s),
+            start_ahead_ready(at(243, 0.0), thresholds(), &s),
             Some(Ahead::Critical)
         );
         assert_eq!(
-            start_ahead(at(250, -5.0), thresholds(), &s),
+            start_ahead_ready(at(250, -5.0), thresholds(), &s),
             Some(Ahead::Critical)
         );
-        assert_eq!(start_ahead(at(242, 0.0), thresholds(), &s), None);
+        assert_eq!(start_ahead_ready(at(242, 0.0), thresholds(), &s), None);
         // Without a critical threshold, only the slope counts.
         let no_critical = Thresholds {
             critical: 0,
             ..thresholds()
         };
-        assert_eq!(start_ahead(at(250, 0.0), no_critical, &s), None);
+        assert_eq!(start_ahead_ready(at(250, 0.0), no_critical, &s), None);
     }
 
     #[test]
@@ -244,21 +291,21 @@ mod tests {
         assert_eq!(lead_time(&s), 300 * MS);
         // 200 MiB/s, 56 MiB to go: 280 ms, within 300 ms.
         assert_eq!(
-            start_ahead(at(200, 200.0), thresholds(), &s),
+            start_ahead_ready(at(200, 200.0), thresholds(), &s),
             Some(Ahead::TimeToLimit { eta: 280 * MS })
         );
         // 64 MiB to go: 320 ms, not yet.
-        assert_eq!(start_ahead(at(192, 200.0), thresholds(), &s), None);
+        assert_eq!(start_ahead_ready(at(192, 200.0), thresholds(), &s), None);
         // Flat or shrinking memory far from the limit: nothing to predict.
-        assert_eq!(start_ahead(at(100, 0.0), thresholds(), &s), None);
-        assert_eq!(start_ahead(at(100, -50.0), thresholds(), &s), None);
-        assert_eq!(start_ahead(at(100, f64::NAN), thresholds(), &s), None);
+        assert_eq!(start_ahead_ready(at(100, 0.0), thresholds(), &s), None);
+        assert_eq!(start_ahead_ready(at(100, -50.0), thresholds(), &s), None);
+        assert_eq!(start_ahead_ready(at(100, f64::NAN), thresholds(), &s), None);
         // No limit, no replacement ahead of it.
         let unlimited = Thresholds {
             critical: 0,
             limit: 0,
         };
-        assert_eq!(start_ahead(at(900, 1000.0), unlimited, &s), None);
+        assert_eq!(start_ahead_ready(at(900, 1000.0), unlimited, &s), None);
     }
 
     #[test]
@@ -268,48 +315,98 @@ mod tests {
         assert_eq!(lead_time(&s), MIN_AHEAD);
         // 1000 MiB/s, 90 MiB to go: 90 ms.
         assert!(matches!(
-            start_ahead(at(166, 1000.0), thresholds(), &s),
+            start_ahead_ready(at(166, 1000.0), thresholds(), &s),
             Some(Ahead::TimeToLimit { .. })
         ));
+    }
+
+    fn start_ahead_ready(memory: Memory, t: Thresholds, s: &Startup) -> Option<Ahead> {
+        start_ahead(memory, t, true, s)
+    }
+
+    #[test]
+    fn a_starting_worker_is_judged_by_its_thresholds_only() {
+        let s = Startup::new(Duration::from_secs(1));
+        // A Node.js process loading its code: 400 MiB/s for a moment.
+        assert_eq!(start_ahead(at(40, 400.0), thresholds(), false, &s), None);
+        assert_eq!(
+            start_ahead(at(40, 400.0), thresholds(), true, &s),
+            Some(Ahead::TimeToLimit {
+                eta: Duration::from_millis(540)
+            })
+        );
+        assert_eq!(
+            start_ahead(at(250, 0.0), thresholds(), false, &s),
+            Some(Ahead::Critical)
+        );
+    }
+
+    /// The old worker at `usage_mib` growing `slope` MiB/s, its limit 256 MiB
+    /// and memory.high 272 MiB, its successor started 100 ms ago.
+    fn pair(usage_mib: u64, slope: f64, waits: bool, ready_for: Option<Duration>) -> Pair {
+        Pair {
+            memory: at(usage_mib, slope),
+            limit: 256 * MIB,
+            high: 272 * MIB,
+            waits_for_limit: waits,
+            successor_age: 100 * MS,
+            ready_for,
+        }
     }
 
     #[test]
     fn the_old_worker_stops_at_its_limit_once_its_successor_is_ready() {
         let s = Startup::new(Duration::from_secs(1));
-        let limit = 256 * MIB;
-        // At the limit, but the successor is not ready: the pool would be
-        // a worker short.
-        assert_eq!(handover(300 * MIB, limit, true, None, &s), Handover::Wait);
+        let ready = |d: u64| Some(Duration::from_secs(d));
         assert_eq!(
-            handover(limit, limit, true, Some(Duration::ZERO), &s),
+            handover(pair(256, 1.0, true, ready(0)), &s),
             Handover::AtLimit
         );
         // Ready, under the limit: wait for it…
         assert_eq!(
-            handover(250 * MIB, limit, true, Some(Duration::from_secs(14)), &s),
+            handover(pair(250, 1.0, true, ready(14)), &s),
             Handover::Wait
         );
         // …for at most ten lead times (10 × 1.5 s).
         assert_eq!(
-            handover(250 * MIB, limit, true, Some(Duration::from_secs(15)), &s),
+            handover(pair(250, 1.0, true, ready(15)), &s),
             Handover::StandbyOver
         );
         // Without a limit to wait for, the end of the standby still comes.
+        let unlimited = Pair {
+            limit: 0,
+            high: 0,
+            ..pair(250, 1.0, true, ready(15))
+        };
+        assert_eq!(handover(unlimited, &s), Handover::StandbyOver);
+    }
+
+    #[test]
+    fn at_its_limit_before_its_successor_the_old_worker_waits_unless_it_would_crawl() {
+        let s = Startup::new(Duration::from_secs(1));
+        // Under its limit: it serves on.
+        assert_eq!(handover(pair(250, 200.0, true, None), &s), Handover::Wait);
+        // At its limit, 1 MiB/s, 0.9 s to go: 257 MiB, under memory.high.
+        assert_eq!(handover(pair(256, 1.0, true, None), &s), Handover::Wait);
+        // 200 MiB/s would take it to 436 MiB: it goes now.
         assert_eq!(
-            handover(250 * MIB, 0, true, Some(Duration::from_secs(15)), &s),
-            Handover::StandbyOver
+            handover(pair(256, 200.0, true, None), &s),
+            Handover::AtLimitAlone
         );
+        // Without a kernel bound (no cgroup), nothing to run into: it waits.
+        let unbound = Pair {
+            high: 0,
+            ..pair(256, 200.0, true, None)
+        };
+        assert_eq!(handover(unbound, &s), Handover::Wait);
     }
 
     #[test]
     fn a_leaking_worker_stops_as_soon_as_its_successor_is_ready() {
         let s = Startup::new(Duration::from_secs(1));
+        assert_eq!(handover(pair(100, 1.0, false, None), &s), Handover::Wait);
         assert_eq!(
-            handover(100 * MIB, 256 * MIB, false, None, &s),
-            Handover::Wait
-        );
-        assert_eq!(
-            handover(100 * MIB, 256 * MIB, false, Some(Duration::ZERO), &s),
+            handover(pair(100, 1.0, false, Some(Duration::ZERO)), &s),
             Handover::SuccessorReady
         );
     }

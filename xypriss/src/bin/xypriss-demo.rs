@@ -9,7 +9,8 @@
 //!   sends `READY=1` to `NOTIFY_SOCKET`, when set, once at its first size, and
 //!   prints `control: LINE` for each line read on `XYPRISS_CONTROL_FD`.
 //! - `fork MIB`: forks a child that holds MIB, printing `child PID at N MiB`.
-//! - `grow MIB_PER_S`: allocates at that rate until stopped or killed.
+//! - `grow MIB_PER_S`: allocates at that rate until stopped or killed, and
+//!   prints `control: LINE` for each line read on `XYPRISS_CONTROL_FD`.
 //! - `oscillate LOW_MIB HIGH_MIB`: goes up to HIGH and down to LOW, again and
 //!   again, pausing 2 ms at each end (for threshold-latency benchmarks).
 //! - `pattern NAME`: a memory pattern for the leak-detection benchmark, on a
@@ -306,6 +307,7 @@ fn fork_child(mib: usize, signals: &SigSet) {
 }
 
 fn grow(mib_per_s: u64, signals: &SigSet) {
+    print_control_lines();
     let mut heap = Heap::default();
     let start = Instant::now();
     loop {

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use super::{
     ALERT_MARGIN, Instance, LowMemory, Pool,
+    replace::DrainReason,
     state::{Degradation, Taken, degrades, low_memory_cap, system_reading},
 };
 use crate::{
@@ -14,6 +15,8 @@ use crate::{
     observe::procfs::monotonic_ns,
     output::event::{AlertType, Event},
     policy::{self, Action, LowMemoryOrigin},
+    predict,
+    supervise::lifecycle::State,
 };
 
 impl Pool {
@@ -54,12 +57,10 @@ impl Pool {
                             }
                         }
                         Action::Restart => {
+                            // Never slowed: it may still be taking requests.
+                            // Its successor starts (unless it did ahead of
+                            // the limit), and it stops once that is ready.
                             restart = true;
-                            // Slowed while its replacement starts, so that it
-                            // cannot run far past its limit meanwhile.
-                            if i.throttle.is_none() {
-                                throttle(i, usage, threshold, &mut throttling);
-                            }
                             Taken::Restart
                         }
                     };
@@ -100,10 +101,28 @@ impl Pool {
         for event in throttling {
             self.output.emit(&event);
         }
-        if restart {
-            let id = i.id;
-            self.replace(id);
+        let enforcing = memory.enforcement.enabled && memory.enforcement.enforce_hard_limits;
+        let ahead = enforcing
+            .then(|| {
+                predict::start_ahead(
+                    predict::Memory {
+                        usage,
+                        slope: i.series.rates().allocation,
+                    },
+                    predict::Thresholds {
+                        critical: thresholds[1],
+                        limit: thresholds[2],
+                    },
+                    i.state == State::Ready,
+                    &self.startup,
+                )
+            })
+            .flatten();
+        if restart || ahead.is_some() {
+            self.replace_for(slot, DrainReason::LimitExceeded, true);
         }
+        // At the crossing, with its successor ready: it goes now.
+        self.hand_over(slot);
         self.check_pool();
     }
 
@@ -264,7 +283,7 @@ impl Pool {
             eta_to_limit_sec: verdict.eta_to_limit_sec.map(f64::round),
         });
         if action == Action::Restart {
-            self.replace(id);
+            self.replace_for(slot, DrainReason::LeakDetected, false);
         }
     }
 

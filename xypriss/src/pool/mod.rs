@@ -27,6 +27,7 @@ use crate::{
     },
     observe::{Counters, Observer, host::Host},
     output::ndjson::Output,
+    predict::Startup,
     report::Status,
     series::Series,
     settings::RunConfig,
@@ -41,6 +42,7 @@ use crate::{
 
 mod memory;
 mod observed;
+mod replace;
 mod run;
 mod scale;
 mod setup;
@@ -48,6 +50,7 @@ mod state;
 mod status;
 mod workers;
 
+use replace::Replaced;
 pub use run::run;
 use state::{StopReason, Worker};
 
@@ -105,6 +108,10 @@ pub(super) struct Instance {
     cpu_pct: Option<f64>,
     /// xypriss's end of the worker's control channel (`XYPRISS_CONTROL_FD`).
     control: Control,
+    /// Its replacement for its memory, once started.
+    replaced: Option<Replaced>,
+    /// When it was asked to stop: SIGKILL follows `--kill-timeout` later.
+    stop_sent: Option<Instant>,
 }
 
 /// Low-memory mode, while it is on.
@@ -159,4 +166,6 @@ pub(crate) struct Pool {
     notify: NotifySocket,
     /// The `--listen` sockets' inodes, for `--ready socket`.
     listen_inodes: BTreeSet<u64>,
+    /// The workers' start-up time, learned from their start-ups.
+    startup: Startup,
 }

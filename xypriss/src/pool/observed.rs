@@ -144,6 +144,7 @@ impl Pool {
         for slot in slots {
             self.check_leak(slot, now);
         }
+        self.replacement_timers();
         self.measure_load();
         let lost = self.observer.lost();
         if lost > self.lost_reported {

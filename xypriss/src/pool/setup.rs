@@ -26,6 +26,7 @@ use crate::{
         ndjson::{Output, QUEUE_LINES, QUEUE_LINES_MINIMAL},
     },
     policy::LowMemoryOrigin,
+    predict::Startup,
     runtime_dir,
     settings::{ObserverChoice, RunConfig},
     supervise::{
@@ -83,7 +84,9 @@ pub(super) async fn setup(config: RunConfig) -> anyhow::Result<(Pool, Inputs)> {
     };
     let cgroups = pool_cgroup(&config.name, &output);
     let watchdog = cgroups.as_ref().and_then(|_| start_watchdog());
+    let startup = Startup::new(config.ready_timeout);
     let mut pool = Pool {
+        startup,
         host: Box::new(host::Procfs),
         listen_inodes: listeners.inodes(),
         listeners,

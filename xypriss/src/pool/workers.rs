@@ -82,8 +82,10 @@ impl Pool {
             && enforcement.enforce_hard_limits
             && self.config.thresholds[2] != 0
         {
-            // The kernel's backstop, in case the worker outruns its graceful restart.
-            cgroup.set_max(Some(policy::backstop(self.config.thresholds[2])))?;
+            // The kernel's bound, in case the worker outruns its graceful
+            // replacement or ignores its stop signal.
+            let limit = self.config.thresholds[2];
+            cgroup.bound(policy::high_bound(limit), policy::backstop(limit))?;
         }
         let (control, worker_end) = control::pair()?;
         // After the --listen fds, which take 3, 4, ….
@@ -146,6 +148,8 @@ impl Pool {
             cpu: None,
             cpu_pct: None,
             control,
+            replaced: None,
+            stop_sent: None,
         };
         match self.observer.watch(slot, pid) {
             Ok(seed) => {
@@ -291,23 +295,17 @@ impl Pool {
         };
         let i = &self.instances[&slot];
         let (id, generation, pid) = (i.id, i.generation, i.pid);
+        let took = i.started.elapsed();
+        self.startup.observe(took);
         let ready = Event::WorkerReady {
             worker_id: id,
             pid,
             generation,
-            startup_ms: i.started.elapsed().as_millis() as u64,
+            startup_ms: took.as_millis() as u64,
         };
         self.say(&ready, named);
         // The replacement is serving: its predecessors may go.
-        let older: Vec<u32> = self
-            .instances
-            .iter()
-            .filter(|(_, o)| o.id == id && o.generation < generation)
-            .map(|(&s, _)| s)
-            .collect();
-        for old in older {
-            self.stop_instance(old, StopReason::Replaced);
-        }
+        self.successor_ready(id, generation);
         if !self.rolling.is_empty() && !self.replacing() {
             self.next_replacement();
         }
@@ -350,13 +348,17 @@ impl Pool {
         }
     }
 
-    /// Asks instance `slot` to stop.
+    /// Asks instance `slot` to stop: the drain notice on its control
+    /// channel first, for workers that read it, then the stop signal, for
+    /// those that do not. Both mean: stop accepting, finish what is in hand,
+    /// exit within `deadlineMs` (`--kill-timeout`), after which it is killed.
     pub(super) fn stop_instance(&mut self, slot: u32, reason: StopReason) {
         let Some(named) = self.transition(slot, Input::Stop) else {
             return;
         };
         let i = self.instances.get_mut(&slot).expect("transitioned");
         i.stop = Some(reason);
+        i.stop_sent = Some(Instant::now());
         let pid = i.pid;
         let stopping = Event::WorkerStopping {
             worker_id: i.id,
@@ -364,23 +366,32 @@ impl Pool {
             generation: i.generation,
             reason: reason.as_str(),
         };
+        let notice = self.drain_notice(slot, reason);
+        if let Some(i) = self.instances.get_mut(&slot) {
+            i.control.send(&notice);
+        }
         self.say(&stopping, named);
         signal_group(pid, self.config.stop_signal);
     }
 
     /// Starts a new generation of worker `id`, unless one is already on its
-    /// way; the old one is stopped when the new one is ready.
-    pub(super) fn replace(&mut self, id: u32) {
+    /// way; the old one is stopped when the new one is ready. Returns
+    /// whether one was started.
+    pub(super) fn replace(&mut self, id: u32) -> bool {
         let processes = self
             .instances
             .values()
             .filter(|i| i.id == id && i.state != State::Stopping)
             .count();
         if processes > 1 {
-            return;
+            return false;
         }
-        if let Err(err) = self.start(id) {
-            tracing::error!("replacing worker {id}: {err:#}");
+        match self.start(id) {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::error!("replacing worker {id}: {err:#}");
+                false
+            }
         }
     }
 
