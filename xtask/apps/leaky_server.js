@@ -1,7 +1,11 @@
 // The `http-leak` benchmark's server, in Node.js, run alike by xypriss and
 // PM2: a plain HTTP server with a listener leak, which drains correctly.
 //
-//   node leaky_server.js [LEAK_BYTES_PER_S]      (default 1 MB/s)
+//   node leaky_server.js [LEAK_BYTES_PER_S [BALLAST_BYTES]]
+//
+// LEAK_BYTES_PER_S defaults to 1 MB/s; BALLAST_BYTES (default 0) is held
+// from the start, as a bigger app's heap and caches would be, so that the
+// leak reaches a limit within a benchmark's minute.
 //
 // The socket: the listening one it inherits as fd 3 under xypriss
 // (`--listen`, LISTEN_FDS), else port PORT, which PM2's cluster mode shares.
@@ -23,6 +27,8 @@ const { EventEmitter } = require("events");
 const fs = require("fs");
 
 const leakPerSecond = Number(process.argv[2] || 1e6);
+// Held by the global object: a local nothing refers to would be collected.
+globalThis.ballast = Buffer.alloc(Number(process.argv[3] || 0), 1);
 const log = process.env.LEAK_LOG ? fs.openSync(process.env.LEAK_LOG, "a") : null;
 const record = (what, extra = "") => {
   if (log !== null) {

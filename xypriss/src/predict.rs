@@ -132,8 +132,9 @@ pub fn lead_time(startup: &Startup) -> Duration {
 
 /// Whether a worker's successor should start now: `None` without a limit,
 /// or while the worker is below its critical threshold and, once `ready`
-/// (a start-up's burst says nothing of what follows), its slope leaves it
-/// more than [`lead_time`] before the limit.
+/// (a start-up's burst says nothing of what follows: the caller says ready
+/// once the slope's window no longer holds the start-up), its slope leaves
+/// it more than [`lead_time`] before the limit.
 pub fn start_ahead(
     memory: Memory,
     thresholds: Thresholds,

@@ -1,8 +1,9 @@
 //! `http-leak`: a memory limit under real traffic. A Node.js HTTP server
 //! with a real listener leak (`xtask/apps/leaky_server.js`, about 1 MB/s per
 //! worker under load, draining correctly on SIGTERM, SIGINT or a drain
-//! notice) runs as 2 workers on one shared socket, with a 192 MiB limit per
-//! worker, under `wrk -t2 -c32` for 60 s:
+//! notice, holding 120 MiB from its start so that the leak reaches the limit
+//! within the minute) runs as 2 workers on one shared socket, with a 192 MiB
+//! limit per worker, under `wrk -t2 -c32` for 60 s:
 //!
 //! - xypriss: `--listen`, `--enforce-hard-limits true`, the default
 //!   readiness, 3 runs;
@@ -42,6 +43,8 @@ const SECONDS: u32 = 60;
 const LIMIT_MIB: u64 = 192;
 const WORKERS: u32 = 2;
 const ROUNDS: usize = 3;
+/// What each server holds from its start, in bytes.
+const BALLAST: &str = "125829120";
 const PROBE_EVERY: Duration = Duration::from_millis(10);
 /// A replacement's window: from this long before a worker is told to drain…
 const BEFORE_NS: u64 = 100_000_000;
@@ -245,6 +248,7 @@ impl Bench {
                     "node",
                     app,
                     leak,
+                    BALLAST,
                 ];
                 let pool = Pool::start(&self.xypriss, &args)?;
                 let listening = pool.wait_event("listening", Duration::from_secs(10))?;
@@ -268,7 +272,7 @@ impl Bench {
                     .env("LEAK_LOG", log)
                     .args(["start", app, "--name", "http-leak", "-i", &workers])
                     .args(["--max-memory-restart", &format!("{LIMIT_MIB}M")])
-                    .args(["--kill-timeout", "6000", "--", leak])
+                    .args(["--kill-timeout", "6000", "--", leak, BALLAST])
                     .stdout(Stdio::null());
                 if let Some(ms) = interval {
                     cmd.env("PM2_WORKER_INTERVAL", ms.to_string());

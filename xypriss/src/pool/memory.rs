@@ -2,7 +2,7 @@
 //! low-memory mode and throttling. The pure parts (`detect`, `policy`)
 //! decide; this carries their decisions out.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{
     ALERT_MARGIN, Instance, LowMemory, Pool,
@@ -15,7 +15,7 @@ use crate::{
     observe::procfs::monotonic_ns,
     output::event::{AlertType, Event},
     policy::{self, Action, LowMemoryOrigin},
-    predict,
+    predict, series,
     supervise::lifecycle::State,
 };
 
@@ -113,7 +113,12 @@ impl Pool {
                         critical: thresholds[1],
                         limit: thresholds[2],
                     },
-                    i.state == State::Ready,
+                    // Its slope says something once the rates' window no
+                    // longer holds its start-up.
+                    i.state == State::Ready
+                        && i.ready_at.is_some_and(|at| {
+                            at.elapsed() >= Duration::from_nanos(series::WINDOW_NS)
+                        }),
                     &self.startup,
                 )
             })

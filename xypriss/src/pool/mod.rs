@@ -112,6 +112,8 @@ pub(super) struct Instance {
     replaced: Option<Replaced>,
     /// When it was asked to stop: SIGKILL follows `--kill-timeout` later.
     stop_sent: Option<Instant>,
+    /// When it became ready.
+    ready_at: Option<Instant>,
 }
 
 /// Low-memory mode, while it is on.

@@ -150,6 +150,7 @@ impl Pool {
             control,
             replaced: None,
             stop_sent: None,
+            ready_at: None,
         };
         match self.observer.watch(slot, pid) {
             Ok(seed) => {
@@ -293,7 +294,8 @@ impl Pool {
         let Some(named) = self.transition(slot, Input::Ready) else {
             return;
         };
-        let i = &self.instances[&slot];
+        let i = self.instances.get_mut(&slot).expect("transitioned");
+        i.ready_at = Some(Instant::now());
         let (id, generation, pid) = (i.id, i.generation, i.pid);
         let took = i.started.elapsed();
         self.startup.observe(took);
