@@ -47,8 +47,8 @@ enum Task {
     },
     /// Run the benchmarks (as root) and print their figures; see BENCHMARKS.md.
     Bench {
-        /// Which (default: all): reaction, latency, overhead, http, throughput, leak,
-        /// footprint, scale, dashboards.
+        /// Which (default: all): reaction, latency, overhead, http, http-leak,
+        /// throughput, leak, footprint, scale, dashboards.
         names: Vec<String>,
         /// How long the leak benchmark watches each steady scenario.
         #[arg(long, default_value_t = 10.0)]

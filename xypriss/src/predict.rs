@@ -13,9 +13,9 @@
 //! worker goes on serving at full speed until it reaches the limit, and is
 //! told to drain and stop at that moment, its successor ready by then
 //! ([`handover`]). When its memory does not reach the limit after all (a
-//! collection freed it), it is stopped anyway after [`MAX_STANDBY`]
-//! start-ups, so that a pool is never left a worker over its size: the
-//! decision to replace it was made, only its moment was waited for.
+//! collection freed it), after [`MAX_STANDBY`] lead times one of the two
+//! goes, so that a pool is never left a worker over its size: the old one
+//! when its memory still calls for a successor, else the successor.
 //!
 //! Two trade-offs. A worker's slope is only trusted once it is ready: while
 //! it starts, loading its code is a burst that ends (a Node.js process takes
@@ -170,8 +170,9 @@ pub enum Handover {
     /// Drain it and stop it now: its successor is ready, and it was not
     /// waiting for its limit (a leak, a restart).
     SuccessorReady,
-    /// Drain it and stop it now: its successor has been ready for
-    /// [`MAX_STANDBY`] start-ups and its limit is still not reached.
+    /// Its successor has been ready for [`MAX_STANDBY`] lead times and its
+    /// limit is still not reached: the old worker goes if its memory still
+    /// calls for a successor ([`start_ahead`]), else the successor.
     StandbyOver,
 }
 

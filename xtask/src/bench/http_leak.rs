@@ -259,6 +259,12 @@ impl Bench {
                 for _ in 0..WORKERS {
                     pool.wait_event("worker_ready", Duration::from_secs(20))?;
                 }
+                // Ready after the default 1 s delay is not yet listening
+                // on a loaded machine: the load starts once one answers.
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while !probe_once(port) && Instant::now() < deadline {
+                    thread::sleep(Duration::from_millis(100));
+                }
                 (Some(pool), port)
             }
             Supervisor::Pm2(interval) => {

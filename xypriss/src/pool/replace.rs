@@ -68,6 +68,7 @@ impl Pool {
             (StopReason::Replaced, Some(replaced)) => replaced.reason.as_str(),
             (StopReason::Replaced, None) => "restart",
             (StopReason::ScaleDown, _) => "scale_down",
+            (StopReason::Cancelled, _) => "cancelled",
             (StopReason::Shutdown, _) => "shutdown",
         };
         serde_json::json!({
@@ -161,10 +162,46 @@ impl Pool {
             ready_for: replaced.successor_ready.map(|at| at.elapsed()),
         };
         let decision = predict::handover(pair, &self.startup);
-        if decision != Handover::Wait {
-            tracing::debug!("worker {} (pid {}): {decision:?}", i.id, i.pid);
-            self.stop_instance(slot, StopReason::Replaced);
+        let (id, generation) = (i.id, i.generation);
+        match decision {
+            Handover::Wait => {}
+            // Its memory no longer calls for a successor (a start-up's burst
+            // was taken for a trend, or a collection freed it): the
+            // successor goes, it stays.
+            Handover::StandbyOver
+                if predict::start_ahead(
+                    pair.memory,
+                    self.worker_predict_thresholds(),
+                    true,
+                    &self.startup,
+                )
+                .is_none() =>
+            {
+                tracing::debug!("worker {id}: its successor is not needed after all");
+                if let Some(i) = self.instances.get_mut(&slot) {
+                    i.replaced = None;
+                }
+                let successors: Vec<u32> = self
+                    .instances
+                    .iter()
+                    .filter(|(_, s)| s.id == id && s.generation > generation && s.stop.is_none())
+                    .map(|(&s, _)| s)
+                    .collect();
+                for successor in successors {
+                    self.stop_instance(successor, StopReason::Cancelled);
+                }
+            }
+            _ => {
+                tracing::debug!("worker {id}: {decision:?}");
+                self.stop_instance(slot, StopReason::Replaced);
+            }
         }
+    }
+
+    /// The worker thresholds as [`predict`] takes them.
+    pub(super) fn worker_predict_thresholds(&self) -> predict::Thresholds {
+        let [_, critical, limit] = self.worker_thresholds();
+        predict::Thresholds { critical, limit }
     }
 
     /// At each tick: hands over the workers whose standby is over, and kills

@@ -30,6 +30,8 @@ pub(super) enum StopReason {
     ScaleDown,
     /// Replaced by a newer generation (rolling restart).
     Replaced,
+    /// A successor started ahead of a limit its predecessor did not reach.
+    Cancelled,
 }
 
 impl StopReason {
@@ -38,6 +40,7 @@ impl StopReason {
             Self::Shutdown => "shutdown",
             Self::ScaleDown => "scale_down",
             Self::Replaced => "replaced",
+            Self::Cancelled => "cancelled",
         }
     }
 }
