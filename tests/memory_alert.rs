@@ -258,7 +258,7 @@ fn a_limit_replacement_starts_ahead_and_drains_the_old_worker_at_the_crossing() 
     ]);
     let stopping = pool.wait_event("worker_stopping", TIMEOUT, |e| e["generation"] == 1);
     assert_eq!(stopping["reason"], "replaced");
-    let drain = pool.wait_log("control: {\"event\":\"drain\"", TIMEOUT);
+    let drain = pool.wait_log("\"event\":\"drain\"", TIMEOUT);
     let line: serde_json::Value =
         serde_json::from_str(drain.split_once("control: ").unwrap().1).unwrap();
     assert_eq!(line["reason"], "limit_exceeded", "{line}");
