@@ -344,10 +344,12 @@ fn on_a_terminal(name: &str, args: &str) -> String {
         .args([
             "new-session",
             "-d",
+            // Tall enough that the first line is still on screen after 2 s
+            // of samples, each of which wraps onto two rows.
             "-x",
             "200",
             "-y",
-            "50",
+            "400",
             "-s",
             &session,
             &command,

@@ -29,10 +29,13 @@ const SERVER: &str = concat!(
 
 /// `xypriss run ARGS…` with `env` for the workers.
 fn start_with(args: &[&str], env: &[(&str, &str)]) -> Pool {
+    // Workers get only an allow-listed environment: what the app needs is
+    // handed over with --env, before the app and its arguments.
+    let env: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut all: Vec<&str> = env.iter().flat_map(|kv| ["--env", kv.as_str()]).collect();
+    all.extend_from_slice(args);
     let mut cmd = std::process::Command::new(support::XYPRISS);
-    cmd.arg("run")
-        .args(support::named(args))
-        .envs(env.iter().copied());
+    cmd.arg("run").args(support::named(&all));
     Pool::start_command(&mut cmd)
 }
 
