@@ -32,7 +32,7 @@ use crate::{
     settings::RunConfig,
     supervise::{
         cgroup::{PoolCgroup, WorkerCgroup},
-        control::Control,
+        control::{Control, Inbox},
         lifecycle::State,
         listen::Listeners,
         notify::NotifySocket,
@@ -105,6 +105,8 @@ pub(super) struct Instance {
     cpu_pct: Option<f64>,
     /// xypriss's end of the worker's control channel (`XYPRISS_CONTROL_FD`).
     control: Control,
+    /// What it last said in `STATUS=…`, on either channel.
+    status_text: Option<String>,
 }
 
 /// Low-memory mode, while it is on.
@@ -157,6 +159,8 @@ pub(crate) struct Pool {
     listeners: Listeners,
     /// Where workers say READY=1.
     notify: NotifySocket,
+    /// What workers say on their control channels.
+    inbox: Inbox,
     /// The `--listen` sockets' inodes, for `--ready socket`.
     listen_inodes: BTreeSet<u64>,
 }

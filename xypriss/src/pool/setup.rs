@@ -30,6 +30,7 @@ use crate::{
     settings::{ObserverChoice, RunConfig},
     supervise::{
         cgroup::{Hierarchy, PoolCgroup, Version},
+        control::Inbox,
         listen::Listeners,
         notify::NotifySocket,
         oom_score_adj, reap, watchdog,
@@ -88,6 +89,7 @@ pub(super) async fn setup(config: RunConfig) -> anyhow::Result<(Pool, Inputs)> {
         listen_inodes: listeners.inodes(),
         listeners,
         notify,
+        inbox: Inbox::default(),
         cgroups,
         cleanups: Vec::new(),
         started: Instant::now(),
