@@ -91,6 +91,7 @@ test("a rolling restart under a load loop fails no request", async (t) => {
   await until("the new generation serves the loop", async () => tally.ok > before + 50);
   loading = false;
   await Promise.all(loops);
+  t.diagnostic(`${tally.ok} requests answered, ${tally.failed.length} failed, across the rolling restart`);
   assert.deepEqual(tally.failed, [], `${tally.failed.length} failed of ${tally.ok + tally.failed.length}`);
   for (const exit of exits) {
     assert.equal(exit.expected, true);
