@@ -2,7 +2,8 @@
 //! runs its `node --test` suite with this build's binary, as root. The suite
 //! itself says what it proves (readiness on the control channel, one socket
 //! served by every worker, a rolling restart under load with no failed
-//! request, gc_hint reaching global.gc, events and memoryUsage() in-process).
+//! request, gc_hint reaching global.gc, memory_alert, low_memory_mode and
+//! memory_throttling in-process, memoryUsage()).
 
 mod support;
 

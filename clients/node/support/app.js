@@ -34,6 +34,14 @@ xypriss.on("drain", () => {
 });
 
 const kept = [];
+// With FREE_ON_THROTTLE, a throttled worker lets go of what it kept, so
+// that xypriss lifts the throttle.
+xypriss.on("memory_throttling", (message) => {
+  if (process.env.FREE_ON_THROTTLE && message.action === "throttle") {
+    kept.length = 0;
+    global.gc?.();
+  }
+});
 function json(res, status, body) {
   res.writeHead(status, { "Content-Type": "application/json" });
   res.end(`${JSON.stringify(body)}\n`);

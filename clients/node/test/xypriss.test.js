@@ -1,7 +1,8 @@
 // The library against the real xypriss (XYPRISS_BIN, as root): readiness on
 // the control channel, one socket served by every worker, a rolling restart
 // under load with no failed request, gc_hint reaching global.gc, the events
-// and memoryUsage() in-process. Run by `cargo test -p xypriss --test
+// (memory_alert, low_memory_mode, memory_throttling) and memoryUsage()
+// in-process. Run by `cargo test -p xypriss --test
 // node_client`, which builds the binary and sets XYPRISS_BIN.
 "use strict";
 
@@ -166,4 +167,48 @@ test("gc_hint reaches global.gc, and the events and memoryUsage() reach the work
   });
   assert.equal(mode.enabled, true);
   assert.equal(mode.reason, "asked by an operator");
+});
+
+test("memory_throttling reaches the worker, both ways", async (t) => {
+  const bin = xyprissOrSkip(t);
+  if (!bin) return;
+  const pool = start(t, bin, [
+    ...LISTEN,
+    "--workers",
+    "1",
+    "--max-memory-per-worker",
+    "512MB",
+    "--memory-warning-threshold",
+    "40",
+    "--memory-critical-threshold",
+    "50",
+    "--enforcement",
+    "true",
+    "--resource-throttling",
+    "true",
+    "--env",
+    "FREE_ON_THROTTLE=1",
+    "--",
+    "node",
+    "--expose-gc",
+    FIXTURE,
+  ]);
+  const port = await pool.port();
+  const { pid } = await pool.waitEvent("worker_ready", (e) => e.workerId === 0);
+  await get(port, "/grow?mb=300");
+  const throttled = await pool.waitEvent("memory_throttling", (e) => e.action === "throttle");
+  // The worker frees what it kept when it hears it, and the throttle goes.
+  await pool.waitEvent("memory_throttling", (e) => e.action === "release");
+  const inside = await until("both in the worker", async () => {
+    const { body } = await get(port, "/events");
+    const got = body.received.filter((m) => m.event === "memory_throttling");
+    return got.length === 2 && got;
+  });
+  assert.deepEqual(
+    inside.map((m) => m.action),
+    ["throttle", "release"],
+  );
+  assert.equal(inside[0].pid, pid);
+  assert.equal(inside[0].mechanism, throttled.mechanism);
+  assert.equal(inside[0].threshold, throttled.threshold);
 });
