@@ -8,9 +8,10 @@
 //! - xypriss → worker: one JSON object per line (`{"event":"gc_hint",…}`,
 //!   `{"event":"memory_alert",…}`, the answer to a request). xypriss's end is
 //!   non-blocking, so a worker that never reads only fills the socket's
-//!   buffer, after which messages to it are dropped and counted; nothing
-//!   waits, and no signal is ever sent (one is used only when the user names
-//!   one).
+//!   buffer, after which messages to it are dropped and counted (a line the
+//!   socket took only part of is finished before the next one, so the worker
+//!   never reads half a line); nothing waits, and no signal is ever sent
+//!   (one is used only when the user names one).
 //! - worker → xypriss: sd_notify's `KEY=VALUE` assignments, one per line
 //!   (`READY=1`, `STATUS=…`), because Node.js and other runtimes cannot send
 //!   the Unix datagrams `NOTIFY_SOCKET` needs; and JSON requests
@@ -227,6 +228,7 @@ impl Inbox {
         Ok((
             Control {
                 stream: ours,
+                rest: Vec::new(),
                 id,
                 dropped: 0,
                 invalid,
@@ -289,6 +291,8 @@ async fn read(
 /// xypriss's end of one worker's channel. Dropping it stops its reader.
 pub struct Control {
     stream: UnixStream,
+    /// The end of a line the socket took only part of.
+    rest: Vec<u8>,
     id: ChannelId,
     /// Messages dropped because the worker did not read its end.
     pub dropped: u64,
@@ -333,22 +337,43 @@ impl Control {
         })
     }
 
-    /// Sends one message line; never blocks. Returns whether it was sent.
+    /// Sends one message line; never blocks. Returns whether it was sent
+    /// (or, when the socket took only part of it, will be: its rest goes
+    /// before the next message, so that the worker never reads half a line).
     pub fn send(&mut self, message: &impl Serialize) -> bool {
         let Ok(mut line) = serde_json::to_vec(message) else {
             self.dropped += 1;
             return false;
         };
         line.push(b'\n');
+        if !self.flush_rest() {
+            self.dropped += 1;
+            return false;
+        }
         match self.stream.write(&line) {
-            Ok(n) if n == line.len() => true,
-            // A partial line would corrupt the stream for a reader: it is
-            // not expected on a fresh, mostly empty buffer; count it as lost.
+            Ok(n) if n > 0 => {
+                self.rest = line.split_off(n);
+                true
+            }
             Ok(_) | Err(_) => {
                 self.dropped += 1;
                 false
             }
         }
+    }
+
+    /// Writes what is left of a line the socket took only part of; false
+    /// while some of it is still left.
+    fn flush_rest(&mut self) -> bool {
+        while !self.rest.is_empty() {
+            match self.stream.write(&self.rest) {
+                Ok(n) if n > 0 => {
+                    self.rest.drain(..n);
+                }
+                Ok(_) | Err(_) => return false,
+            }
+        }
+        true
     }
 }
 
@@ -484,6 +509,46 @@ mod tests {
         assert!(sent > 0 && sent < 10_000, "sent {sent}");
         assert_eq!(control.dropped, 10_000 - sent as u64);
         assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_reads_late_still_reads_whole_lines() {
+        let (mut control, end) = Inbox::default().pair().unwrap();
+        let mut reader = UnixStream::from(end.0);
+        reader.set_nonblocking(true).unwrap();
+        // Lines longer than the kernel puts in one buffer, so that a full
+        // socket takes only part of one.
+        let message =
+            |n: usize| serde_json::json!({"event": "gc_hint", "n": n, "pad": "y".repeat(150_000)});
+        let mut sent = 0;
+        while control.send(&message(sent)) {
+            sent += 1;
+        }
+        assert!(!control.rest.is_empty(), "the socket took part of a line");
+        let mut read = Vec::new();
+        let mut buf = [0u8; 65536];
+        let mut drain = |read: &mut Vec<u8>| {
+            while let Ok(n) = std::io::Read::read(&mut reader, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                read.extend_from_slice(&buf[..n]);
+            }
+        };
+        drain(&mut read);
+        // The next message completes the line cut short, then goes.
+        assert!(control.send(&serde_json::json!({"event": "gc_hint", "n": sent})));
+        sent += 1;
+        drain(&mut read);
+        let lines: Vec<serde_json::Value> = read
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).expect("a whole JSON line"))
+            .collect();
+        assert_eq!(lines.len(), sent);
+        for (n, line) in lines.iter().enumerate() {
+            assert_eq!(line["n"], n);
+        }
     }
 
     #[tokio::test]
