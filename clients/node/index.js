@@ -19,6 +19,7 @@
 
 const { EventEmitter } = require("node:events");
 const net = require("node:net");
+const tls = require("node:tls");
 
 /** The protocol version this library speaks. */
 const PROTOCOL_VERSION = 1;
@@ -312,7 +313,8 @@ function trackConnections(server) {
   const connections = new Map();
   let draining = false;
   let onClosed = null;
-  server.on("connection", (socket) => {
+  // With TLS, requests come on the TLS socket, made at the handshake.
+  server.on(server instanceof tls.Server ? "secureConnection" : "connection", (socket) => {
     const state = { active: 0, served: false, responses: new Set() };
     connections.set(socket, state);
     socket.once("close", () => connections.delete(socket));
