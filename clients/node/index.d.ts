@@ -97,8 +97,8 @@ declare namespace xyprissWorker {
   /** `drain`: stop accepting, finish what is in flight, exit by the deadline. */
   export interface Drain {
     event: "drain";
-    /** From xypriss: "limit_exceeded", "leak_detected", "replaced", "scale_down",
-     * "shutdown"; "signal" when the stop signal came first. */
+    /** From xypriss: "limit_exceeded", "leak_detected", "restart", "scale_down",
+     * "shutdown", …; "signal" when the stop signal came first. */
     reason: string;
     deadlineMs?: number;
     signal?: NodeJS.Signals;
