@@ -37,7 +37,10 @@ class Pool {
     this.events = [];
     this.stderr = "";
     this.waiters = new Set();
-    this.child = spawn(bin, ["run", "--name", this.name, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+    // As root, the workers run as root only when asked (as in the Rust
+    // tests' support module).
+    const user = process.getuid() === 0 && !args.includes("--user") ? ["--user", "root"] : [];
+    this.child = spawn(bin, ["run", "--name", this.name, ...user, ...args], { stdio: ["ignore", "pipe", "pipe"] });
     this.exited = new Promise((resolve) => this.child.on("exit", (code, signal) => resolve({ code, signal })));
     readline.createInterface({ input: this.child.stdout }).on("line", (line) => {
       let event;
