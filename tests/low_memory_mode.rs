@@ -225,8 +225,10 @@ fn host_pressure_enters_low_memory_mode_and_its_end_leaves_it() {
         e["scope"] == "system" && e["type"] == "critical"
     });
     assert!(critical.get("workerId").is_none(), "{critical}");
-    // The worker hears it on its control channel.
-    let told = pool.wait_log("control: ", TIMEOUT);
+    // The worker hears it on its control channel (among its own alerts).
+    let told = pool.wait_for_log(TIMEOUT, |l| {
+        l.contains("control: ") && l.contains("low_memory_mode")
+    });
     assert!(
         told.contains("low_memory_mode") && told.contains("true"),
         "{told}"

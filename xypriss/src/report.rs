@@ -125,6 +125,15 @@ pub struct Worker {
     pub uptime_sec: u64,
     pub throttled: bool,
     pub leak: Leak,
+    /// The worker's own one-line state (`STATUS=…`), when it said one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub status_text: Option<String>,
+    /// Messages to the worker dropped on its control channel (it does not read).
+    #[serde(default)]
+    pub control_dropped: u64,
+    /// Lines from the worker skipped on its control channel as bad.
+    #[serde(default)]
+    pub control_invalid: u64,
 }
 
 /// The leak detector's verdict.
@@ -206,6 +215,9 @@ pub(crate) fn sample() -> Status {
             slope_bytes_per_sec: None,
             confidence: None,
         },
+        status_text: None,
+        control_dropped: 0,
+        control_invalid: 0,
     };
     let mut leaking = worker(1, 101, 1, "ready", 300 << 20);
     leaking.health = "leaking".into();

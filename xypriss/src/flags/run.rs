@@ -111,7 +111,7 @@ pub struct RunFlags {
     pub listen: Vec<ListenAddr>,
 
     /// When a worker counts as ready: `delay` (after --ready-timeout, or at READY=1 if sooner),
-    /// `notify` (only at READY=1 on NOTIFY_SOCKET), or `socket` (once it waits for connections
+    /// `notify` (only at READY=1, on NOTIFY_SOCKET or XYPRISS_CONTROL_FD), or `socket` (once it waits for connections
     /// on the --listen socket). With notify and socket, none within --ready-timeout is a failed start.
     #[arg(long, value_enum, default_value = "delay", value_name = "MODE")]
     pub ready: Ready,

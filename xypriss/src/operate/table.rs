@@ -261,6 +261,9 @@ pub(crate) mod tests {
                 slope_bytes_per_sec: None,
                 confidence: None,
             },
+            status_text: None,
+            control_dropped: 0,
+            control_invalid: 0,
         }
     }
 

@@ -96,9 +96,11 @@ impl Pool {
                     )
                 }
             };
+            i.control.send(&event);
             self.output.emit(&event);
         }
         for event in throttling {
+            i.control.send(&event);
             self.output.emit(&event);
         }
         let enforcing = memory.enforcement.enabled && memory.enforcement.enforce_hard_limits;
@@ -269,7 +271,7 @@ impl Pool {
         let action = policy::on_leak(&self.config.memory.enforcement);
         let usage = i.counters.rss();
         let id = i.id;
-        self.output.emit(&Event::MemoryAlert {
+        let alert = Event::MemoryAlert {
             kind: AlertType::LeakDetected,
             scope: "worker",
             worker_id: Some(id),
@@ -286,7 +288,9 @@ impl Pool {
             slope_bytes_per_sec: Some(verdict.slope_bytes_per_sec.round()),
             confidence: Some(verdict.confidence),
             eta_to_limit_sec: verdict.eta_to_limit_sec.map(f64::round),
-        });
+        };
+        i.control.send(&alert);
+        self.output.emit(&alert);
         if action == Action::Restart {
             self.replace_for(slot, DrainReason::LeakDetected, false);
         }

@@ -33,7 +33,7 @@ use crate::{
     settings::RunConfig,
     supervise::{
         cgroup::{PoolCgroup, WorkerCgroup},
-        control::Control,
+        control::{Control, Inbox},
         lifecycle::State,
         listen::Listeners,
         notify::NotifySocket,
@@ -114,6 +114,8 @@ pub(super) struct Instance {
     stop_sent: Option<Instant>,
     /// When it became ready.
     ready_at: Option<Instant>,
+    /// What it last said in `STATUS=…`, on either channel.
+    status_text: Option<String>,
 }
 
 /// Low-memory mode, while it is on.
@@ -166,6 +168,8 @@ pub(crate) struct Pool {
     listeners: Listeners,
     /// Where workers say READY=1.
     notify: NotifySocket,
+    /// What workers say on their control channels.
+    inbox: Inbox,
     /// The `--listen` sockets' inodes, for `--ready socket`.
     listen_inodes: BTreeSet<u64>,
     /// The workers' start-up time, learned from their start-ups.

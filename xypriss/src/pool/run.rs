@@ -88,12 +88,15 @@ impl Pool {
         let mut check = every(self.config.memory.memory_management.memory_check_interval);
         let mut batch = Vec::new();
         let mut notify_open = true;
+        let mut messages = Vec::new();
         let s = &mut inputs.signals;
         loop {
             let timer = self.next_timer();
             // In this order when several are ready: stopping first, then what
             // the kernel says (alerts must not wait behind operators' requests),
-            // then the pool's own business, operators last.
+            // then the pool's own business, what workers write on their
+            // control channels (a chatty worker must not hold up the pool's
+            // timers), operators last.
             tokio::select! {
                 biased;
                 _ = s.int.recv() => return Stop::Signal("SIGINT"),
@@ -108,6 +111,7 @@ impl Pool {
                 _ = s.hup.recv() => self.rolling_restart(),
                 _ = s.ttin.recv() => self.scale_up(1, "SIGTTIN"),
                 _ = s.ttou.recv() => self.scale_down(1, None, "SIGTTOU"),
+                () = self.inbox.recv(&mut messages) => self.controlled(&mut messages),
                 Some(call) = inputs.calls.recv() => self.answer(call),
                 // After a full batch of datagrams, everything else had its turn.
                 () = std::future::ready(()), if !notify_open => notify_open = true,

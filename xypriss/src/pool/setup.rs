@@ -31,6 +31,7 @@ use crate::{
     settings::{ObserverChoice, RunConfig},
     supervise::{
         cgroup::{Hierarchy, PoolCgroup, Version},
+        control::Inbox,
         listen::Listeners,
         notify::NotifySocket,
         oom_score_adj, reap, watchdog,
@@ -91,6 +92,7 @@ pub(super) async fn setup(config: RunConfig) -> anyhow::Result<(Pool, Inputs)> {
         listen_inodes: listeners.inodes(),
         listeners,
         notify,
+        inbox: Inbox::default(),
         cgroups,
         cleanups: Vec::new(),
         started: Instant::now(),

@@ -184,6 +184,9 @@ impl Pool {
                 slope_bytes_per_sec: i.verdict.map(|v| v.slope_bytes_per_sec.round()),
                 confidence: i.verdict.map(|v| v.confidence),
             },
+            status_text: i.status_text.clone(),
+            control_dropped: i.control.dropped,
+            control_invalid: i.control.invalid(),
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::{
     series::Series,
     settings::ReadyMode,
     supervise::{
-        control,
+        control::{self, ChannelId, Incoming},
         lifecycle::{Input, State, step},
         notify::Notification,
         reap::{self, Exit},
@@ -87,10 +87,14 @@ impl Pool {
             let limit = self.config.thresholds[2];
             cgroup.bound(policy::high_bound(limit), policy::backstop(limit))?;
         }
-        let (control, worker_end) = control::pair()?;
+        let (control, worker_end) = self.inbox.pair()?;
         // After the --listen fds, which take 3, 4, ….
         let control_fd = 3 + self.listeners.local_addrs().len() as i32;
         env.push(("XYPRISS_CONTROL_FD".into(), control_fd.to_string().into()));
+        env.push((
+            "XYPRISS_PROTOCOL_VERSION".into(),
+            control::PROTOCOL_VERSION.to_string().into(),
+        ));
         self.observer.prepare(slot, self.worker_thresholds())?;
         let spawned = spawn(Spec {
             app: &self.config.app,
@@ -151,6 +155,7 @@ impl Pool {
             replaced: None,
             stop_sent: None,
             ready_at: None,
+            status_text: None,
         };
         match self.observer.watch(slot, pid) {
             Ok(seed) => {
@@ -436,8 +441,46 @@ impl Pool {
             tracing::debug!("READY from pid {sender}, which is no worker's");
             return;
         };
+        self.on_notification(slot, &message);
+    }
+
+    /// What instance `slot` said, on NOTIFY_SOCKET or its control channel.
+    fn on_notification(&mut self, slot: u32, message: &Notification) {
+        if let Some(text) = message.status()
+            && let Some(i) = self.instances.get_mut(&slot)
+        {
+            i.status_text = Some(text.to_owned());
+        }
         if message.ready() {
             self.ready(slot);
+        }
+    }
+
+    /// Lines from the workers' control channels, a turn's budget of them.
+    pub(super) fn controlled(&mut self, messages: &mut Vec<(ChannelId, Incoming)>) {
+        for (channel, message) in messages.drain(..) {
+            // A process gone since it wrote: nobody to answer.
+            let Some((&slot, i)) = self
+                .instances
+                .iter()
+                .find(|(_, i)| i.control.id() == channel)
+            else {
+                continue;
+            };
+            match message {
+                Incoming::Notify { key, value } => {
+                    let notification = Notification {
+                        pid: Some(i.pid),
+                        fields: vec![(key, value)],
+                    };
+                    self.on_notification(slot, &notification);
+                }
+                Incoming::MemoryUsage { id } => {
+                    let usage = self.worker_status(i);
+                    let i = self.instances.get_mut(&slot).expect("found above");
+                    i.control.answer_memory_usage(id, &usage);
+                }
+            }
         }
     }
 
