@@ -1,7 +1,7 @@
 //! A read-only root filesystem, as deploy/systemd/xypriss@.service makes it
 //! (`ProtectSystem=strict`): only `/run/xypriss` (`RuntimeDirectory=`) and
 //! the kernel's own filesystems stay writable, and the eBPF observer must
-//! still start, taking its tracefs lock and binding the workers' notify
+//! still start (it mounts nothing), binding the workers' notify
 //! sockets there. Run in a private mount namespace, so the machine's own
 //! mounts are never touched.
 
