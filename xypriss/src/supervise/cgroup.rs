@@ -66,6 +66,10 @@
 //! `cgroup.procs` before it signals, so it pins each process with a pidfd
 //! and signals only those still listed ([`kill_listed`]): a pid reused
 //! elsewhere in between is never hit.
+//!
+//! Why one file over 600 lines: v1 and v2 are two dialects of one object
+//! (create, limit, throttle, kill, remove, find the stale), and each
+//! operation reads best with both dialects side by side.
 
 use std::{
     collections::{BTreeSet, HashSet},
