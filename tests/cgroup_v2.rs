@@ -156,9 +156,10 @@ fn a_workers_cgroup_has_the_hard_limits_backstop_as_memory_max() {
     pool.wait_log("at 8 MiB", TIMEOUT);
     let dir = cgroup_dir(hierarchy.path(), pid);
     assert!(dir.ends_with("w0.g1"), "{}", dir.display());
-    // The backstop: 64 MiB and a tenth, at least 16 MiB, above it.
+    // The backstop: 64 MiB and a tenth, at least 16 MiB, above it; the kernel
+    // slows the worker from 5 %, at least 8 MiB, above it.
     assert_eq!(read(&dir, "memory.max"), (80 * MIB).to_string());
-    assert_eq!(read(&dir, "memory.high"), "max");
+    assert_eq!(read(&dir, "memory.high"), (72 * MIB).to_string());
     assert!(
         read(&dir, "cpu.max").starts_with("max "),
         "{}",

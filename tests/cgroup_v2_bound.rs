@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{DEMO, MIB, Pool, root_or_skip};
+use support::{DEMO, MIB, Pool, root_or_skip, scaled};
 use xypriss::supervise::cgroup::{Hierarchy, PoolCgroup, Version};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -95,24 +95,40 @@ fn the_kernel_holds_a_runaway_worker_under_memory_max() {
         .expect("the demo runs");
     worker.add(child.id()).expect("joined");
     let dir = worker.path().to_owned();
-    // Until the kernel kills it, or for 10 s of crawling.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // Until the kernel slows it (or kills it), then a while of crawling.
     let mut peak = 0;
-    while Instant::now() < deadline && child.try_wait().expect("waitable").is_none() {
+    let mut watch = |until: Instant, stop_at_high: bool| loop {
         peak = peak.max(worker.memory_current().expect("memory.current"));
+        let exited = child.try_wait().expect("waitable");
+        if exited.is_some() || Instant::now() >= until || (stop_at_high && event(&dir, "high ") > 0)
+        {
+            return exited;
+        }
         thread::sleep(Duration::from_millis(5));
+    };
+    let mut exited = watch(Instant::now() + scaled(Duration::from_secs(20)), true);
+    if exited.is_none() {
+        exited = watch(Instant::now() + scaled(Duration::from_secs(2)), false);
     }
     let _ = child.kill();
     let _ = child.wait();
+    let seen = format!(
+        "peak memory.current {peak}, the demo {}, memory.events:\n{}",
+        exited.map_or_else(|| "still crawling".to_owned(), |s| s.to_string()),
+        read(&dir, "memory.events")
+    );
+    // It was slowed from memory.high on.
+    assert!(event(&dir, "high ") > 0, "{seen}");
     // The exact bound: the charge never exceeds memory.max.
-    assert!(peak <= 48 * MIB, "memory.current reached {peak}");
+    assert!(peak <= 48 * MIB, "{seen}");
     if let Ok(text) = fs::read_to_string(dir.join("memory.peak")) {
         let kernel_peak: u64 = text.trim().parse().expect("memory.peak");
-        assert!(kernel_peak <= 48 * MIB, "memory.peak {kernel_peak}");
+        assert!(kernel_peak <= 48 * MIB, "memory.peak {kernel_peak}; {seen}");
     }
-    // It was slowed from memory.high on, and went no further than max.
-    assert!(event(&dir, "high ") > 0, "{}", read(&dir, "memory.events"));
-    assert!(event(&dir, "max ") > 0 || event(&dir, "oom_kill ") > 0);
+    // Either it crawls under memory.max still, or the kernel killed it there.
+    if exited.is_some() {
+        assert!(event(&dir, "oom_kill ") > 0, "{seen}");
+    }
     worker.remove().expect("removed");
     pool.remove().expect("removed");
 }

@@ -86,7 +86,7 @@ struct Planned {
 /// The integration tests whose outcome depends on the kernel. The rest
 /// depends on the kernel only through these, and under TCG they would take
 /// longer than CI has: they run natively only.
-const PLAN: [Planned; 6] = [
+const PLAN: [Planned; 7] = [
     Planned {
         binary: "rss_stat",
         args: &[],
@@ -119,6 +119,11 @@ const PLAN: [Planned; 6] = [
         binary: "cgroup_v2",
         args: &["--ignored"],
         shows: "cgroup v2: memory.max, memory.high, cpu.max, cgroup.kill",
+    },
+    Planned {
+        binary: "cgroup_v2_bound",
+        args: &["--ignored"],
+        shows: "cgroup v2: a runaway worker held under memory.max",
     },
 ];
 
