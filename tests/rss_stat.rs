@@ -11,11 +11,12 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
-use support::{DEMO, MIB, Pool, proc_status, root_or_skip, signal, u64_of};
+use support::{DEMO, MIB, Pool, proc_status, root_or_skip, scaled, signal, u64_of};
 
 const GRANULARITY: u64 = MIB;
 const TIMEOUT: Duration = Duration::from_secs(60);
-/// How long the reported memory may take to match /proc once a step is done.
+/// How long the reported memory may take to match /proc once a step is done
+/// (scaled, as every wait in the tests: see tests/support).
 const SETTLE: Duration = Duration::from_secs(5);
 
 /// The latest sample of worker 0 against /proc, within 1 MiB + the
@@ -24,7 +25,7 @@ const SETTLE: Duration = Duration::from_secs(5);
 /// in a VM) where reading them can take longer than the wake-up interval.
 fn assert_matches_proc(pool: &mut Pool, pid: u32, step: u64) {
     let tolerance = MIB + GRANULARITY;
-    let deadline = Instant::now() + SETTLE;
+    let deadline = Instant::now() + scaled(SETTLE);
     loop {
         // Let samples written without a wake-up be flushed (10 ms wake-up interval).
         pool.collect_for(Duration::from_millis(150));
