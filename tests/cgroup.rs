@@ -553,9 +553,13 @@ async fn throttling_slows_an_allocating_worker_until_it_is_lifted() {
         slowed * 3 < free,
         "throttled {slowed} B against {free} B free"
     );
+    // Lifted, it is no longer held to its CPU fraction. Compared with the
+    // throttled rate, not the free one: how fast an unthrottled allocator
+    // grows follows what else the machine runs at that moment, while the
+    // throttled one is held to 1% of a core whatever runs beside it.
     assert!(
-        lifted * 3 > free * 2,
-        "lifted {lifted} B against {free} B free"
+        lifted > slowed * 5,
+        "lifted {lifted} B against {slowed} B throttled ({free} B free)"
     );
 
     let cpu_twin = worker.cpu_path().map(Path::to_owned);

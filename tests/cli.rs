@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use support::{DEMO, XYPRISS};
+use support::{DEMO, XYPRISS, scaled};
 
 /// How long a refusal may take: a command still running then was accepted.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -333,9 +333,9 @@ fn a_whole_server_config_runs_and_its_other_sections_are_named_once() {
     );
 }
 
-/// Runs `xypriss run ARGS…` in a tmux pane for 2 s and returns
-/// what the pane shows (stderr is dropped).
-fn on_a_terminal(name: &str, args: &str) -> String {
+/// Runs `xypriss run ARGS…` in a tmux pane and returns what the pane shows
+/// (stderr is dropped) once it shows `until`, or after 30 s.
+fn on_a_terminal(name: &str, args: &str, until: &str) -> String {
     let session = format!("xypriss-cli-{name}-{}", std::process::id());
     let command = format!(
         "{XYPRISS} run --user root --workers 1 --name {session} {args} {DEMO} steps 8 2>/dev/null"
@@ -344,8 +344,8 @@ fn on_a_terminal(name: &str, args: &str) -> String {
         .args([
             "new-session",
             "-d",
-            // Tall enough that the first line is still on screen after 2 s
-            // of samples, each of which wraps onto two rows.
+            // Tall enough that the first line is still on screen after
+            // seconds of samples, each of which wraps onto two rows.
             "-x",
             "200",
             "-y",
@@ -357,11 +357,19 @@ fn on_a_terminal(name: &str, args: &str) -> String {
         .status()
         .expect("tmux runs");
     assert!(status.success());
-    std::thread::sleep(std::time::Duration::from_secs(2));
-    let shown = Command::new("tmux")
-        .args(["capture-pane", "-p", "-t", &session])
-        .output()
-        .expect("tmux captures");
+    let capture = || {
+        let shown = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &session])
+            .output()
+            .expect("tmux captures");
+        String::from_utf8_lossy(&shown.stdout).into_owned()
+    };
+    let deadline = std::time::Instant::now() + scaled(std::time::Duration::from_secs(30));
+    let mut shown = capture();
+    while !shown.contains(until) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        shown = capture();
+    }
     let _ = Command::new("tmux")
         .args(["send-keys", "-t", &session, "C-c"])
         .status();
@@ -369,16 +377,16 @@ fn on_a_terminal(name: &str, args: &str) -> String {
     let _ = Command::new("tmux")
         .args(["kill-session", "-t", &session])
         .status();
-    String::from_utf8_lossy(&shown.stdout).into_owned()
+    shown
 }
 
 #[test]
 fn a_terminal_gets_human_lines_unless_json_is_asked() {
-    let human = on_a_terminal("pretty", "");
+    let human = on_a_terminal("pretty", "", "memory_sample      worker 0 pid");
     assert!(human.contains("worker_spawned"), "{human}");
     assert!(human.contains("memory_sample      worker 0 pid"), "{human}");
     assert!(!human.contains("{\"event\""), "{human}");
-    let json = on_a_terminal("json", "--json");
+    let json = on_a_terminal("json", "--json", "{\"event\":\"cluster_started\"");
     assert!(json.contains("{\"event\":\"cluster_started\""), "{json}");
 }
 

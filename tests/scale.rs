@@ -20,8 +20,9 @@ fn sizes(pool: &Pool) -> Vec<(u64, u64)> {
 
 #[test]
 fn busy_workers_scale_the_pool_up_to_its_maximum() {
-    // One spinning worker uses a whole core: far over a 30 % threshold, even
-    // on a machine busy with other tests.
+    // One spinning worker uses a whole core when it can, and on a machine
+    // busy with other tests (load 13 on 2 cores was seen) still its share,
+    // about a seventh of one: over a 5 % threshold either way.
     let mut pool = Pool::start(&[
         "--workers",
         "1",
@@ -34,9 +35,9 @@ fn busy_workers_scale_the_pool_up_to_its_maximum() {
         "--aggressive-memory-scaling",
         "true",
         "--scale-up-cpu-threshold",
-        "30",
+        "5",
         "--scale-down-cpu-threshold",
-        "10",
+        "1",
         DEMO,
         "spin",
     ]);
@@ -89,9 +90,9 @@ fn lazy_workers_start_at_the_minimum_and_grow_on_demand() {
         "--lazy-worker-init",
         "true",
         "--scale-up-cpu-threshold",
-        "30",
+        "5",
         "--scale-down-cpu-threshold",
-        "10",
+        "1",
         DEMO,
         "spin",
     ]);
