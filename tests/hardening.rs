@@ -23,8 +23,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+use nix::sys::signal::Signal;
 use serde_json::Value;
-use support::{DEMO, MIB, Pool, XYPRISS, named, proc_status, root_or_skip, u64_of};
+use support::{DEMO, MIB, Pool, XYPRISS, named, of, proc_status, root_or_skip, signal, u64_of};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 const GIB: u64 = 1 << 30;
@@ -334,60 +335,150 @@ fn many_listen_sockets_and_the_control_channel_all_arrive() {
     assert!(pool.stop().success());
 }
 
+/// Starts of one name that race: how many.
+const TWINS: usize = 4;
+
 #[test]
-fn two_simultaneous_starts_of_one_name_leave_one_pool() {
-    if !root_or_skip("two_simultaneous_starts_of_one_name_leave_one_pool") {
+fn simultaneous_starts_of_one_name_leave_one_pool() {
+    if !root_or_skip("simultaneous_starts_of_one_name_leave_one_pool") {
         return;
     }
+    // The race is between a start finding the name free and its socket
+    // moved into place. Each start runs under strace, which stops it
+    // (SIGSTOP, at its first bind: its control socket's, in a private
+    // directory) inside that window; once every start has found the name
+    // free and is stopped there, all go on together. Timing plays no part.
+    let scratch = Scratch::new("twins");
     let name = format!("twin-{}", std::process::id());
-    let start = || {
-        Command::new(XYPRISS)
-            .args(["run", "--user", "root", "--name", &name, "--workers", "1"])
-            .args(["--no-ebpf", DEMO, "steps", "1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("xypriss starts")
-    };
-    let mut first = start();
-    let mut second = start();
-    // Whichever lost exits at once, naming the pool that runs.
+    let mut starts: Vec<_> = (0..TWINS)
+        .map(|i| {
+            let mut child = Command::new("strace")
+                .args(["-qq", "-o"])
+                .arg(scratch.0.join(format!("{i}.strace")))
+                .args([
+                    "-e",
+                    "trace=bind",
+                    "-e",
+                    "inject=bind:signal=SIGSTOP:when=1",
+                ])
+                .arg(XYPRISS)
+                .args(["run", "--user", "root", "--name", &name, "--workers", "1"])
+                .args([
+                    "--no-ebpf",
+                    "--status-addr",
+                    "127.0.0.1:0",
+                    DEMO,
+                    "steps",
+                    "1",
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("strace runs (cargo xtask test installs it)");
+            let stdout = child.stdout.take().unwrap();
+            let events = thread::spawn(move || {
+                BufReader::new(stdout)
+                    .lines()
+                    .map_while(Result::ok)
+                    .filter_map(|line| serde_json::from_str::<Value>(&line).ok())
+                    .collect::<Vec<_>>()
+            });
+            let mut stderr = child.stderr.take().unwrap();
+            let err = thread::spawn(move || {
+                let mut err = String::new();
+                let _ = stderr.read_to_string(&mut err);
+                err
+            });
+            (child, events, err)
+        })
+        .collect();
+    // Each start's xypriss pid, from the private directory it bound in
+    // (`.<name>.<pid>/sock`), once strace says it stopped there.
+    let staging = format!("/run/xypriss/.{name}.");
+    let deadline = Instant::now() + TIMEOUT * 3;
+    let pids: Vec<u32> = (0..TWINS)
+        .map(|i| {
+            loop {
+                let trace =
+                    fs::read_to_string(scratch.0.join(format!("{i}.strace"))).unwrap_or_default();
+                if trace.contains("stopped by SIGSTOP") {
+                    let at =
+                        trace.find(&staging).expect("the control socket's bind") + staging.len();
+                    break trace[at..].split('/').next().unwrap().parse().unwrap();
+                }
+                assert!(Instant::now() < deadline, "start {i} never bound: {trace}");
+                thread::sleep(Duration::from_millis(20));
+            }
+        })
+        .collect();
+    for &pid in &pids {
+        signal(pid, Signal::SIGCONT);
+    }
+    // strace exits with its xypriss's status. All but one exit, and fail.
     let deadline = Instant::now() + TIMEOUT;
-    let (loser, mut winner) = loop {
-        if let Some(status) = first.try_wait().unwrap() {
-            break ((first, status), second);
+    let mut exited = [None; TWINS];
+    while exited.iter().filter(|e| e.is_some()).count() < TWINS - 1 && Instant::now() < deadline {
+        for (i, (child, _, _)) in starts.iter_mut().enumerate() {
+            if exited[i].is_none() {
+                exited[i] = child.try_wait().unwrap();
+            }
         }
-        if let Some(status) = second.try_wait().unwrap() {
-            break ((second, status), first);
-        }
-        assert!(Instant::now() < deadline, "both pools of {name} run");
         thread::sleep(Duration::from_millis(20));
-    };
-    let (mut loser, status) = loser;
-    assert!(!status.success());
-    let mut err = String::new();
-    loser
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(
-        err.contains(&format!("a pool named {name} already runs")),
-        "{err}"
-    );
+    }
     thread::sleep(Duration::from_millis(500));
-    assert!(winner.try_wait().unwrap().is_none(), "the winner runs on");
+    for (i, (child, _, _)) in starts.iter_mut().enumerate() {
+        if exited[i].is_none() {
+            exited[i] = child.try_wait().unwrap();
+        }
+    }
+    let running: Vec<usize> = (0..TWINS).filter(|&i| exited[i].is_none()).collect();
+    let winner = match running[..] {
+        [winner] => winner,
+        _ => {
+            for &i in &running {
+                signal(pids[i], Signal::SIGKILL);
+            }
+            panic!("{} of {TWINS} starts of {name} run", running.len());
+        }
+    };
+    // The winner answers on the socket, and its token is the only one.
     let status = Command::new(XYPRISS)
         .args(["status", "--name", &name, "--json"])
         .output()
         .unwrap();
     assert!(status.status.success(), "{status:?}");
     let json: Value = serde_json::from_slice(&status.stdout).unwrap();
-    assert_eq!(json["pid"], winner.id());
-    let _ = winner.kill();
-    let _ = winner.wait();
+    assert_eq!(json["pid"], pids[winner]);
+    let notify: Vec<_> = fs::read_dir("/run/xypriss")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with(&format!("{name}.")) && n.ends_with(".notify"))
+        .collect();
+    assert_eq!(notify, [format!("{name}.{}.notify", pids[winner])]);
+    signal(pids[winner], Signal::SIGINT);
+    for (i, (mut child, events, err)) in starts.into_iter().enumerate() {
+        let status = child.wait().unwrap();
+        let (events, err) = (events.join().unwrap(), err.join().unwrap());
+        let servers: Vec<_> = of(&events, "status_server");
+        if i == winner {
+            assert!(status.success(), "{err}");
+            assert_eq!(servers.len(), 1, "{events:?}");
+            assert_eq!(
+                servers[0]["tokenFile"],
+                format!("/run/xypriss/{name}.token"),
+                "{servers:?}"
+            );
+        } else {
+            assert!(!status.success(), "start {i} succeeded: {err}");
+            assert!(
+                err.contains(&format!("a pool named {name} already runs")),
+                "start {i}: {err}"
+            );
+            assert!(servers.is_empty(), "a losing start served: {servers:?}");
+        }
+    }
+    assert!(!Path::new(&format!("/run/xypriss/{name}.sock")).exists());
 }
 
 #[test]

@@ -267,13 +267,15 @@ fn test(root: &Path, with_vms: bool, args: Vec<OsString>) -> Result<()> {
     let tools = bootstrap::ensure(root)?;
     // What the real-kernel tests drive besides xypriss: tmux (the terminal
     // views), stress-ng (a memory hog outside the pool), Chromium (the
-    // dashboard, headless) and Node.js (the worker library's suite, and Node
-    // workers). They run as root, which apt-get needs too.
+    // dashboard, headless), Node.js (the worker library's suite, and Node
+    // workers) and strace (which holds racing starts at one point). They run
+    // as root, which apt-get needs too.
     if nix::unistd::geteuid().is_root() {
         bench::peers::debian("tmux", "tmux")?;
         bench::peers::debian("stress-ng", "stress-ng")?;
         bench::peers::debian("chromium", "chromium")?;
         bench::peers::debian("node", "nodejs")?;
+        bench::peers::debian("strace", "strace")?;
     }
     cargo(root, ["fmt", "--all", "--", "--check"])
         .context("formatting differs from rustfmt's: run `cargo fmt --all`")?;
