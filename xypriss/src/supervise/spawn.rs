@@ -330,7 +330,7 @@ async fn forward(stream: impl AsyncRead + Unpin, id: u32, generation: u32, pid: 
         }
         out.push(b'\n');
         // Queued, never waited for: see output::stderr.
-        stderr::line(out);
+        stderr::worker_line(pid, out);
         continued = end == Piece::Cut;
     })
     .await;
