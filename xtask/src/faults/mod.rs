@@ -2,9 +2,15 @@
 //! run side by side while:
 //! - a worker of pool A floods its stdout without a newline (`cat /dev/zero`);
 //! - a local user who is neither root nor the workers' user (`daemon`)
-//!   floods pool A's notify socket;
-//! - an HTTP client pipelines requests to pool B's status server and never
-//!   reads the answers, while another client asks both servers in a loop;
+//!   floods pool A's notify socket: the kernel must refuse every datagram
+//!   (the socket is the workers' user's, mode 0600); and root floods it too,
+//!   as a sender the kernel lets through would: xypriss must drop each
+//!   datagram on its credentials, and say so at most every 10 s;
+//! - from another loopback address (127.0.0.2), more clients than one peer
+//!   may hold connect to pool B's status server, pipeline requests and never
+//!   read the answers: all but the per-peer cap must be refused, and those
+//!   admitted closed by the server in time, while a client on 127.0.0.1
+//!   asks both servers in a loop and sees no failure;
 //! - halfway, the wall clock steps an hour forward for both pools, as a
 //!   stale-pool check would see it (their cgroup directories are dated an
 //!   hour back: the machine's clock is never touched), and a third xypriss
@@ -12,15 +18,17 @@
 //!   stale pools.
 //!
 //! Every pool, every worker and the well-behaved client must survive it, with
-//! nothing lost: each of the other workers' numbered lines arrives, in order,
-//! and every event is received or counted as lost. The figures go to
+//! nothing lost: each of the other workers' numbered lines arrives, in order
+//! and whole (a lost line counts once, not every line after it: see
+//! [`stderr`]), and every event is received or counted as lost. Any of
+//! these that fails makes the command fail. The figures go to
 //! `target/bench/soak-faults.json` and BENCHMARKS.md.
 
 use std::{
-    collections::BTreeMap,
     fs,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    os::unix::fs::FileTypeExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -41,6 +49,14 @@ use serde_json::{Value, json};
 
 use crate::{bench::vm_rss, soak::hammer};
 
+mod attackers;
+mod stderr;
+
+use attackers::{
+    LONGEST_CONNECTION_SECS, PER_PEER, SLOW_CLIENTS, notify_flooder, slow_clients, stop_flooder,
+};
+use stderr::{Output, count_output};
+
 /// Workers per pool; worker 0 of pool A floods, the others count.
 const WORKERS: u32 = 4;
 /// What every counting worker runs: a numbered line every 50 ms.
@@ -52,16 +68,6 @@ struct FaultPool {
     child: Child,
     events: Receiver<Value>,
     output: JoinHandle<Output>,
-}
-
-/// What a pool's stderr carried.
-#[derive(Debug, Default)]
-struct Output {
-    bytes: u64,
-    /// Pieces of the flooder's lines cut at the cap.
-    cuts: u64,
-    /// Each counting worker's ticks: how many, and ticks missing or out of order.
-    ticks: BTreeMap<String, (u64, u64)>,
 }
 
 impl FaultPool {
@@ -133,95 +139,6 @@ impl FaultPool {
     }
 }
 
-/// Reads a pool's stderr to its end: xypriss cuts lines at 64 KiB, so a line
-/// read here is bounded too.
-fn count_output(stderr: impl std::io::Read) -> Output {
-    let mut output = Output::default();
-    let mut reader = BufReader::with_capacity(1 << 20, stderr);
-    let mut line = Vec::new();
-    while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
-        output.bytes += line.len() as u64;
-        if line.ends_with(b"continued]\n") {
-            output.cuts += 1;
-        } else if let Some(at) = line.windows(7).position(|w| w == b"] tick ") {
-            let head = String::from_utf8_lossy(&line[..at]);
-            // `[worker 1.1 pid 4242`: worker and generation.
-            let worker = head.split_whitespace().nth(1).unwrap_or("?").to_owned();
-            let n: u64 = String::from_utf8_lossy(&line[at + 7..])
-                .trim()
-                .parse()
-                .unwrap_or(u64::MAX);
-            let (count, gaps) = output.ticks.entry(worker).or_default();
-            if n != *count {
-                *gaps += 1;
-            }
-            *count += 1;
-        }
-        line.clear();
-    }
-    output
-}
-
-/// `daemon` (uid 1: a local user who is not root, and not the workers'
-/// `nobody`) sending READY=1 to `socket` as fast as it can until killed;
-/// prints how many datagrams went and how many the kernel refused.
-fn notify_flooder(socket: &Path) -> Result<Child> {
-    Command::new("setpriv")
-        .args([
-            "--reuid=1",
-            "--regid=1",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "/usr/bin/python3",
-            "-c",
-            "import signal, socket, sys\n\
-             sent = refused = 0\n\
-             def done(*_):\n\
-             \x20   print(sent, refused, flush=True); sys.exit(0)\n\
-             signal.signal(signal.SIGTERM, done)\n\
-             s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n\
-             while True:\n\
-             \x20   try:\n\
-             \x20       s.sendto(b'READY=1\\nSTATUS=flood', sys.argv[1]); sent += 1\n\
-             \x20   except OSError:\n\
-             \x20       refused += 1\n",
-        ])
-        .arg(socket)
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting the notify flooder")
-}
-
-/// A client that pipelines GETs and never reads; returns, at `stop`, how
-/// many requests it wrote and whether the server had closed on it.
-fn slow_reader(address: SocketAddr, stop: Arc<AtomicBool>) -> JoinHandle<Value> {
-    thread::spawn(move || {
-        let Ok(mut stream) = TcpStream::connect(address) else {
-            return json!({"connected": false});
-        };
-        let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-        let request = format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\n\r\n");
-        let (mut written, mut write_error) = (0u64, None);
-        let started = Instant::now();
-        while !stop.load(Ordering::Relaxed) {
-            match stream.write_all(request.as_bytes()) {
-                Ok(()) => written += 1,
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(err) => {
-                    write_error.get_or_insert((started.elapsed().as_secs_f64(), err.to_string()));
-                    break;
-                }
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        json!({
-            "requestsWritten": written,
-            "closedByServerAfterS": write_error.as_ref().map(|(at, _)| at),
-            "error": write_error.map(|(_, err)| err),
-        })
-    })
-}
-
 /// The pool's notify socket, named after its name and pid.
 fn notify_socket(name: &str, pid: u32) -> PathBuf {
     PathBuf::from(format!("/run/xypriss/{name}.{pid}.notify"))
@@ -256,8 +173,17 @@ pub fn run(root: &Path, minutes: f64) -> Result<()> {
     thread::sleep(Duration::from_secs(2));
 
     let stop = Arc::new(AtomicBool::new(false));
-    let mut flooder = notify_flooder(&notify_socket("faults-a", a.child.id()))?;
-    let slow = slow_reader(server_b, Arc::clone(&stop));
+    let socket = notify_socket("faults-a", a.child.id());
+    if !fs::symlink_metadata(&socket).is_ok_and(|m| m.file_type().is_socket()) {
+        bail!("pool A's notify socket is not at {}", socket.display());
+    }
+    // uid 1, `daemon`: neither root nor the workers' `nobody`.
+    let flooding = Instant::now();
+    let flooders = [
+        notify_flooder(&socket, Some(1))?,
+        notify_flooder(&socket, None)?,
+    ];
+    let slow = slow_clients(server_b, Arc::clone(&stop));
     let hammers = [server_a, server_b].map(|address| {
         let stop = Arc::clone(&stop);
         thread::spawn(move || hammer(address, &stop))
@@ -278,21 +204,14 @@ pub fn run(root: &Path, minutes: f64) -> Result<()> {
         thread::sleep(Duration::from_secs(1));
     }
     let alive = (a.running(), b.running());
-    let _ = kill(Pid::from_raw(flooder.id() as i32), Signal::SIGTERM);
-    let mut counts = String::new();
-    if let Some(mut out) = flooder.stdout.take() {
-        let _ = out.read_to_string(&mut counts);
-    }
-    let _ = flooder.wait();
+    let [daemon, root_flood] = flooders.map(stop_flooder);
+    let flooded_for = flooding.elapsed().as_secs_f64();
     stop.store(true, Ordering::Relaxed);
     let requests = hammers.map(|h| h.join().unwrap_or_default());
     let slow = slow.join().unwrap_or_default();
     let output_a = a.stop(&mut seen_a);
     let output_b = b.stop(&mut seen_b);
 
-    let mut notify = counts
-        .split_whitespace()
-        .map(|n| n.parse::<u64>().unwrap_or(0));
     let result = json!({
         "minutes": minutes,
         "workersPerPool": WORKERS,
@@ -304,9 +223,15 @@ pub fn run(root: &Path, minutes: f64) -> Result<()> {
             "last": rss.last(),
             "max": rss.iter().copied().fold(f64::NAN, f64::max),
         },
-        "notifyFlood": {"sent": notify.next(), "refused": notify.next()},
+        "notifyFlood": {
+            "asDaemon": daemon,
+            "asRoot": root_flood,
+            "seconds": flooded_for,
+            "xyprissWarnings": output_a.notify_warnings,
+            "xyprissWarnedDropped": output_a.notify_dropped,
+        },
         "statusServers": requests,
-        "slowReader": slow,
+        "slowClients": slow,
         "clockStep": stepped,
     });
     let out = root.join("target/bench");
@@ -332,9 +257,67 @@ pub fn run(root: &Path, minutes: f64) -> Result<()> {
                 p["eventsUnaccounted"]
             ));
         }
-        if p["tickGaps"] != 0 {
-            failures.push(format!("{pool}: worker lines lost: {}", p["tickGaps"]));
+        for (key, what) in [
+            ("ticksMissing", "numbered lines lost"),
+            ("ticksBackwards", "numbered lines out of order"),
+            ("linesGarbled", "lines written into others"),
+        ] {
+            if p[key] != 0 {
+                failures.push(format!("{pool}: {what}: {}", p[key]));
+            }
         }
+    }
+    for (pool, workers) in [("poolA", WORKERS - 1), ("poolB", WORKERS)] {
+        let p = &result[pool];
+        if p["countingWorkers"] != workers || p["ticks"] == 0 {
+            failures.push(format!(
+                "{pool}: numbered lines of {} workers, {} lines; {workers} workers expected",
+                p["countingWorkers"], p["ticks"]
+            ));
+        }
+    }
+    let notify = &result["notifyFlood"];
+    let refused = notify["asDaemon"]["refused"]["EACCES"]
+        .as_u64()
+        .unwrap_or(0);
+    if notify["asDaemon"]["sent"] != 0
+        || refused == 0
+        || notify["asDaemon"]["refused"]
+            .as_object()
+            .is_none_or(|r| r.len() != 1)
+    {
+        failures.push(format!(
+            "daemon's notify flood was not refused by the kernel (EACCES alone): {}",
+            notify["asDaemon"]
+        ));
+    }
+    let root_sent = notify["asRoot"]["sent"].as_u64().unwrap_or(0);
+    // xypriss warns at once, then at most every 10 s (one more: the two
+    // clocks' edges need not agree).
+    let warnings_allowed = (flooded_for / 10.0).floor() as u64 + 2;
+    let warnings = output_a.notify_warnings;
+    if root_sent == 0
+        || warnings == 0
+        || warnings > warnings_allowed
+        || output_a.notify_dropped > root_sent
+    {
+        failures.push(format!(
+            "root's notify flood: {root_sent} sent, {warnings} warnings (at most {warnings_allowed}) for {} dropped",
+            output_a.notify_dropped
+        ));
+    }
+    let slow = &result["slowClients"];
+    let closed_in_time = slow["closedAfterS"]["max"]
+        .as_f64()
+        .is_some_and(|max| max <= LONGEST_CONNECTION_SECS);
+    if slow["admitted"] != PER_PEER
+        || slow["refused429"] != SLOW_CLIENTS as u64 - PER_PEER
+        || (run_for.as_secs_f64() > LONGEST_CONNECTION_SECS
+            && (slow["closedByServer"] != PER_PEER
+                || !closed_in_time
+                || slow["servedAgainAfter"] != 200))
+    {
+        failures.push(format!("slow clients: {slow}"));
     }
     for (server, r) in ["A", "B"].iter().zip(&requests) {
         if r["failed"] != 0 || r["ok"] == 0 {
@@ -342,11 +325,12 @@ pub fn run(root: &Path, minutes: f64) -> Result<()> {
         }
     }
     match &stepped {
+        None => failures.push("no clock step: the run was too short".to_owned()),
         Some(step) if step["thirdPoolRan"] != true => {
             failures.push("the third pool, in its time namespace, did not run".to_owned());
         }
-        Some(step) if step["poolsTakenForStale"] != 0 => {
-            failures.push("the clock step made a live pool stale".to_owned());
+        Some(step) if step["poolsTakenForStale"] != 0 || step["poolDirsIntact"] != 2 => {
+            failures.push(format!("the clock step made a live pool stale: {step}"));
         }
         _ => {}
     }
@@ -375,8 +359,9 @@ fn summary(events: &[Value], output: &Output) -> Value {
         .unwrap_or(0);
     // cluster_stopped itself is not counted in eventsEmitted.
     let received = events.len() as u64 - 1;
-    let ticks: u64 = output.ticks.values().map(|(n, _)| n).sum();
-    let gaps: u64 = output.ticks.values().map(|(_, g)| g).sum();
+    let ticks: u64 = output.ticks.values().map(|t| t.read).sum();
+    let missing: u64 = output.ticks.values().map(|t| t.missing).sum();
+    let backwards: u64 = output.ticks.values().map(|t| t.backwards).sum();
     json!({
         "workerExits": unexpected_exits,
         "eventsEmitted": emitted,
@@ -386,7 +371,11 @@ fn summary(events: &[Value], output: &Output) -> Value {
         "stderrMiB": output.bytes as f64 / (1 << 20) as f64,
         "linesCut": output.cuts,
         "ticks": ticks,
-        "tickGaps": gaps,
+        "ticksMissing": missing,
+        "ticksBackwards": backwards,
+        "linesGarbled": output.garbled,
+        "linesDroppedByXypriss": output.dropped,
+        "firstAnomalies": output.anomalies,
         "countingWorkers": output.ticks.len(),
     })
 }
@@ -443,7 +432,9 @@ fn clock_step(xypriss: &Path, demo: &Path, pools: &[&Path]) -> Result<Value> {
         .filter(|path| pools.iter().any(|pool| Path::new(path) == *pool))
         .collect();
     thread::sleep(Duration::from_secs(1));
+    let intact = pools.iter().filter(|pool| pool.is_dir()).count();
     Ok(json!({
+        "poolDirsIntact": intact,
         "steppedBySecs": 3600,
         "thirdPoolBoottimeOffsetSecs": 86400,
         "thirdPoolRan": started,
