@@ -6,9 +6,10 @@
 //! flat; workers never run as root unasked, get no capability back, no
 //! supplementary group, only an allow-listed environment and the fds they
 //! are handed, and enter `--cwd` as themselves; many `--listen` sockets and
-//! the control channel all arrive where they are announced; two starts of
-//! one name leave one pool; another user can neither notify a pool nor pass
-//! for one, nor plant the runtime directory.
+//! the control channel all arrive where they are announced; starts of one
+//! name that race (held at the race's window by strace) leave one pool;
+//! another user can neither notify a pool nor pass for one, nor plant the
+//! runtime directory.
 
 mod support;
 
