@@ -3,7 +3,8 @@
 //! users (`nobody`, through `setpriv`).
 //!
 //! A worker writing a gibibyte without a newline leaves xypriss's memory
-//! flat; workers never run as root unasked, get no capability back, no
+//! flat, and one flooding short lines costs the other workers none of
+//! theirs; workers never run as root unasked, get no capability back, no
 //! supplementary group, only an allow-listed environment and the fds they
 //! are handed, and enter `--cwd` as themselves; many `--listen` sockets and
 //! the control channel all arrive where they are announced; starts of one
@@ -156,6 +157,61 @@ fn a_worker_writing_a_gibibyte_without_a_newline_leaves_xypriss_flat() {
     assert!(
         cuts + dropped >= GIB / piece - 1,
         "{cuts} cut marks, {dropped} pieces dropped"
+    );
+}
+
+#[test]
+fn a_worker_flooding_short_lines_costs_another_worker_none_of_its_own() {
+    if !root_or_skip("a_worker_flooding_short_lines_costs_another_worker_none_of_its_own") {
+        return;
+    }
+    // Worker 0 floods (`yes`: two-byte lines, as fast as they are read);
+    // worker 1 writes 200 numbered lines a second later. Nothing reads
+    // xypriss's stderr for 3 s, so its queue fills with the flood first.
+    let script = "if [ \"$XYPRISS_WORKER_ID\" = 0 ]; then exec yes; fi; \
+                  sleep 1; seq 1 200; exec sleep 60";
+    let mut child = Command::new(XYPRISS)
+        .arg("run")
+        .args(named(&[
+            "--workers",
+            "2",
+            "--no-ebpf",
+            "/bin/sh",
+            "-c",
+            script,
+        ]))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("xypriss starts");
+    let stderr = child.stderr.take().unwrap();
+    thread::sleep(Duration::from_secs(3));
+    let (tx, numbers) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("[worker 1.1 pid ")
+                && let Some((_, n)) = rest.split_once("] ")
+                && let Ok(n) = n.parse::<u32>()
+                && tx.send(n).is_err()
+            {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    while let Ok(n) = numbers.recv_timeout(TIMEOUT) {
+        seen.push(n);
+        if n == 200 {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        seen,
+        (1..=200).collect::<Vec<_>>(),
+        "worker 1's lines as read"
     );
 }
 
