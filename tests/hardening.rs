@@ -505,8 +505,12 @@ fn simultaneous_starts_of_one_name_leave_one_pool() {
     let winner = match running[..] {
         [winner] => winner,
         _ => {
+            // Stopped as a user would, so that each removes its socket.
             for &i in &running {
-                signal(pids[i], Signal::SIGKILL);
+                signal(pids[i], Signal::SIGINT);
+            }
+            for (child, _, _) in &mut starts {
+                let _ = child.wait();
             }
             panic!("{} of {TWINS} starts of {name} run", running.len());
         }
