@@ -2,8 +2,9 @@
 //! controller: a worker's cgroup gets the hard limit's backstop as
 //! `memory.max` and the kernel holds it there; a critical worker is slowed
 //! with `memory.high` and `cpu.max`, which are lifted again; `cgroup.kill`
-//! empties a cgroup whose processes keep forking; and stopping a pool kills
-//! what its workers left and removes its cgroups.
+//! empties a cgroup whose processes keep forking; stopping a pool kills
+//! what its workers left and removes its cgroups; and the pool answers
+//! while a worker's process, frozen by the v2 freezer, waits for its exec.
 //!
 //! This machine binds memory to cgroup v1, so these tests are ignored here:
 //! `cargo xtask vmtest` runs them with `--ignored` inside the 6.1 and 6.12
@@ -23,7 +24,9 @@ use std::{
 };
 
 use nix::sys::signal::Signal;
-use support::{DEMO, MIB, Pool, alive, daemon_pid, proc_status, root_or_skip, scaled, u64_of};
+use support::{
+    DEMO, MIB, Pool, alive, daemon_pid, proc_status, root_or_skip, scaled, signal, u64_of,
+};
 use xypriss::supervise::cgroup::{Hierarchy, PoolCgroup, Version, WorkerCgroup};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -322,4 +325,101 @@ fn stopping_a_pool_kills_its_workers_daemons_and_removes_its_cgroups() {
     assert!(pool.stop().success());
     wait_until("the daemon dies", Duration::from_secs(5), || !alive(daemon));
     assert!(!pool_dir.exists(), "{} is left", pool_dir.display());
+}
+
+/// Thaws a frozen cgroup on drop, whatever the test found.
+struct Thaw(PathBuf);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        let _ = fs::write(self.0.join("cgroup.freeze"), "0");
+    }
+}
+
+/// A new worker whose start cannot finish: the pool's cgroup is frozen, so
+/// the new process freezes as it moves itself into its worker cgroup,
+/// before its exec. The pool must go on answering meanwhile (it creates
+/// processes off its loop), and start the worker once thawed. Before the
+/// process was created off the loop, the status request waited for the thaw.
+#[test]
+#[ignore = "needs cgroup v2 with memory: runs inside cargo xtask vmtest"]
+fn the_pool_answers_while_a_worker_start_waits_for_its_exec() {
+    if !root_or_skip("the_pool_answers_while_a_worker_start_waits_for_its_exec") {
+        return;
+    }
+    let hierarchy = v2();
+    let name = format!("frozen-start-{}", std::process::id());
+    let mut pool = Pool::start(&[
+        "--name",
+        &name,
+        "--workers",
+        "1",
+        "--max-workers",
+        "2",
+        DEMO,
+        "steps",
+        "1",
+    ]);
+    let cgroup = pool.wait_event("cgroup", TIMEOUT, |_| true);
+    assert_eq!(cgroup["enabled"], true, "{cgroup}");
+    let pool_dir = PathBuf::from(cgroup["path"].as_str().expect("a path"));
+    assert!(
+        pool_dir.starts_with(hierarchy.path()),
+        "the pool's cgroup {} is not in the v2 hierarchy {}",
+        pool_dir.display(),
+        hierarchy.path().display()
+    );
+    let freeze = pool_dir.join("cgroup.freeze");
+    assert!(
+        freeze.exists(),
+        "{} is missing: the v2 freezer needs Linux 5.2 or later",
+        freeze.display()
+    );
+    pool.wait_event("worker_spawned", TIMEOUT, |e| e["workerId"] == 0);
+
+    fs::write(&freeze, "1").expect("the pool's cgroup freezes");
+    let thaw = Thaw(pool_dir.clone());
+    wait_until("the pool's cgroup is frozen", TIMEOUT, || {
+        keyed(&pool_dir, "cgroup.events", "frozen") == 1
+    });
+    signal(pool.pid(), Signal::SIGTTIN);
+    let scale = pool.wait_event("scale", TIMEOUT, |_| true);
+    assert_eq!(
+        (u64_of(&scale, "from"), u64_of(&scale, "to")),
+        (1, 2),
+        "{scale}"
+    );
+    // Worker 1's process now waits, frozen, before its exec: the pool was
+    // told to start it in the same turn as it said `scale`.
+    let (answer, answered) = std::sync::mpsc::channel();
+    let asking = name.clone();
+    thread::spawn(move || {
+        let out = Command::new(support::XYPRISS)
+            .args(["status", "--json", "--name", &asking])
+            .output()
+            .expect("xypriss status runs");
+        let _ = answer.send(out);
+    });
+    let out = answered.recv_timeout(scaled(TIMEOUT));
+    let still_frozen = keyed(&pool_dir, "cgroup.events", "frozen") == 1;
+    drop(thaw);
+    let out = out.expect("the pool did not answer while a worker's process was being created");
+    assert!(
+        still_frozen,
+        "the pool's cgroup thawed before the status answered: the test proved nothing"
+    );
+    assert!(out.status.success(), "{out:?}");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status is JSON");
+    assert_eq!(u64_of(&status, "pid"), u64::from(pool.pid()), "{status:#}");
+    let workers = status["workers"].as_array().expect("a workers array");
+    assert_eq!(
+        workers.len(),
+        1,
+        "only worker 0 has a process while worker 1's waits for its exec: {status:#}"
+    );
+    assert_eq!(workers[0]["id"], 0, "{status:#}");
+
+    // Thawed, worker 1 starts.
+    pool.wait_event("worker_spawned", TIMEOUT, |e| e["workerId"] == 1);
+    assert!(pool.stop().success());
 }

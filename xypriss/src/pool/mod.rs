@@ -10,13 +10,16 @@
 //!
 //! - [`run`]: setup ([`setup`]), the select loop, teardown;
 //! - [`state`]: the I/O-free decisions and the enums they are made in;
-//! - [`workers`]: start, stop, ready, exit, restarts and replacements;
+//! - [`workers`]: stop, ready, exit, restarts and replacements;
+//! - [`launch`]: starting a worker process without holding the loop, and
+//!   [`pending`], the starts under way;
 //! - [`observed`]: what the observer says, and the periodic tick;
 //! - [`memory`]: thresholds, leaks, low-memory mode, throttling;
 //! - [`scale`]: the pool's size; [`status`]: operators' requests.
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -40,8 +43,10 @@ use crate::{
     },
 };
 
+mod launch;
 mod memory;
 mod observed;
+mod pending;
 mod replace;
 mod run;
 mod scale;
@@ -164,8 +169,13 @@ pub(crate) struct Pool {
     cgroups: Option<PoolCgroup>,
     /// Worker cgroups being emptied and removed, off the control loop.
     cleanups: Vec<tokio::task::JoinHandle<()>>,
-    /// The sockets every worker gets (`--listen`).
-    listeners: Listeners,
+    /// The sockets every worker gets (`--listen`); shared with the
+    /// threads that create worker processes.
+    listeners: Arc<Listeners>,
+    /// The thread that creates worker processes off the loop ([`launch`]).
+    launcher: launch::Launcher,
+    /// The slots and worker ids of those, until their pid is known.
+    launches: pending::Launches,
     /// Where workers say READY=1.
     notify: NotifySocket,
     /// What workers say on their control channels.

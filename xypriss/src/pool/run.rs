@@ -103,15 +103,18 @@ impl Pool {
                 _ = s.term.recv() => return Stop::Signal("SIGTERM"),
                 () = self.output.closed() => return Stop::StdoutClosed,
                 () = self.observer.next_batch(&mut batch) => self.observed(&mut batch),
-                _ = s.chld.recv() => self.reaped(&mut batch),
-                message = self.notify.recv(), if notify_open => notify_open = !self.notified_batch(message),
+                Some((number, done)) = self.launcher.next() => self.launched(number, done),
+                // Both wait while a process is being created: see pool::launch.
+                _ = s.chld.recv(), if !self.launching() => self.reaped(&mut batch),
+                message = self.notify.recv(), if notify_open && !self.launching() => notify_open = !self.notified_batch(message),
                 () = sleep_until(timer.unwrap_or_else(far_future).into()), if timer.is_some() => self.timers(),
                 _ = tick.tick() => self.tick(),
                 _ = check.tick() => self.check_system(),
                 _ = s.hup.recv() => self.rolling_restart(),
                 _ = s.ttin.recv() => self.scale_up(1, "SIGTTIN"),
                 _ = s.ttou.recv() => self.scale_down(1, None, "SIGTTOU"),
-                () = self.inbox.recv(&mut messages) => self.controlled(&mut messages),
+                // Waits too while a process is being created (its READY=1).
+                () = self.inbox.recv(&mut messages), if !self.launching() => self.controlled(&mut messages),
                 Some(call) = inputs.calls.recv() => self.answer(call),
                 // After a full batch of datagrams, everything else had its turn.
                 () = std::future::ready(()), if !notify_open => notify_open = true,
@@ -170,6 +173,13 @@ impl Pool {
     async fn shutdown(&mut self, signals: &mut Signals) {
         let mut batch: Vec<Observation> = Vec::new();
         self.rolling.clear();
+        // The processes being created join the others, to be stopped with them.
+        while self.launching() {
+            match self.launcher.next().await {
+                Some((number, done)) => self.launched(number, done),
+                None => break,
+            }
+        }
         for w in self.workers.values_mut() {
             w.cancel_restart();
         }

@@ -6,11 +6,14 @@
 use std::{
     collections::{BTreeMap, VecDeque},
     process::ChildStdin,
+    sync::Arc,
     time::Instant,
 };
 
 use super::{
     Pool, Worker,
+    launch::Launcher,
+    pending::Launches,
     run::{Inputs, Signals},
 };
 use crate::{
@@ -90,7 +93,10 @@ pub(super) async fn setup(config: RunConfig) -> anyhow::Result<(Pool, Inputs)> {
         startup,
         host: Box::new(host::Procfs),
         listen_inodes: listeners.inodes(),
-        listeners,
+        listeners: Arc::new(listeners),
+        launcher: Launcher::start()
+            .map_err(|e| anyhow::anyhow!("cannot start the thread that starts workers: {e}"))?,
+        launches: Launches::default(),
         notify,
         inbox: Inbox::default(),
         cgroups,
@@ -144,7 +150,8 @@ impl Pool {
         }
         for id in 0..self.size {
             self.workers.insert(id, Worker::default());
-            self.start(id)?;
+            // Before the loop: a first worker that cannot start fails the run.
+            self.start_now(id)?;
         }
         Ok(())
     }

@@ -1,181 +1,30 @@
-//! The worker processes: start, stop, ready, exit, restart, replacement.
+//! The worker processes: stop, ready, exit, restart, replacement (their
+//! start is [`super::launch`]).
 
-use std::{
-    collections::BTreeSet,
-    ffi::OsString,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::observed::sample;
 use super::{
     Instance, NOTIFY_BATCH, Pool, SOCKET_READY_POLL, StopReason, Worker,
+    pending::OnFailure,
     state::{AfterFailure, Failure, owner, rolling_order},
 };
 use crate::{
-    detect::{
-        leak::{LeakDetector, Params as LeakParams},
-        threshold::Alerts,
-    },
-    observe::{Counters, Observation, Trigger, procfs::monotonic_ns},
+    observe::Observation,
     output::event::Event,
-    policy,
-    series::Series,
     settings::ReadyMode,
     supervise::{
-        control::{self, ChannelId, Incoming},
+        control::{ChannelId, Incoming},
         lifecycle::{Input, State, step},
         notify::Notification,
         reap::{self, Exit},
         socket_ready,
-        spawn::{Spec, signal_group, spawn},
+        spawn::signal_group,
     },
 };
 
 impl Pool {
-    /// The lowest kernel slot no live process holds.
-    pub(super) fn free_slot(&self) -> u32 {
-        (0..).find(|s| !self.instances.contains_key(s)).unwrap_or(0)
-    }
-
-    /// Starts a new process for worker `id` (its first, a restart, or a replacement).
-    pub(super) fn start(&mut self, id: u32) -> anyhow::Result<()> {
-        let slot = self.free_slot();
-        let worker = self.workers.entry(id).or_default();
-        worker.generation += 1;
-        let generation = worker.generation;
-        let mut env: Vec<(OsString, OsString)> = vec![
-            ("XYPRISS_WORKER_ID".into(), id.to_string().into()),
-            ("XYPRISS_WORKER_COUNT".into(), self.size.to_string().into()),
-            ("XYPRISS_GENERATION".into(), generation.to_string().into()),
-            ("NOTIFY_SOCKET".into(), self.notify.path().into()),
-        ];
-        for (name, on) in [
-            (
-                "XYPRISS_MEMORY_POOLING",
-                self.config.optimizes(|o| o.memory_pooling),
-            ),
-            (
-                "XYPRISS_WORKER_POOLING",
-                self.config.optimizes(|o| o.worker_pooling),
-            ),
-            (
-                "XYPRISS_EFFICIENT_DATA_STRUCTURES",
-                self.config.optimizes(|o| o.efficient_data_structures),
-            ),
-        ] {
-            env.push((name.into(), if on { "1" } else { "0" }.into()));
-        }
-        env.push((
-            "XYPRISS_LOW_MEMORY_MODE".into(),
-            if self.low_memory.is_some() { "1" } else { "0" }.into(),
-        ));
-        env.extend(self.config.env.iter().cloned());
-        let cgroup = match &self.cgroups {
-            Some(pool) => Some(pool.worker(id, generation)?),
-            None => None,
-        };
-        let enforcement = &self.config.memory.enforcement;
-        if let Some(cgroup) = &cgroup
-            && enforcement.enabled
-            && enforcement.enforce_hard_limits
-            && self.config.thresholds[2] != 0
-        {
-            // The kernel's bound, in case the worker outruns its graceful
-            // replacement or ignores its stop signal.
-            let limit = self.config.thresholds[2];
-            cgroup.bound(policy::high_bound(limit), policy::backstop(limit))?;
-        }
-        let (control, worker_end) = self.inbox.pair()?;
-        // After the --listen fds, which take 3, 4, ….
-        let control_fd = 3 + self.listeners.local_addrs().len() as i32;
-        env.push(("XYPRISS_CONTROL_FD".into(), control_fd.to_string().into()));
-        env.push((
-            "XYPRISS_PROTOCOL_VERSION".into(),
-            control::PROTOCOL_VERSION.to_string().into(),
-        ));
-        self.observer.prepare(slot, self.worker_thresholds())?;
-        let spawned = spawn(Spec {
-            app: &self.config.app,
-            args: &self.config.args,
-            id,
-            generation,
-            identity: &self.config.identity,
-            env,
-            cgroup: cgroup.as_ref(),
-            registration: self.observer.registration(slot),
-            listeners: Some(&self.listeners),
-            control: Some(worker_end.raw()),
-        });
-        drop(worker_end);
-        let pid = match spawned {
-            Ok(pid) => pid,
-            Err(err) => {
-                if let Some(cgroup) = cgroup {
-                    let _ = cgroup.remove();
-                }
-                anyhow::bail!("could not start {}: {err}", self.config.app.display());
-            }
-        };
-        let (state, named) =
-            step(State::Stopped, Input::Spawned).expect("the table starts workers");
-        self.say(
-            &Event::WorkerSpawned {
-                worker_id: id,
-                pid,
-                generation,
-            },
-            named,
-        );
-        let mut instance = Instance {
-            id,
-            generation,
-            pid,
-            slot,
-            state,
-            started: Instant::now(),
-            stop: None,
-            oom_killed: false,
-            counters: Counters::default(),
-            level: 0,
-            series: Series::default(),
-            children: BTreeSet::new(),
-            cgroup,
-            not_ready: false,
-            alerts: Alerts::default(),
-            leak: policy::detects_leaks(&self.config.memory.memory_management)
-                .then(|| LeakDetector::new(LeakParams::default())),
-            leaking: false,
-            verdict: None,
-            throttle: None,
-            cpu: None,
-            cpu_pct: None,
-            control,
-            replaced: None,
-            stop_sent: None,
-            ready_at: None,
-            status_text: None,
-        };
-        match self.observer.watch(slot, pid) {
-            Ok(seed) => {
-                instance.counters = seed;
-                let event = sample(
-                    &mut instance,
-                    &self.observer,
-                    monotonic_ns(),
-                    Trigger::Initial,
-                    self.config.optimizes(|o| o.compact_metrics),
-                );
-                self.output.emit(&event);
-            }
-            // It exited already: its exit is on its way.
-            Err(err) => tracing::debug!("worker {id} (pid {pid}) could not be watched: {err}"),
-        }
-        self.instances.insert(slot, instance);
-        Ok(())
-    }
-
     /// Moves instance `slot` through the lifecycle table: the event the
     /// table names for it, or `None` if the table refuses.
     pub(super) fn transition(&mut self, slot: u32, input: Input) -> Option<&'static str> {
@@ -193,7 +42,7 @@ impl Pool {
     }
 
     /// Emits `event`, the one the lifecycle table `named` for a transition.
-    fn say(&self, event: &Event, named: &'static str) {
+    pub(super) fn say(&self, event: &Event, named: &'static str) {
         debug_assert!(is_named(event, named), "the table says {named}");
         self.output.emit(event);
     }
@@ -323,15 +172,11 @@ impl Pool {
         !self.doubled(|_| true).is_empty()
     }
 
-    /// The worker ids with more than one process in the states `counted`.
+    /// The worker ids with more than one process in the states `counted`,
+    /// a process being created counted as `starting`.
     pub(super) fn doubled(&self, counted: impl Fn(State) -> bool) -> Vec<u32> {
-        let mut seen = BTreeSet::new();
-        self.instances
-            .values()
-            .filter(|i| counted(i.state))
-            .filter(|i| !seen.insert(i.id))
-            .map(|i| i.id)
-            .collect()
+        self.launches
+            .doubled(self.instances.values().map(|i| (i.id, i.state)), counted)
     }
 
     /// SIGHUP: replace every worker, one at a time.
@@ -346,7 +191,7 @@ impl Pool {
     pub(super) fn next_replacement(&mut self) {
         while let Some(id) = self.rolling.pop() {
             if self.live(id) {
-                if let Err(err) = self.start(id) {
+                if let Err(err) = self.start_as(id, OnFailure::NextReplacement) {
                     tracing::error!("rolling restart of worker {id}: {err:#}");
                     continue;
                 }
@@ -389,11 +234,12 @@ impl Pool {
             .instances
             .values()
             .filter(|i| i.id == id && i.state != State::Stopping)
-            .count();
+            .count()
+            + self.launches.of(id);
         if processes > 1 {
             return false;
         }
-        match self.start(id) {
+        match self.start_as(id, OnFailure::KeepOld) {
             Ok(()) => true,
             Err(err) => {
                 tracing::error!("replacing worker {id}: {err:#}");
@@ -548,8 +394,9 @@ impl Pool {
             }
             return;
         }
-        // Not asked to stop: a crash. A newer generation already running replaces it.
-        if self.instances.values().any(|o| o.id == i.id) {
+        // Not asked to stop: a crash. Another generation, running and not
+        // stopping or on its way, replaces it.
+        if self.serves_on(i.id) {
             return;
         }
         let why = if i.oom_killed {
