@@ -1,7 +1,10 @@
 //! The worker processes: stop, ready, exit, restart, replacement (their
 //! start is [`super::launch`]).
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use nix::sys::signal::Signal;
 
@@ -256,14 +259,20 @@ impl Pool {
     /// Datagrams on NOTIFY_SOCKET: `first`, then at most [`NOTIFY_BATCH`]
     /// in all of those already waiting, so that a flood of them cannot hold
     /// the loop. True when the batch was full: more may be waiting.
+    ///
+    /// A sender's worker is found by walking its ancestry in /proc (up to
+    /// 32 reads); within a batch each sender is looked up once, so that a
+    /// flood from one process costs one walk a turn, not one a datagram.
+    /// (Not across turns: a pid may be reused, a worker may start.)
     pub(super) fn notified_batch(&mut self, first: std::io::Result<Notification>) -> bool {
-        self.notified(first);
+        let mut owners = HashMap::new();
+        self.notified(first, &mut owners);
         for _ in 1..NOTIFY_BATCH {
             match self.notify.try_recv() {
-                Ok(Some(message)) => self.notified(Ok(message)),
+                Ok(Some(message)) => self.notified(Ok(message), &mut owners),
                 Ok(None) => return false,
                 Err(err) => {
-                    self.notified(Err(err));
+                    self.notified(Err(err), &mut owners);
                     return false;
                 }
             }
@@ -271,8 +280,13 @@ impl Pool {
         true
     }
 
-    /// A datagram on NOTIFY_SOCKET: READY=1 from a worker, or one of its descendants.
-    pub(super) fn notified(&mut self, message: std::io::Result<Notification>) {
+    /// A datagram on NOTIFY_SOCKET: READY=1 from a worker, or one of its
+    /// descendants; `owners` holds the senders already looked up.
+    fn notified(
+        &mut self,
+        message: std::io::Result<Notification>,
+        owners: &mut HashMap<u32, Option<u32>>,
+    ) {
         let message = match message {
             Ok(m) => m,
             Err(err) => {
@@ -283,7 +297,10 @@ impl Pool {
         let Some(sender) = message.pid else {
             return;
         };
-        let Some(slot) = self.instance_of(sender) else {
+        let owner = *owners
+            .entry(sender)
+            .or_insert_with(|| self.instance_of(sender));
+        let Some(slot) = owner else {
             tracing::debug!("READY from pid {sender}, which is no worker's");
             return;
         };
