@@ -53,6 +53,10 @@ enum Task {
         /// How long the leak benchmark watches each steady scenario.
         #[arg(long, default_value_t = 10.0)]
         minutes: f64,
+        /// Run them beside `stress-ng --cpu N` (N CPU hogs); the results
+        /// name the condition and go to NAME-stress-cpuN.json.
+        #[arg(long, value_name = "N")]
+        stress_cpu: Option<u32>,
     },
     /// Build xypriss (release) and write its shell completions and man pages into target/dist/.
     Dist,
@@ -66,6 +70,10 @@ enum Task {
         /// flooding local user, a slow HTTP client and a clock step.
         #[arg(long)]
         faults: bool,
+        /// Run beside `stress-ng --cpu N` (N CPU hogs); the result names the
+        /// condition and goes to soak-stress-cpuN.json.
+        #[arg(long, value_name = "N", conflicts_with = "faults")]
+        stress_cpu: Option<u32>,
     },
     /// Check formatting and lints, run every test (unit and real-kernel
     /// integration) on this machine's kernel, then the kernel-dependent ones
@@ -106,7 +114,11 @@ fn run(flags: Flags) -> Result<()> {
             vmtest::run(&root, &flags)
         }
         Task::Dist => dist(&root),
-        Task::Soak { minutes, faults } => {
+        Task::Soak {
+            minutes,
+            faults,
+            stress_cpu,
+        } => {
             bootstrap::ensure(&root)?;
             cargo(
                 &root,
@@ -115,16 +127,20 @@ fn run(flags: Flags) -> Result<()> {
             if faults {
                 faults::run(&root, minutes)
             } else {
-                soak::run(&root, minutes)
+                soak::run(&root, minutes, stress_cpu)
             }
         }
-        Task::Bench { names, minutes } => {
+        Task::Bench {
+            names,
+            minutes,
+            stress_cpu,
+        } => {
             bootstrap::ensure(&root)?;
             cargo(
                 &root,
                 ["build", "--release", "--package", "xypriss", "--bins"],
             )?;
-            bench::run(&root, &names, minutes)
+            bench::run(&root, &names, minutes, stress_cpu)
         }
     }
 }

@@ -10,7 +10,9 @@
 //! controller's RSS over time, restarts against what the workers' roles
 //! imply, and the alert latency (the kernel's timestamp of the crossing to
 //! the alert line read here). The figures go to `target/bench/soak.json` and
-//! BENCHMARKS.md.
+//! BENCHMARKS.md. With `--stress-cpu N` it all runs beside `stress-ng --cpu
+//! N` (the figures to `soak-stress-cpuN.json`): the alert latency must hold
+//! on busy CPUs too.
 
 use std::{
     collections::BTreeMap,
@@ -29,7 +31,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
-use crate::bench::{Pool, monotonic_ns, percentile, vm_rss};
+use crate::bench::{CpuHogs, Pool, monotonic_ns, percentile, vm_rss};
 
 const WORKERS: u32 = 64;
 /// The demo's crashers exit after this long.
@@ -39,7 +41,12 @@ const CRASH_AFTER_SECS: f64 = 10.0;
 /// "leak", so each makes three threshold alerts and a replacement.
 const LEAK_MIB_PER_SEC: f64 = 12.0;
 
-pub fn run(root: &Path, minutes: f64) -> Result<()> {
+pub fn run(root: &Path, minutes: f64, stress_cpu: Option<u32>) -> Result<()> {
+    let hogs = stress_cpu.map(CpuHogs::start).transpose()?;
+    let (condition, suffix) = (
+        CpuHogs::condition(hogs.as_ref()),
+        CpuHogs::suffix(hogs.as_ref()),
+    );
     let release = root.join("target/release");
     let (xypriss, demo) = (release.join("xypriss"), release.join("xypriss-demo"));
     let demo = demo.to_str().context("demo path")?;
@@ -137,9 +144,11 @@ pub fn run(root: &Path, minutes: f64) -> Result<()> {
     let expected_replacements =
         per_role * (seconds / ((128.0 - 32.0) / LEAK_MIB_PER_SEC + 1.0)).floor();
     latencies.sort_by(f64::total_cmp);
+    drop(hogs);
     let result = json!({
         "minutes": minutes,
         "workers": WORKERS,
+        "condition": condition,
         "events": {
             "emitted": emitted,
             "received": received,
@@ -166,12 +175,10 @@ pub fn run(root: &Path, minutes: f64) -> Result<()> {
     });
     let out = root.join("target/bench");
     fs::create_dir_all(&out)?;
-    fs::write(
-        out.join("soak.json"),
-        serde_json::to_string_pretty(&result)?,
-    )?;
+    let file = out.join(format!("soak{suffix}.json"));
+    fs::write(&file, serde_json::to_string_pretty(&result)?)?;
     print(&result);
-    println!("→ {}", out.join("soak.json").display());
+    println!("→ {}", file.display());
     if result["events"]["unaccounted"] != 0 {
         bail!("events unaccounted for: {}", result["events"]);
     }
@@ -282,8 +289,10 @@ fn print(result: &Value) {
             .map_or(f64::NAN, |p| p[1].as_f64().unwrap_or(f64::NAN))
     };
     println!(
-        "soak: {} workers for {} min",
-        result["workers"], result["minutes"]
+        "soak: {} workers for {} min, {}",
+        result["workers"],
+        result["minutes"],
+        result["condition"].as_str().unwrap_or("?")
     );
     println!("| measure | figure |\n| --- | --- |");
     println!(

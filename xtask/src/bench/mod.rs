@@ -34,6 +34,13 @@
 //!
 //! The peers (PM2, stress-ng, wrk, bpftrace) are installed on first use, see
 //! [`peers`]. Every scenario is bounded in time and stops what it started.
+//!
+//! `--stress-cpu N` runs the chosen benchmarks beside `stress-ng --cpu N`
+//! (N CPU hogs at the same priority as xypriss, for the whole run): the
+//! condition of issue 13's latency target that the controller keeps its
+//! alert latency when the CPUs are busy. Each result then says so in its
+//! `condition` and goes to `target/bench/NAME-stress-cpuN.json`, beside the
+//! idle run's.
 
 mod dashboards;
 mod footprint;
@@ -50,6 +57,7 @@ mod throughput;
 use std::{
     fs,
     io::{BufRead as _, BufReader},
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc::{self, Receiver},
@@ -78,7 +86,7 @@ const ALL: [&str; 10] = [
     "dashboards",
 ];
 
-pub fn run(root: &Path, names: &[String], minutes: f64) -> Result<()> {
+pub fn run(root: &Path, names: &[String], minutes: f64, stress_cpu: Option<u32>) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("the benchmarks load eBPF programs: run them as root");
     }
@@ -94,7 +102,10 @@ pub fn run(root: &Path, names: &[String], minutes: f64) -> Result<()> {
         out: root.join("target/bench"),
     };
     fs::create_dir_all(&bench.out)?;
+    let hogs = stress_cpu.map(CpuHogs::start).transpose()?;
+    let condition = CpuHogs::condition(hogs.as_ref());
     for name in names {
+        println!("{name}: {condition}");
         let result = match name {
             "reaction" => bench.reaction()?,
             "latency" => bench.latency()?,
@@ -108,8 +119,13 @@ pub fn run(root: &Path, names: &[String], minutes: f64) -> Result<()> {
             "dashboards" => bench.dashboards()?,
             other => bail!("unknown benchmark `{other}`: {}", ALL.join(", ")),
         };
-        let path = bench.out.join(format!("{name}.json"));
-        fs::write(&path, serde_json::to_string_pretty(&result)?)?;
+        let path = bench
+            .out
+            .join(format!("{name}{}.json", CpuHogs::suffix(hogs.as_ref())));
+        fs::write(
+            &path,
+            serde_json::to_string_pretty(&with_condition(result, &condition))?,
+        )?;
         println!("→ {}\n", path.display());
     }
     Ok(())
@@ -257,6 +273,73 @@ impl Pool {
 impl Drop for Pool {
     fn drop(&mut self) {
         let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `result` with the condition it was measured in, when it is an object.
+pub(crate) fn with_condition(mut result: Value, condition: &str) -> Value {
+    if let Some(object) = result.as_object_mut() {
+        object.insert("condition".into(), condition.into());
+    }
+    result
+}
+
+/// `stress-ng --cpu N` beside a benchmark, for as long as this lives: N
+/// processes spinning on the CPUs at the default priority, as the other
+/// work on a busy host would.
+pub(crate) struct CpuHogs {
+    child: Child,
+    workers: u32,
+}
+
+impl CpuHogs {
+    /// Starts the hogs (installing stress-ng when missing).
+    pub(crate) fn start(workers: u32) -> Result<Self> {
+        if workers == 0 {
+            bail!("--stress-cpu 0: give the number of CPU hogs, 1 or more");
+        }
+        let stress_ng = peers::debian("stress-ng", "stress-ng")?;
+        let child = Command::new(stress_ng)
+            .args(["--cpu", &workers.to_string(), "--quiet"])
+            // Its own process group: stopped with every hog it forked.
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting stress-ng")?;
+        let hogs = Self { child, workers };
+        // Until its hogs spin.
+        thread::sleep(Duration::from_secs(1));
+        Ok(hogs)
+    }
+
+    /// The condition a result was measured in, as its output names it.
+    pub(crate) fn condition(hogs: Option<&Self>) -> String {
+        match hogs {
+            Some(hogs) => format!("beside stress-ng --cpu {}", hogs.workers),
+            None => "no other load started".into(),
+        }
+    }
+
+    /// What a result's file name gets for the condition.
+    pub(crate) fn suffix(hogs: Option<&Self>) -> String {
+        hogs.map_or_else(String::new, |h| format!("-stress-cpu{}", h.workers))
+    }
+}
+
+impl Drop for CpuHogs {
+    fn drop(&mut self) {
+        let group = Pid::from_raw(-(self.child.id() as i32));
+        let _ = kill(group, Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = kill(group, Signal::SIGKILL);
         let _ = self.child.wait();
     }
 }
