@@ -541,6 +541,7 @@ fn bad_values(kind: &str) -> Option<&'static [&'static str]> {
         "FACTOR" => &["", "-1", "1e400", "double", "NaN"],
         "true|false" => &["", "maybe", "2"],
         "SIGNAL" => &["", "SIGNOPE", "99"],
+        "NICE" => &["", "-21", "20", "high", "2.5", "keeps"],
         "MODE" => &["", "sometimes"],
         "ADDR" => &[
             "",

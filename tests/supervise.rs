@@ -513,3 +513,56 @@ fn the_last_event_counts_the_ones_before_it() {
         pool.events
     );
 }
+
+/// A process's or thread's nice value, from its `stat`.
+fn nice_of(stat_path: &str) -> i64 {
+    let stat = fs::read_to_string(stat_path).unwrap_or_else(|e| panic!("{stat_path}: {e}"));
+    let (_, rest) = stat.rsplit_once(')').expect("a stat line");
+    // After the name: state is field 3, nice field 19.
+    rest.split_whitespace()
+        .nth(19 - 3)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no nice value in {stat_path}: {stat}"))
+}
+
+/// The nice values of every thread of process `pid`.
+fn thread_nices(pid: u32) -> Vec<i64> {
+    fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("xypriss runs")
+        .map(|task| {
+            let tid = task.expect("a task").file_name();
+            nice_of(&format!("/proc/{pid}/task/{}/stat", tid.to_string_lossy()))
+        })
+        .collect()
+}
+
+/// `--nice -10`: every thread of xypriss at nice -10, its worker at the
+/// nice value xypriss was started with; by default (`keep`), xypriss too.
+#[test]
+fn nice_raises_xyprisss_priority_and_not_its_workers() {
+    if !root_or_skip("nice_raises_xyprisss_priority_and_not_its_workers") {
+        return;
+    }
+    // What xypriss is started with: this thread's.
+    let own = nice_of("/proc/thread-self/stat");
+    assert!(own > -10, "the test runs at nice {own}: nothing to raise");
+    for (args, expected) in [(&["--nice", "-10"][..], -10), (&[][..], own)] {
+        let mut pool_args = args.to_vec();
+        pool_args.extend(["--workers", "1", DEMO, "steps", "1"]);
+        let mut pool = Pool::start(&pool_args);
+        let spawned = pool.wait_event("worker_spawned", TIMEOUT, |_| true);
+        let worker = u64_of(&spawned, "pid") as u32;
+        pool.wait_log("at 1 MiB", TIMEOUT);
+        let threads = thread_nices(pool.pid());
+        assert!(
+            threads.len() > 1 && threads.iter().all(|&n| n == expected),
+            "{args:?}: every thread of xypriss at nice {expected}: {threads:?}"
+        );
+        assert_eq!(
+            nice_of(&format!("/proc/{worker}/stat")),
+            own,
+            "{args:?}: the worker's"
+        );
+        assert!(pool.stop().success());
+    }
+}

@@ -155,6 +155,7 @@ pub fn resolve(flags: RunFlags) -> Result<Resolved, FlagError> {
         sample_interval: flags.sample_interval,
         poll_interval: flags.poll_interval,
         kill_timeout: flags.kill_timeout,
+        nice: flags.nice,
         observer,
         bpf_log: flags.bpf_log,
         ready,

@@ -15,7 +15,11 @@ use clap::{ArgMatches, Args, FromArgMatches};
 use nix::sys::signal::Signal;
 
 use super::defs::{self, Opt, Value};
-use crate::{settings::ReadyMode, size::Size, supervise::listen::ListenAddr};
+use crate::{
+    settings::ReadyMode,
+    size::Size,
+    supervise::{listen::ListenAddr, priority::Nice},
+};
 
 /// `--config FILE` and one flag per option of [`defs::ALL`]; the values of
 /// those given, in the order of the table (flags override the file).
@@ -100,6 +104,17 @@ pub struct RunFlags {
     /// How often /proc is read when eBPF is unavailable.
     #[arg(long, default_value = "250ms", value_parser = humantime::parse_duration, value_name = "DURATION", allow_hyphen_values = true)]
     pub poll_interval: Duration,
+
+    /// Raise xypriss's own scheduling priority, so that it acts on memory when the CPUs are
+    /// busy: a nice value from -20 to 19 (a higher priority it was started with is kept), or
+    /// `keep`. Workers run at the nice value xypriss was started with.
+    #[arg(
+        long,
+        default_value = "keep",
+        value_name = "NICE",
+        allow_hyphen_values = true
+    )]
+    pub nice: Nice,
 
     /// How long workers get to exit after their stop signal, before SIGKILL.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION", allow_hyphen_values = true)]

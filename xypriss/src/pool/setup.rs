@@ -37,13 +37,15 @@ use crate::{
         control::Inbox,
         listen::Listeners,
         notify::NotifySocket,
-        oom_score_adj, reap, watchdog,
+        oom_score_adj,
+        priority::{self, Nice},
+        reap, watchdog,
     },
 };
 
 /// Everything the pool needs before its first worker, and its first workers.
 pub(super) async fn setup(config: RunConfig) -> anyhow::Result<(Pool, Inputs)> {
-    protect_self();
+    protect_self(config.nice);
     let mut output = Output::stdout(
         if config.optimizes(|o| o.minimal_footprint) {
             QUEUE_LINES_MINIMAL
@@ -157,8 +159,14 @@ impl Pool {
     }
 }
 
-/// Keeps the OOM killer off xypriss, and orphans of workers in its care.
-fn protect_self() {
+/// Keeps the OOM killer off xypriss, raises its priority, and keeps
+/// orphans of workers in its care.
+fn protect_self(nice: Nice) {
+    // Before the threads that write the outputs start: they inherit it.
+    match priority::raise(nice) {
+        Ok(nice) => tracing::debug!("nice {nice}"),
+        Err(err) => tracing::warn!("xypriss runs at its usual priority: {err}"),
+    }
     match oom_score_adj::protect_self() {
         Ok(adj) => tracing::debug!("oom_score_adj {adj}"),
         Err(err) => tracing::warn!("the OOM killer may choose xypriss before a worker: {err}"),

@@ -26,7 +26,7 @@ use xypriss_ebpf::MAX_WORKERS;
 
 use crate::{
     output::ndjson::Format,
-    supervise::{backoff::Policy, listen::ListenAddr, spawn::Identity},
+    supervise::{backoff::Policy, listen::ListenAddr, priority::Nice, spawn::Identity},
 };
 
 /// `--ready`: when a worker counts as ready.
@@ -91,6 +91,8 @@ pub struct RunConfig {
     pub sample_interval: Duration,
     pub poll_interval: Duration,
     pub kill_timeout: Duration,
+    /// `--nice`: xypriss's own scheduling priority.
+    pub nice: Nice,
     pub observer: ObserverChoice,
     pub bpf_log: bool,
     pub ready: ReadyMode,

@@ -11,6 +11,7 @@ pub mod listen;
 pub mod notify;
 pub mod oom_score_adj;
 pub mod pid_namespace;
+pub mod priority;
 pub mod reap;
 pub mod socket_ready;
 pub mod spawn;

@@ -12,7 +12,8 @@
 //! allow-listed environment ([`identity::passes`]). Nor does it keep
 //! xypriss's shield from the OOM killer ([`oom_score_adj`]), whether
 //! xypriss set it itself or a service manager did (the systemd unit's
-//! `OOMScoreAdjust=`). Its stdout and stderr are prefixed and forwarded to
+//! `OOMScoreAdjust=`), nor xypriss's raised priority ([`priority`]): it
+//! runs at the nice value xypriss was started with. Its stdout and stderr are prefixed and forwarded to
 //! xypriss's stderr: stdout is the NDJSON stream, and stays pure.
 //!
 //! Processes are spawned with std, not tokio: xypriss reaps every child
@@ -34,7 +35,7 @@ use super::{
     cgroup::WorkerCgroup,
     identity::{self, Account},
     listen::Listeners,
-    oom_score_adj,
+    oom_score_adj, priority,
 };
 use crate::{observe::ebpf::Registration, output::stderr};
 use nix::{
@@ -139,6 +140,7 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<u32> {
             }
             // Before the identity changes: only root sets the floor anew.
             oom_score_adj::reset_in_child()?;
+            priority::reset_in_child()?;
             if let Some(registration) = &registration {
                 registration.register_self()?;
             }
