@@ -4,8 +4,9 @@
 //! registered with the kernel programs and exec'd (or failed to): several
 //! milliseconds, more on a loaded host. Done on the loop thread, that wait
 //! delayed every alert behind it. So the loop prepares a start (generation,
-//! cgroup, control channel, kernel slot), another thread creates the
-//! process, and its outcome comes back into the select loop as an event
+//! environment, control channel, kernel slot), another thread creates the
+//! worker's cgroup (which takes the kernel's cgroup lock) and its process,
+//! and the outcome comes back into the select loop as an event
 //! ([`Pool::launched`]); only then does the instance exist, with its pid, in
 //! the lifecycle table's `starting` state. That thread is one, [`Launcher`],
 //! for the pool's whole life (see there why).
@@ -46,7 +47,7 @@ use crate::{
     policy,
     series::Series,
     supervise::{
-        cgroup::WorkerCgroup,
+        cgroup::{PoolCgroup, WorkerCgroup},
         control::{self, Control, WorkerEnd},
         lifecycle::{Input, State, step},
         listen::Listeners,
@@ -62,15 +63,48 @@ struct Launch {
     args: Vec<OsString>,
     identity: Identity,
     env: Vec<(OsString, OsString)>,
-    cgroup: Option<WorkerCgroup>,
+    cgroup: Option<CgroupPlan>,
     registration: Option<Registration>,
     listeners: Arc<Listeners>,
     worker_end: WorkerEnd,
 }
 
+/// The worker's cgroup, made on the launcher's thread too: creating a
+/// cgroup takes the kernel's cgroup lock, which other cgroup work on the
+/// host may hold for a while.
+struct CgroupPlan {
+    pool: Arc<PoolCgroup>,
+    /// `memory.high` and `memory.max` (the kernel's bound), if enforced.
+    bound: Option<(u64, u64)>,
+}
+
+impl CgroupPlan {
+    fn create(self, id: u32, generation: u32) -> anyhow::Result<WorkerCgroup> {
+        let cgroup = self.pool.worker(id, generation)?;
+        if let Some((high, max)) = self.bound
+            && let Err(err) = cgroup.bound(high, max)
+        {
+            if let Err(removal) = cgroup.remove() {
+                tracing::warn!("{removal}");
+            }
+            return Err(err.into());
+        }
+        Ok(cgroup)
+    }
+}
+
 impl Launch {
-    /// Creates the process: its pid, or why not (its cgroup then removed).
-    fn create(self) -> (Option<WorkerCgroup>, io::Result<u32>) {
+    /// Creates the cgroup, then the process: its pid, or why not (its
+    /// cgroup then removed).
+    fn create(self) -> (Option<WorkerCgroup>, anyhow::Result<u32>) {
+        let cgroup = match self
+            .cgroup
+            .map(|plan| plan.create(self.id, self.generation))
+        {
+            None => None,
+            Some(Ok(cgroup)) => Some(cgroup),
+            Some(Err(err)) => return (None, Err(err)),
+        };
         let spawned = spawn(Spec {
             app: &self.app,
             args: &self.args,
@@ -78,21 +112,21 @@ impl Launch {
             generation: self.generation,
             identity: &self.identity,
             env: self.env,
-            cgroup: self.cgroup.as_ref(),
+            cgroup: cgroup.as_ref(),
             registration: self.registration,
             listeners: Some(&self.listeners),
             control: Some(self.worker_end.raw()),
         });
         drop(self.worker_end);
         match spawned {
-            Ok(pid) => (self.cgroup, Ok(pid)),
+            Ok(pid) => (cgroup, Ok(pid)),
             Err(err) => {
-                if let Some(cgroup) = self.cgroup
+                if let Some(cgroup) = cgroup
                     && let Err(removal) = cgroup.remove()
                 {
                     tracing::warn!("{removal}");
                 }
-                (None, Err(err))
+                (None, Err(err.into()))
             }
         }
     }
@@ -175,7 +209,7 @@ pub(super) struct Launched {
     on_failure: OnFailure,
     control: Control,
     cgroup: Option<WorkerCgroup>,
-    pid: io::Result<u32>,
+    pid: anyhow::Result<u32>,
 }
 
 impl Pool {
@@ -317,21 +351,15 @@ impl Pool {
             if self.low_memory.is_some() { "1" } else { "0" }.into(),
         ));
         env.extend(self.config.env.iter().cloned());
-        let cgroup = match &self.cgroups {
-            Some(pool) => Some(pool.worker(id, generation)?),
-            None => None,
-        };
         let enforcement = &self.config.memory.enforcement;
-        if let Some(cgroup) = &cgroup
-            && enforcement.enabled
-            && enforcement.enforce_hard_limits
-            && self.config.thresholds[2] != 0
-        {
+        let limit = self.config.thresholds[2];
+        let cgroup = self.cgroups.as_ref().map(|pool| CgroupPlan {
+            pool: Arc::clone(pool),
             // The kernel's bound, in case the worker outruns its graceful
             // replacement or ignores its stop signal.
-            let limit = self.config.thresholds[2];
-            cgroup.bound(policy::high_bound(limit), policy::backstop(limit))?;
-        }
+            bound: (enforcement.enabled && enforcement.enforce_hard_limits && limit != 0)
+                .then(|| (policy::high_bound(limit), policy::backstop(limit))),
+        });
         let (control, worker_end) = self.inbox.pair()?;
         // After the --listen fds, which take 3, 4, ….
         let control_fd = 3 + self.listeners.local_addrs().len() as i32;
@@ -370,7 +398,7 @@ impl Pool {
         } = launched;
         let pid = match pid {
             Ok(pid) => pid,
-            Err(err) => anyhow::bail!("could not start {}: {err}", self.config.app.display()),
+            Err(err) => anyhow::bail!("could not start {}: {err:#}", self.config.app.display()),
         };
         let (state, named) =
             step(State::Stopped, Input::Spawned).expect("the table starts workers");

@@ -166,7 +166,7 @@ pub(crate) struct Pool {
     /// When critical memory last scaled the pool down.
     last_memory_scale_down: Option<Instant>,
     /// The pool's cgroup, when a memory controller is usable.
-    cgroups: Option<PoolCgroup>,
+    cgroups: Option<Arc<PoolCgroup>>,
     /// Worker cgroups being emptied and removed, off the control loop.
     cleanups: Vec<tokio::task::JoinHandle<()>>,
     /// The sockets every worker gets (`--listen`); shared with the

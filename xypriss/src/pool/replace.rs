@@ -135,7 +135,7 @@ impl Pool {
         let limit = self.worker_thresholds()[2];
         // The kernel's first bound above the limit, as the worker's cgroup
         // holds it (see `WorkerCgroup::bound`).
-        let high = match self.cgroups.as_ref().map(PoolCgroup::version) {
+        let high = match self.cgroups.as_deref().map(PoolCgroup::version) {
             _ if limit == 0 => 0,
             Some(Version::V2) => policy::high_bound(limit),
             Some(Version::V1) => policy::backstop(limit),

@@ -6,7 +6,10 @@
 //! the old one is asked to stop; SIGTTIN adds a worker and SIGTTOU removes
 //! one, as Einhorn and unicorn do.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use nix::sys::signal::Signal;
 use tokio::{
@@ -147,10 +150,17 @@ impl Pool {
         for cleanup in self.cleanups.drain(..) {
             cleanup.await?;
         }
-        if let Some(pool) = self.cgroups.take()
-            && let Err(err) = tokio::task::spawn_blocking(move || pool.remove()).await?
-        {
-            tracing::warn!("removing the pool's cgroup: {err}");
+        // Every start is over (see shutdown): the pool's cgroup is ours alone.
+        match self.cgroups.take().map(Arc::into_inner) {
+            Some(Some(pool)) => {
+                if let Err(err) = tokio::task::spawn_blocking(move || pool.remove()).await? {
+                    tracing::warn!("removing the pool's cgroup: {err}");
+                }
+            }
+            Some(None) => tracing::warn!(
+                "the pool's cgroup is still held by a start: the watchdog removes it"
+            ),
+            None => {}
         }
         // The server goes with the pool, and its token file with it.
         drop(status_server);

@@ -101,7 +101,7 @@ pub(super) async fn setup(config: RunConfig) -> anyhow::Result<(Pool, Inputs)> {
         launches: Launches::default(),
         notify,
         inbox: Inbox::default(),
-        cgroups,
+        cgroups: cgroups.map(Arc::new),
         cleanups: Vec::new(),
         started: Instant::now(),
         size: config.workers,
