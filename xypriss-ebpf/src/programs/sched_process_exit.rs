@@ -20,7 +20,7 @@
 //! # Minimum kernel version
 //!
 //! 4.17 for raw tracepoints, 5.5 for `bpf_probe_read_kernel`, 5.12 for the
-//! atomic exchange in `forget`.
+//! atomic exchange in `forget` and the atomic and that clears the `WATCHED` bit.
 
 use aya_ebpf::{
     helpers::bpf_get_current_task, macros::raw_tracepoint, programs::RawTracePointContext,

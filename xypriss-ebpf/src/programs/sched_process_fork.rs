@@ -14,7 +14,8 @@
 //!
 //! # Minimum kernel version
 //!
-//! 4.17 for raw tracepoints, 5.5 for `bpf_probe_read_kernel`.
+//! 4.17 for raw tracepoints, 5.5 for `bpf_probe_read_kernel`, 5.12 for the
+//! BPF atomic or that sets the `WATCHED` bit.
 
 use aya_ebpf::{bindings::BPF_NOEXIST, macros::raw_tracepoint, programs::RawTracePointContext};
 use aya_log_ebpf::info;
