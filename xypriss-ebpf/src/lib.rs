@@ -16,6 +16,13 @@ pub const MAX_WORKERS: u32 = 4096;
 /// The largest number of watched tasks (workers, their descendants, and their threads).
 pub const MAX_TASKS: u32 = 65536;
 
+/// Words of the `WATCHED` bitmap: one bit per possible tgid, up to the
+/// kernel's `PID_MAX_LIMIT` on 64-bit (4,194,304); 512 KiB.
+pub const WATCHED_WORDS: u32 = (4 * 1024 * 1024) / 64;
+
+/// log2 of the `MM_OWNED` filter's slots.
+pub const MM_OWNED_BITS: u32 = 14;
+
 /// Map names, shared so that neither side can misspell them.
 pub mod map_name {
     /// `HashMap<u32 tgid, TaskEntry>`: the watched tasks. Userspace inserts workers;
@@ -31,6 +38,20 @@ pub mod map_name {
     pub const FAULTS: &str = "FAULTS";
     /// `PerCpuArray<u64>` with one entry: records that did not fit in the ring buffer.
     pub const LOST: &str = "LOST";
+    /// `Array<u64>` of [`crate::WATCHED_WORDS`] words, bit `tgid % 64` of word
+    /// `tgid / 64` set while process `tgid` may be in `TASKS`: the programs
+    /// test it before any hash lookup, so an unwatched process costs an
+    /// array read (inlined by the verifier). Set by `sched_process_fork` for
+    /// the children of watched processes and of the supervisor (which is how
+    /// a worker, registered in `TASKS` by itself before exec, has its bit),
+    /// cleared by `sched_process_exit`. Kernel-written only, with atomic
+    /// or/and. A set bit without a `TASKS` entry costs only the hash lookup.
+    pub const WATCHED: &str = "WATCHED";
+    /// `Array<u32>` of `1 << MM_OWNED_BITS` counts: how many `MM_OWNERS` keys
+    /// hash to each slot (a counting filter), so that `rss_stat` in an
+    /// unwatched context looks an mm up in `MM_OWNERS` only when one might
+    /// be there. Kernel-written only; never below the true count.
+    pub const MM_OWNED: &str = "MM_OWNED";
     /// The ring buffer of [`crate::ring_buf::Record`]s.
     pub const EVENTS: &str = "EVENTS";
 }
@@ -214,7 +235,10 @@ pub mod trace_point {
         pub wakeup_interval_ns: u64,
         /// Non-zero: the programs log through aya-log.
         pub log: u32,
-        pub _pad: u32,
+        /// The supervisor's tgid: its children get their `WATCHED` bit at
+        /// fork, before they run, so that a worker that registers itself in
+        /// `TASKS` between fork and exec is seen from its first instruction.
+        pub supervisor: u32,
     }
     const _: () = assert!(size_of::<Settings>() == 24);
 

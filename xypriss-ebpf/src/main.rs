@@ -3,7 +3,8 @@
 //! meaningful change (never one per page fault).
 //!
 //! Each program lives in a file named after its tracepoint; the maps and the
-//! helpers they share are in `maps.rs` and `record.rs`.
+//! helpers they share are in `maps.rs` and `record.rs`, and the first checks
+//! that keep unwatched processes cheap in `filter.rs`.
 #![no_std]
 #![no_main]
 #![expect(
@@ -12,6 +13,7 @@
 )]
 #![feature(core_intrinsics)]
 
+mod filter;
 mod maps;
 mod programs;
 mod record;

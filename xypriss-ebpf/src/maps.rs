@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
 use xypriss_ebpf::{
-    MAX_TASKS, MAX_WORKERS, ring_buf,
+    MAX_TASKS, MAX_WORKERS, MM_OWNED_BITS, WATCHED_WORDS, ring_buf,
     rss_stat::{TaskEntry, Thresholds, WorkerState},
     trace_point::{KernelLayout, Settings},
 };
@@ -16,6 +16,14 @@ pub static TASKS: HashMap<u32, TaskEntry> = HashMap::with_max_entries(MAX_TASKS,
 
 #[map]
 pub static MM_OWNERS: HashMap<u64, u32> = HashMap::with_max_entries(MAX_TASKS, 0);
+
+/// See `filter.rs`.
+#[map]
+pub static WATCHED: Array<u64> = Array::with_max_entries(WATCHED_WORDS, 0);
+
+/// See `filter.rs`.
+#[map]
+pub static MM_OWNED: Array<u32> = Array::with_max_entries(1 << MM_OWNED_BITS, 0);
 
 #[map]
 pub static WORKERS: Array<WorkerState> = Array::with_max_entries(MAX_WORKERS, 0);
@@ -55,7 +63,7 @@ static SETTINGS: Settings = Settings {
     granularity: 1 << 20,
     wakeup_interval_ns: 10_000_000,
     log: 0,
-    _pad: 0,
+    supervisor: 0,
 };
 
 /// The kernel layout the loader wrote. A volatile read keeps the compiler

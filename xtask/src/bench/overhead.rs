@@ -1,7 +1,9 @@
 //! `overhead`: the observer's cost on the page-fault path, in nanoseconds
 //! per fault of a fault-heavy allocator, cold and warm: unobserved, xypriss
 //! running but the process unwatched, watched, and bpftrace doing the same
-//! per-process `rss_stat` accounting.
+//! per-process `rss_stat` accounting. The benchmark process times itself in
+//! thread CPU time, so a busy machine slows each fault less than it would
+//! wall-clock figures, though caches shared with other work still do.
 
 use std::{
     collections::BTreeMap,

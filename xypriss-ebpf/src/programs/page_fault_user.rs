@@ -5,7 +5,8 @@
 //! It fires on every user page fault of every process, and reads none of the
 //! tracepoint's fields, so it is attached raw: the kernel then builds no trace
 //! record for it, which makes the unwatched path cheaper than a classic
-//! tracepoint (see BENCHMARKS.md).
+//! tracepoint (see BENCHMARKS.md). An unwatched process costs one read of
+//! the `WATCHED` bitmap (`filter.rs`), no hash lookup.
 //!
 //! # Minimum kernel version
 //!
@@ -14,13 +15,16 @@
 use aya_ebpf::{macros::raw_tracepoint, programs::RawTracePointContext};
 
 use crate::{
+    filter::maybe_watched,
     maps::{FAULTS, TASKS},
     record::current_tgid,
 };
 
 #[raw_tracepoint(tracepoint = "page_fault_user")]
 pub fn page_fault_user(_ctx: RawTracePointContext) -> i32 {
-    if let Some(task) = unsafe { TASKS.get(&current_tgid()) }
+    let tgid = current_tgid();
+    if maybe_watched(tgid)
+        && let Some(task) = unsafe { TASKS.get(&tgid) }
         && let Some(count) = FAULTS.get_ptr_mut(task.worker)
     {
         unsafe { *count += 1 };

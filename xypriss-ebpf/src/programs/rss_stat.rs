@@ -18,7 +18,8 @@
 //!   fault-around on file pages) are not seen until it flushes. That is
 //!   what `/proc/<pid>/status` shows too: it reads the same mm counter.
 //!
-//! Unwatched processes cost two hash lookups. For watched ones, the per-task
+//! Unwatched processes cost two array reads, no hash lookup: the `WATCHED`
+//! bit of the current process, and the `MM_OWNED` count of `mm` (`filter.rs`). For watched ones, the per-task
 //! counters and the worker's totals are updated here, and a record goes to
 //! userspace only when the worker's resident size moved by the granularity, or
 //! crossed one of its thresholds (then with an immediate wake-up).
@@ -39,6 +40,7 @@ use xypriss_ebpf::{
 
 use super::{add, exchange, forget};
 use crate::{
+    filter::{insert_owner, maybe_owned, maybe_watched, remove_owner},
     maps::{MM_OWNERS, TASKS, THRESHOLDS, WORKERS, layout, settings},
     record::{Wakeup, current_tgid, read, send, totals},
 };
@@ -68,7 +70,9 @@ pub fn rss_stat_count(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn owner(mm: u64) -> Option<(&'static mut TaskEntry, u32)> {
     let tgid = current_tgid();
-    if let Some(task) = TASKS.get_ptr_mut(&tgid) {
+    if maybe_watched(tgid)
+        && let Some(task) = TASKS.get_ptr_mut(&tgid)
+    {
         let task = unsafe { &mut *task };
         if task.mm == mm {
             return Some((task, tgid));
@@ -81,6 +85,9 @@ fn owner(mm: u64) -> Option<(&'static mut TaskEntry, u32)> {
         }
     }
     // Another context (reclaim, a fork, an exit) updating a watched mm.
+    if !maybe_owned(mm) {
+        return None;
+    }
     let tgid = *unsafe { MM_OWNERS.get(&mm) }?;
     let task = unsafe { &mut *TASKS.get_ptr_mut(&tgid)? };
     (task.mm == mm).then_some((task, tgid))
@@ -121,12 +128,12 @@ fn account(
         if task.mm != 0 {
             // The first event on a new mm, after an exec: the old mm no longer counts.
             forget(task, state);
-            let _ = MM_OWNERS.remove(&task.mm);
+            remove_owner(task.mm);
         }
         // With `mm == 0` (a worker registered before exec, or a new child) the
         // counters are still zero: nothing to take back.
         task.mm = mm;
-        let _ = MM_OWNERS.insert(&mm, &tgid, 0);
+        insert_owner(mm, tgid);
     }
     let old = exchange(&mut task.counters[member], size);
     add(unsafe { &mut (*state).counters[member] }, size - old);

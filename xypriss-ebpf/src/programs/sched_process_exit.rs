@@ -10,12 +10,17 @@
 //!   tracepoint, is 0. Two threads exiting at once may both see 0; the second
 //!   finds the process gone from `TASKS` and does nothing.
 //!
-//! Both fire in the exiting task, so an unwatched exit costs one lookup.
+//! Both fire in the exiting task. The process's `WATCHED` bit (`filter.rs`)
+//! is cleared when its last thread exits, watched or not (a bit without a
+//! `TASKS` entry: a supervisor's child that never registered, or a worker
+//! userspace stopped watching). A thread's exit costs one hash lookup, as
+//! exits are rare next to page faults, so that no `TASKS` entry outlives its
+//! process even without a bit.
 //!
 //! # Minimum kernel version
 //!
 //! 4.17 for raw tracepoints, 5.5 for `bpf_probe_read_kernel`, 5.12 for the
-//! atomic exchange in `forget`.
+//! atomic exchange in `forget` and the atomic and that clears the `WATCHED` bit.
 
 use aya_ebpf::{
     helpers::bpf_get_current_task, macros::raw_tracepoint, programs::RawTracePointContext,
@@ -25,18 +30,18 @@ use xypriss_ebpf::ring_buf::{KIND_EXIT, Record};
 
 use super::forget;
 use crate::{
-    maps::{MM_OWNERS, TASKS, WORKERS, layout, settings},
+    filter::{clear_watched, maybe_watched, remove_owner},
+    maps::{TASKS, WORKERS, layout, settings},
     record::{Wakeup, current_tgid, read, send, totals},
 };
 
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
-    let tgid = current_tgid();
-    if unsafe { TASKS.get(&tgid) }.is_some() {
-        let group_dead: u64 = ctx.arg(1);
-        if group_dead & 0xff != 0 {
-            let _ = exited(&ctx, tgid);
-        }
+    let group_dead: u64 = ctx.arg(1);
+    if group_dead & 0xff != 0 {
+        let tgid = current_tgid();
+        clear_watched(tgid);
+        let _ = exited(&ctx, tgid);
     }
     0
 }
@@ -44,7 +49,9 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "sched_process_exit")]
 pub fn sched_process_exit_live(ctx: RawTracePointContext) -> i32 {
     let tgid = current_tgid();
-    if unsafe { TASKS.get(&tgid) }.is_some() && group_dead() == Some(true) {
+    if (maybe_watched(tgid) || unsafe { TASKS.get(&tgid) }.is_some()) && group_dead() == Some(true)
+    {
+        clear_watched(tgid);
         let _ = exited(&ctx, tgid);
     }
     0
@@ -67,7 +74,7 @@ fn exited(ctx: &RawTracePointContext, tgid: u32) -> Option<()> {
     let state = WORKERS.get_ptr_mut(slot)?;
     forget(task, state);
     if task.mm != 0 {
-        let _ = MM_OWNERS.remove(&task.mm);
+        remove_owner(task.mm);
     }
     let _ = TASKS.remove(&tgid);
     if settings().log != 0 {

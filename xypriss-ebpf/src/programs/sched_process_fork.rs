@@ -7,9 +7,15 @@
 //! `child_pid` at different offsets across kernels). A new thread (its tgid is
 //! its parent's) needs no entry: the programs look tasks up by tgid.
 //!
+//! It also sets the new process's `WATCHED` bit (`filter.rs`), before the
+//! child runs, when the parent is watched or is the supervisor: a worker puts
+//! itself in `TASKS` between fork and exec, and the other programs test the
+//! bit before they look it up.
+//!
 //! # Minimum kernel version
 //!
-//! 4.17 for raw tracepoints, 5.5 for `bpf_probe_read_kernel`.
+//! 4.17 for raw tracepoints, 5.5 for `bpf_probe_read_kernel`, 5.12 for the
+//! BPF atomic or that sets the `WATCHED` bit.
 
 use aya_ebpf::{bindings::BPF_NOEXIST, macros::raw_tracepoint, programs::RawTracePointContext};
 use aya_log_ebpf::info;
@@ -19,6 +25,7 @@ use xypriss_ebpf::{
 };
 
 use crate::{
+    filter::{maybe_watched, set_watched},
     maps::{TASKS, layout, settings},
     record::{Wakeup, current_tgid, read, send},
 };
@@ -32,13 +39,22 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 fn try_sched_process_fork(ctx: &RawTracePointContext) -> Option<()> {
     let parent = current_tgid();
-    let worker = unsafe { TASKS.get(&parent) }?.worker;
+    let worker = if maybe_watched(parent) {
+        unsafe { TASKS.get(&parent) }.map(|task| task.worker)
+    } else {
+        None
+    };
+    if worker.is_none() && parent != settings().supervisor {
+        return None;
+    }
     let task: u64 = ctx.arg(1);
     let l = layout();
     let child = read::<u32>(task, l.task_pid)?;
     if read::<u32>(task, l.task_tgid)? != child {
         return None;
     }
+    set_watched(child);
+    let worker = worker?;
     let entry = TaskEntry {
         worker,
         ..TaskEntry::default()

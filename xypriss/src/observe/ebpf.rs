@@ -140,7 +140,7 @@ impl EbpfObserver {
             wakeup_interval_ns: u64::try_from(config.wakeup_interval.as_nanos())
                 .unwrap_or(u64::MAX),
             log: u32::from(config.bpf_log),
-            _pad: 0,
+            supervisor: std::process::id(),
         };
         let mut ebpf = EbpfLoader::new()
             .override_global(trace_point::SETTINGS, &settings, true)
