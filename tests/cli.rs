@@ -89,11 +89,19 @@ fn refused(cmd: &mut Command, names: &str) {
 
 #[track_caller]
 fn rejected(args: &[&str], names: &str) {
-    // As root, `run` says who its workers run as, or refuses that first.
+    // As root, `run` says who its workers run as, or refuses that first; and
+    // a value refused after the name is taken must not meet another test's
+    // pool of the default name.
     let mut cmd = Command::new(XYPRISS);
     match args.split_first() {
-        Some((&"run", rest)) if !rest.contains(&"--user") => {
-            cmd.args(["run", "--user", "root"]).args(rest)
+        Some((&"run", rest)) => {
+            let user: &[&str] = if rest.contains(&"--user") {
+                &[]
+            } else {
+                &["--user", "root"]
+            };
+            let rest: Vec<&str> = user.iter().chain(rest).copied().collect();
+            cmd.arg("run").args(support::named(&rest))
         }
         _ => cmd.args(args),
     };
