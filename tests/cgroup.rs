@@ -8,6 +8,9 @@
 //!
 //! Each test makes its own pool; guards kill and remove what it made even when
 //! an assertion fails.
+//!
+//! Over 600 lines: every file in tests/ is a test binary of its own, linked
+//! with the whole crate, so the cgroup tests and their helpers stay in one.
 
 mod support;
 

@@ -3,6 +3,9 @@
 //! status`, `scale`, `restart`, `low-memory`, `events`, `recommend` and
 //! `top` (through tmux, as a person would), checking what the commands print
 //! against what the pool's own NDJSON stdout says.
+//!
+//! Over 600 lines: every file in tests/ is a test binary of its own, linked
+//! with the whole crate, so the control socket's tests stay in one.
 
 mod support;
 

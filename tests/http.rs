@@ -3,6 +3,9 @@
 //! the event stream and in the status), what they refuse and how, the
 //! token's file, and clients that send too slowly. The `/metrics`
 //! exposition is checked by an OpenMetrics parser.
+//!
+//! Over 600 lines: every file in tests/ is a test binary of its own, linked
+//! with the whole crate, so the status server's tests stay in one.
 
 mod support;
 

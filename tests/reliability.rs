@@ -8,6 +8,10 @@
 //! The existing suites cover the rest (tests/supervise.rs: crash-loop
 //! backoff, kill timeout, SIGKILL of xypriss, stale cleanup, SIGHUP,
 //! capabilities; tests/procfs.rs: no root).
+//!
+//! Over 600 lines: every file in tests/ is a test binary of its own, linked
+//! with the whole crate (and the CI machine has two cores), so the fault
+//! tests stay in one.
 
 mod support;
 

@@ -1,6 +1,9 @@
 //! Policy: what xypriss does about what the detectors found. Pure: it reads
 //! the configuration's `enforcement` and `memoryManagement` blocks and returns
 //! decisions; the controller carries them out (the only side effects).
+//!
+//! Over 600 lines with its unit tests; the decisions themselves are the first
+//! 360.
 
 use std::time::Duration;
 

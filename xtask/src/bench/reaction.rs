@@ -18,6 +18,8 @@
 //! and the time a stop signal arrived (CLOCK_MONOTONIC, as this benchmark's
 //! clock); this benchmark watches each worker's pid for its death every
 //! millisecond.
+//!
+//! Over 600 lines with its unit tests; the benchmark itself is the first 560.
 
 use std::{
     collections::BTreeMap,

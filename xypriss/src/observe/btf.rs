@@ -8,6 +8,8 @@
 //! things needed: a dotted field path to a byte offset (through anonymous
 //! structs and unions, typedefs and qualifiers), a field's type, and a
 //! function prototype's parameters.
+//!
+//! Over 600 lines with its unit tests; the reading itself is the first 390.
 
 use std::{fs, io, path::Path};
 

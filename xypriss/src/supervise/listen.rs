@@ -17,6 +17,10 @@
 //! command has an `.env(…)`. [`Listeners::child_setup`] therefore execs the
 //! program itself, with the command's environment built beforehand and a slot
 //! for the pid, so the child allocates nothing between fork and exec.
+//!
+//! Over 600 lines: the binding, the hand-over to the worker between fork and
+//! exec, and their unit tests (from line 617) share the socket types, and the
+//! hand-over must stay async-signal-safe in one reviewed place.
 
 use std::{
     collections::BTreeMap,
