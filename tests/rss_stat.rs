@@ -141,3 +141,50 @@ fn an_unwatched_process_allocating_1gib_produces_no_events() {
     );
     assert!(pool.stop().success());
 }
+
+/// minflt + majflt of `pid`, from /proc/<pid>/stat.
+fn proc_faults(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("process alive");
+    // Fields after the command's closing parenthesis, from field 3 (state) on.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("a stat line")
+        .1
+        .split_whitespace()
+        .collect();
+    let field = |n: usize| fields[n - 3].parse::<u64>().expect("a count");
+    field(10) + field(12)
+}
+
+#[test]
+fn page_faults_are_counted_from_proc_by_default_and_by_the_kernel_when_asked() {
+    if !root_or_skip("page_faults_are_counted_from_proc_by_default_and_by_the_kernel_when_asked") {
+        return;
+    }
+    // 64 MiB touched a page at a time: at least one fault per 4 KiB page.
+    let touched = 64 * MIB / 4096;
+    for kernel in [false, true] {
+        let mut args = vec!["--workers", "1", "--require-ebpf"];
+        if kernel {
+            args.push("--kernel-fault-counts");
+        }
+        args.extend([DEMO, "steps", "64"]);
+        let mut pool = Pool::start(&args);
+        let spawned = pool.wait_event("worker_spawned", TIMEOUT, |_| true);
+        let pid = u64_of(&spawned, "pid") as u32;
+        pool.wait_log("at 64 MiB", TIMEOUT);
+        // Past a --sample-interval (1 s), when /proc's counts are read again.
+        let sample = pool.wait_event("memory_sample", TIMEOUT, |e| {
+            e["trigger"] == "interval" && u64_of(e, "pageFaults") >= touched
+        });
+        let counted = u64_of(&sample, "pageFaults");
+        // The kernel's count of user-mode faults since the worker registered,
+        // or /proc's at the last refresh: never more than /proc says now.
+        let now = proc_faults(pid);
+        assert!(
+            counted <= now,
+            "kernel {kernel}: {counted} faults reported, /proc says {now}: {sample}"
+        );
+        assert!(pool.stop().success());
+    }
+}

@@ -158,6 +158,7 @@ pub fn resolve(flags: RunFlags) -> Result<Resolved, FlagError> {
         nice: flags.nice,
         observer,
         bpf_log: flags.bpf_log,
+        kernel_fault_counts: flags.kernel_fault_counts,
         ready,
         ready_timeout: flags.ready_timeout.unwrap_or(match ready {
             ReadyMode::Delay => Duration::from_secs(1),

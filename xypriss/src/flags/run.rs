@@ -223,6 +223,12 @@ pub struct RunFlags {
     #[arg(long)]
     pub bpf_log: bool,
 
+    /// Count workers' page faults in the kernel (exceptions/page_fault_user): exact at every
+    /// sample, but every page fault of every process on the host then runs a BPF program.
+    /// By default they are read from /proc at each --sample-interval.
+    #[arg(long, conflicts_with = "no_ebpf")]
+    pub kernel_fault_counts: bool,
+
     /// The app to run, and its arguments (everything after the app is passed through untouched).
     #[arg(required = true, trailing_var_arg = true, value_name = "APP")]
     pub command: Vec<OsString>,

@@ -18,6 +18,7 @@
 //! 6.12 and 6.18 (README, "Requirements").
 
 use std::{
+    collections::BTreeMap,
     io,
     os::fd::{AsFd as _, AsRawFd as _, OwnedFd, RawFd},
     path::Path,
@@ -38,8 +39,9 @@ use xypriss_ebpf::{
 use super::{
     Counters, Observation,
     btf::{self, Btf, BtfError},
+    faults::{self, Tallies},
     ring_buf::Reader,
-    trace_point::{Plan, Tracepoint},
+    trace_point::{Kind, Plan, Tracepoint},
     verifier,
 };
 use super::{Settings as Config, host::own_pid_namespace};
@@ -100,11 +102,19 @@ pub struct EbpfObserver {
     tasks_fd: OwnedFd,
     workers: Array<MapData, WorkerState>,
     thresholds: Array<MapData, Thresholds>,
-    faults: PerCpuArray<MapData, u64>,
+    faults: FaultCounts,
     lost: PerCpuArray<MapData, u64>,
     reader: Reader,
     /// Holds the programs and their links: dropping it detaches them.
     _ebpf: Ebpf,
+}
+
+/// Who counts the workers' page faults.
+enum FaultCounts {
+    /// `page_fault_user`, per worker and CPU (`--kernel-fault-counts`).
+    Kernel(PerCpuArray<MapData, u64>),
+    /// /proc, at each refresh (the default: see observe::faults).
+    Proc(Tallies),
 }
 
 fn take<T>(ebpf: &mut Ebpf, map: &'static str) -> Result<T, EbpfError>
@@ -160,6 +170,10 @@ impl EbpfObserver {
             return Err(rejected(program, tracepoint, source, &log));
         }
         for (program, tracepoint) in programs {
+            // Every user page fault on the host would pay for it (see observe::faults).
+            if tracepoint.kind == Kind::PageFaultUser && !config.kernel_fault_counts {
+                continue;
+            }
             attach(&mut ebpf, program, tracepoint)?;
         }
         let ring: RingBuf<MapData> = take(&mut ebpf, map_name::EVENTS)?;
@@ -180,7 +194,11 @@ impl EbpfObserver {
             tasks: take(&mut ebpf, map_name::TASKS)?,
             workers: take(&mut ebpf, map_name::WORKERS)?,
             thresholds: take(&mut ebpf, map_name::THRESHOLDS)?,
-            faults: take(&mut ebpf, map_name::FAULTS)?,
+            faults: if config.kernel_fault_counts {
+                FaultCounts::Kernel(take(&mut ebpf, map_name::FAULTS)?)
+            } else {
+                FaultCounts::Proc(Tallies::default())
+            },
             lost: take(&mut ebpf, map_name::LOST)?,
             reader: Reader::new(ring, flush_delay(config.wakeup_interval))
                 .map_err(EbpfError::Poll)?,
@@ -204,7 +222,13 @@ impl EbpfObserver {
                 as usize
         ])
         .map_err(io::Error::other)?;
-        self.faults.set(slot, zero, 0).map_err(io::Error::other)
+        match &mut self.faults {
+            FaultCounts::Kernel(faults) => faults.set(slot, zero, 0).map_err(io::Error::other),
+            FaultCounts::Proc(tallies) => {
+                tallies.reset(slot);
+                Ok(())
+            }
+        }
     }
 
     /// New thresholds for a watched worker: the programs compare each update
@@ -236,6 +260,9 @@ impl EbpfObserver {
             io::Error::new(io::ErrorKind::NotFound, format!("process {pid} has exited"))
         })?;
         let state = self.workers.get(&slot, 0).map_err(io::Error::other)?;
+        if let FaultCounts::Proc(tallies) = &mut self.faults {
+            tallies.refresh(&BTreeMap::from([(slot, vec![pid])]), faults::read);
+        }
         Ok(Counters::from_kernel(state.counters))
     }
 
@@ -271,10 +298,26 @@ impl EbpfObserver {
     }
 
     pub fn faults(&self, slot: u32) -> u64 {
-        self.faults
-            .get(&slot, 0)
-            .map(|per_cpu| per_cpu.iter().sum())
-            .unwrap_or(0)
+        match &self.faults {
+            FaultCounts::Kernel(faults) => faults
+                .get(&slot, 0)
+                .map(|per_cpu| per_cpu.iter().sum())
+                .unwrap_or(0),
+            FaultCounts::Proc(tallies) => tallies.total(slot),
+        }
+    }
+
+    /// Reads every watched process's fault count from /proc, unless the
+    /// kernel counts them: the processes are `TASKS`' entries, by worker.
+    pub fn refresh_faults(&mut self) {
+        let FaultCounts::Proc(tallies) = &mut self.faults else {
+            return;
+        };
+        let mut processes: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for (pid, entry) in self.tasks.iter().filter_map(Result::ok) {
+            processes.entry(entry.worker).or_default().push(pid);
+        }
+        tallies.refresh(&processes, faults::read);
     }
 
     pub fn lost(&self) -> u64 {

@@ -5,6 +5,7 @@
 
 pub mod btf;
 pub mod ebpf;
+pub mod faults;
 pub mod host;
 pub mod procfs;
 mod ring_buf;
@@ -37,6 +38,9 @@ pub struct Settings {
     pub poll_interval: Duration,
     /// The BPF programs' own log (`--bpf-log`).
     pub bpf_log: bool,
+    /// Count page faults in the kernel (`--kernel-fault-counts`), rather
+    /// than from /proc at each refresh.
+    pub kernel_fault_counts: bool,
 }
 
 /// A process's (or a worker's) memory counters, in bytes.
@@ -213,6 +217,15 @@ impl Observer {
     pub fn drain_now(&mut self, out: &mut Vec<Observation>) {
         if let Self::Ebpf(o) = self {
             o.drain_now(out);
+        }
+    }
+
+    /// Brings the workers' fault counts up to date, where they are read
+    /// rather than sent (see [`faults`]); the procfs source reads them at
+    /// each poll.
+    pub fn refresh_faults(&mut self) {
+        if let Self::Ebpf(o) = self {
+            o.refresh_faults();
         }
     }
 

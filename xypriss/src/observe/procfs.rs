@@ -14,7 +14,10 @@ use std::{
 use procfs::process::Process;
 use tokio::time::{Interval, MissedTickBehavior, interval};
 
-use super::{Counters, Observation, Settings, Trigger};
+use super::{
+    Counters, Observation, Settings, Trigger,
+    faults::{self, Tally},
+};
 
 /// A process's counters from `/proc/<pid>/status` (RssFile, RssAnon, RssShmem, VmSwap).
 pub fn counters(pid: u32) -> io::Result<Counters> {
@@ -37,12 +40,6 @@ pub fn counters(pid: u32) -> io::Result<Counters> {
     })
 }
 
-/// A process's page faults (minor and major) from `/proc/<pid>/stat`.
-fn faults(pid: u32) -> Option<u64> {
-    let stat = Process::new(pid as i32).ok()?.stat().ok()?;
-    Some(stat.minflt + stat.majflt)
-}
-
 /// The pids of a process's children, over all its threads.
 fn children(pid: u32) -> Vec<u32> {
     let Ok(tasks) = Process::new(pid as i32).and_then(|p| p.tasks()) else {
@@ -58,10 +55,8 @@ fn children(pid: u32) -> Vec<u32> {
 struct Watched {
     root: u32,
     thresholds: [u64; 3],
-    /// The descendants seen at the last poll, and their latest fault counts.
-    processes: BTreeMap<u32, u64>,
-    /// Faults of processes that have exited, so the worker's count never goes back.
-    exited_faults: u64,
+    /// The descendants seen at the last poll, and their fault counts.
+    faults: Tally,
     reported_rss: u64,
     level: u32,
 }
@@ -98,8 +93,11 @@ impl ProcfsObserver {
             Watched {
                 root: pid,
                 thresholds,
-                processes: BTreeMap::from([(pid, faults(pid).unwrap_or(0))]),
-                exited_faults: 0,
+                faults: {
+                    let mut tally = Tally::default();
+                    tally.observe(pid, faults::read(pid).unwrap_or(0));
+                    tally
+                },
                 reported_rss: seed.rss(),
                 level: level(&thresholds, seed.rss()),
             },
@@ -119,10 +117,7 @@ impl ProcfsObserver {
     }
 
     pub fn faults(&self, slot: u32) -> u64 {
-        self.watched
-            .get(&slot)
-            .map(|w| w.exited_faults + w.processes.values().sum::<u64>())
-            .unwrap_or(0)
+        self.watched.get(&slot).map_or(0, |w| w.faults.total())
     }
 
     pub async fn next_batch(&mut self, out: &mut Vec<Observation>) {
@@ -157,8 +152,8 @@ fn poll_worker(
         queue.extend(children(pid));
     }
     for &pid in &seen {
-        let count = faults(pid).unwrap_or(0);
-        if w.processes.insert(pid, count).is_none() && pid != w.root {
+        let count = faults::read(pid).unwrap_or(0);
+        if w.faults.observe(pid, count) && pid != w.root {
             out.push(Observation::Fork {
                 slot,
                 pid,
@@ -166,14 +161,7 @@ fn poll_worker(
             });
         }
     }
-    let gone: Vec<u32> = w
-        .processes
-        .keys()
-        .copied()
-        .filter(|p| !seen.contains(p))
-        .collect();
-    for pid in gone {
-        w.exited_faults += w.processes.remove(&pid).unwrap_or(0);
+    for pid in w.faults.retire(|pid| seen.contains(&pid)) {
         out.push(Observation::Exit {
             slot,
             pid,

@@ -123,6 +123,7 @@ impl Pool {
 
     /// The periodic refresh: fault counts and rates of quiet workers, and losses.
     pub(super) fn tick(&mut self) {
+        self.observer.refresh_faults();
         let now = monotonic_ns();
         self.ticks += 1;
         // reducedLogging leaves the periodic samples out; low-memory mode

@@ -222,6 +222,7 @@ fn observe_settings(config: &RunConfig) -> observe::Settings {
         wakeup_interval: config.wakeup_interval,
         poll_interval: config.poll_interval,
         bpf_log: config.bpf_log,
+        kernel_fault_counts: config.kernel_fault_counts,
     }
 }
 

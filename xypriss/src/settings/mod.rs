@@ -95,6 +95,8 @@ pub struct RunConfig {
     pub nice: Nice,
     pub observer: ObserverChoice,
     pub bpf_log: bool,
+    /// `--kernel-fault-counts`.
+    pub kernel_fault_counts: bool,
     pub ready: ReadyMode,
     pub ready_timeout: Duration,
     pub listen: Vec<ListenAddr>,
