@@ -323,7 +323,7 @@ impl Bench {
 
     pub(super) fn http_leak(&self) -> Result<Value> {
         let wrk = peers::debian("wrk", "wrk")?;
-        let log = self.out.join("http-leak-servers.log");
+        let log = self.workers_out.join("http-leak-servers.log");
         println!(
             "http-leak: a Node.js server leaking ~1 MB/s per worker under load, {WORKERS} workers, {LIMIT_MIB} MiB limit each, wrk -t2 -c32 -d{SECONDS}s"
         );

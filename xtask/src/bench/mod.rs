@@ -57,7 +57,7 @@ mod throughput;
 use std::{
     fs,
     io::{BufRead as _, BufReader},
-    os::unix::process::CommandExt as _,
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc::{self, Receiver},
@@ -100,8 +100,11 @@ pub fn run(root: &Path, names: &[String], minutes: f64, stress_cpu: Option<u32>)
         xypriss: root.join("target/release/xypriss"),
         demo: root.join("target/release/xypriss-demo"),
         out: root.join("target/bench"),
+        workers_out: root.join("target/bench/workers"),
     };
-    fs::create_dir_all(&bench.out)?;
+    fs::create_dir_all(&bench.workers_out)?;
+    fs::set_permissions(&bench.workers_out, fs::Permissions::from_mode(0o1777))
+        .with_context(|| format!("cannot open {} to the workers", bench.workers_out.display()))?;
     let hogs = stress_cpu.map(CpuHogs::start).transpose()?;
     let condition = CpuHogs::condition(hogs.as_ref());
     for name in names {
@@ -136,6 +139,9 @@ struct Bench {
     xypriss: PathBuf,
     demo: PathBuf,
     out: PathBuf,
+    /// Where workers write their own records: they run as nobody under
+    /// xypriss (see [`Pool::start`]), so it is writable by all, as /tmp.
+    workers_out: PathBuf,
 }
 
 pub(crate) fn monotonic_ns() -> u64 {

@@ -469,7 +469,7 @@ impl Bench {
             Monitor::Poll(Duration::from_secs(1)),
             Monitor::Poll(Duration::from_millis(100)),
         ];
-        let log = self.out.join("reaction-worker.log");
+        let log = self.workers_out.join("reaction-worker.log");
         println!(
             "reaction: a Node.js worker allocating past a 256 MiB limit; medians (max) over up to {CROSSINGS} crossings"
         );
