@@ -71,6 +71,17 @@ fn keyed(dir: &Path, file: &str, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key} in {}/{file}", dir.display()))
 }
 
+/// The host's memory pressure: PSI `some avg10`, in percent.
+fn psi_some_avg10() -> f64 {
+    fs::read_to_string("/proc/pressure/memory")
+        .expect("PSI: /proc/pressure/memory")
+        .lines()
+        .find_map(|l| l.strip_prefix("some "))
+        .and_then(|l| l.split_whitespace().find_map(|f| f.strip_prefix("avg10=")))
+        .and_then(|v| v.parse().ok())
+        .expect("some avg10 in /proc/pressure/memory")
+}
+
 fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let timeout = scaled(timeout);
     let deadline = Instant::now() + timeout;
@@ -235,11 +246,14 @@ fn a_critical_worker_is_slowed_with_memory_high_and_cpu_max_until_lifted() {
     // 2% of a CPU, never under the kernel's 1 ms.
     assert_eq!(quota, (period / 50).max(1000).to_string(), "{cpu_max}");
 
-    // Held at memory.high for what would have been 24 MiB of growth.
+    // Held at memory.high for what would have been 24 MiB of growth. The
+    // kernel lets a cgroup pass memory.high a little before it makes the
+    // allocating task sleep, and VmRSS also counts file pages charged
+    // elsewhere: 4 MiB over was seen once (6.1 under TCG), 24 is the growth.
     thread::sleep(Duration::from_secs(3));
     let rss = proc_status(pid, "VmRSS");
     assert!(
-        rss < critical + 4 * MIB,
+        rss < critical + 8 * MIB,
         "throttled at {critical} B, the worker has {rss} B"
     );
     assert!(
@@ -348,6 +362,15 @@ fn the_pool_answers_while_a_worker_start_waits_for_its_exec() {
         return;
     }
     let hierarchy = v2();
+    // Memory pressure on the host turns low-memory mode on, which refuses
+    // to scale up: the tests before this one leave some in the VM (PSI
+    // some avg10 was 14.2% once); wait until it is under the level that
+    // ends that mode.
+    wait_until(
+        "the host's memory pressure (PSI some avg10) under 5%",
+        Duration::from_secs(60),
+        || psi_some_avg10() < 5.0,
+    );
     let name = format!("frozen-start-{}", std::process::id());
     let mut pool = Pool::start(&[
         "--name",

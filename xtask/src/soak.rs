@@ -260,7 +260,12 @@ pub(crate) fn hammer(address: SocketAddr, stop: &AtomicBool) -> Value {
 
 /// One HTTP/1.1 GET; the response's status code.
 fn get(address: SocketAddr, path: &str) -> Result<u16> {
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
+    let stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))?;
+    get_on(stream, address, path)
+}
+
+/// One HTTP/1.1 GET of `path` on a connected `stream`; the response's status code.
+pub(crate) fn get_on(mut stream: TcpStream, address: SocketAddr, path: &str) -> Result<u16> {
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         stream,

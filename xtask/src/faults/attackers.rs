@@ -147,8 +147,8 @@ pub(super) fn slow_clients(address: SocketAddr, stop: Arc<AtomicBool>) -> JoinHa
         }
         let closed: Vec<f64> = admitted.iter().filter_map(|(_, c)| *c).collect();
         // Its slots given back, the peer is served again.
-        let served_after =
-            connect_from(SLOW_PEER, address).and_then(|stream| get_on(stream, address));
+        let served_after = connect_from(SLOW_PEER, address)
+            .and_then(|stream| crate::soak::get_on(stream, address, "/metrics"));
         json!({
             "clients": SLOW_CLIENTS,
             "admitted": admitted.len(),
@@ -163,20 +163,4 @@ pub(super) fn slow_clients(address: SocketAddr, stop: Arc<AtomicBool>) -> JoinHa
             "servedAgainAfter": served_after.map_or_else(|err| json!(err.to_string()), |code| json!(code)),
         })
     })
-}
-
-/// One GET /metrics on `stream`: its status code.
-fn get_on(mut stream: TcpStream, address: SocketAddr) -> Result<u16> {
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let head = String::from_utf8_lossy(&response[..response.len().min(32)]).into_owned();
-    head.split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .with_context(|| format!("not an HTTP response: {head:?}"))
 }
