@@ -1,7 +1,7 @@
 //! The configuration's tests: the reference's examples, every error's
 //! wording and place, the flags beside the file, and the docs' table.
 //!
-//! Why one file over 600 lines: it is the specification of the file format
+//! Over 600 lines: it is the specification of the file format
 //! and its errors, read top to bottom; the code it tests is split by stage.
 
 use std::{

@@ -1,5 +1,9 @@
 //! Per-worker cgroups: memory, and CPU bandwidth where it throttles.
 //!
+//! Over 600 lines: v1 and v2 are two dialects of one object (create, limit,
+//! throttle, kill, remove, find the stale), and each operation reads best
+//! with both dialects side by side.
+//!
 //! Each worker runs in a cgroup of its own, under one cgroup per pool, so that
 //! the supervisor can throttle it, have the kernel enforce its limit
 //! (`memory.max`), read its memory as the kernel charges it, and kill
@@ -66,10 +70,6 @@
 //! `cgroup.procs` before it signals, so it pins each process with a pidfd
 //! and signals only those still listed ([`kill_listed`]): a pid reused
 //! elsewhere in between is never hit.
-//!
-//! Why one file over 600 lines: v1 and v2 are two dialects of one object
-//! (create, limit, throttle, kill, remove, find the stale), and each
-//! operation reads best with both dialects side by side.
 
 use std::{
     collections::{BTreeSet, HashSet},
