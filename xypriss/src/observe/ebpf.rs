@@ -261,7 +261,7 @@ impl EbpfObserver {
         })?;
         let state = self.workers.get(&slot, 0).map_err(io::Error::other)?;
         if let FaultCounts::Proc(tallies) = &mut self.faults {
-            tallies.refresh(&BTreeMap::from([(slot, vec![pid])]), faults::read);
+            tallies.observe(slot, pid, faults::read(pid).unwrap_or(0));
         }
         Ok(Counters::from_kernel(state.counters))
     }

@@ -67,6 +67,12 @@ impl Tallies {
         self.0.remove(&slot);
     }
 
+    /// Records process `pid` of worker `slot` and its count, leaving the
+    /// other workers as they are (a worker first watched).
+    pub fn observe(&mut self, slot: u32, pid: u32, count: u64) {
+        self.0.entry(slot).or_default().observe(pid, count);
+    }
+
     /// Each worker's processes now (`processes`: slot → pids), counted with
     /// `read`. A process that is gone keeps its last count; one that cannot
     /// be read (it exits as we read) is taken for gone.
@@ -134,6 +140,17 @@ mod tests {
         tallies.reset(3);
         assert_eq!(tallies.total(3), 0);
         assert_eq!(tallies.total(4), 0);
+    }
+
+    #[test]
+    fn a_worker_first_watched_leaves_the_others_counts_alone() {
+        let mut tallies = Tallies::default();
+        tallies.refresh(&BTreeMap::from([(0, vec![10])]), |_| Some(100));
+        tallies.observe(1, 20, 5);
+        tallies.refresh(&BTreeMap::from([(0, vec![10]), (1, vec![20])]), |pid| {
+            Some(if pid == 10 { 110 } else { 6 })
+        });
+        assert_eq!((tallies.total(0), tallies.total(1)), (110, 6));
     }
 
     #[test]
