@@ -12,7 +12,9 @@
 //!   default 30 s check and with the check at 100 ms, once each.
 //!
 //! For each: wrk's socket errors, non-2xx responses and p99; the number of
-//! replacements (workers that were told to drain, from the servers' own log);
+//! replacements (workers that were told to drain, from the servers' own log)
+//! and, for xypriss, why (its `memory_alert`s that replace a worker, by
+//! type, and its `worker_stopping` reasons); the highest RSS a server reached;
 //! the worst overshoot over the limit (their RSS, logged every 100 ms); the
 //! fewest workers serving at once; and the p99 during replacements, from a
 //! probe beside wrk that makes one request on a new connection every 10 ms:
@@ -308,9 +310,7 @@ impl Bench {
         let probes = prober
             .join()
             .map_err(|_| anyhow::anyhow!("the probe panicked"))?;
-        if let Some(pool) = pool {
-            drop(pool.stop());
-        }
+        let why = pool.map(|pool| why_replaced(&pool.stop()));
         if let Some((bin, home)) = &pm2 {
             pm2_kill(bin, home);
         }
@@ -318,7 +318,11 @@ impl Bench {
         let wrk =
             parse_wrk(&report).with_context(|| format!("no figures in wrk's report: {report}"))?;
         let servers = read_log(log);
-        Ok(summarize(supervisor, wrk, &probes, &servers, from, to))
+        let mut row = summarize(supervisor, wrk, &probes, &servers, from, to);
+        if let (Some(why), Some(object)) = (why, row.as_object_mut()) {
+            object.insert("why".into(), json!(why));
+        }
+        Ok(row)
     }
 
     pub(super) fn http_leak(&self) -> Result<Value> {
@@ -328,9 +332,9 @@ impl Bench {
             "http-leak: a Node.js server leaking ~1 MB/s per worker under load, {WORKERS} workers, {LIMIT_MIB} MiB limit each, wrk -t2 -c32 -d{SECONDS}s"
         );
         println!(
-            "| supervisor | replacements | socket errors | non-2xx | p99 | p99 during replacements | fewest serving | worst overshoot |"
+            "| supervisor | replacements | why | socket errors | non-2xx | p99 | p99 during replacements | fewest serving | peak RSS | worst overshoot |"
         );
-        println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
+        println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
         let mut runs = Vec::new();
         let mut plan = vec![Supervisor::Xypriss { leak: false }];
         plan.extend([Supervisor::Xypriss { leak: true }; ROUNDS]);
@@ -347,6 +351,26 @@ impl Bench {
             "runs": runs,
         }))
     }
+}
+
+/// Why xypriss stopped workers before its shutdown, from its events: the
+/// `memory_alert`s whose action replaces a worker, by type, then the
+/// `worker_stopping` reasons other than the shutdown, as `name: count`.
+fn why_replaced(events: &[Value]) -> BTreeMap<String, usize> {
+    let mut why = BTreeMap::new();
+    for event in events {
+        let name = match event["event"].as_str() {
+            Some("memory_alert") if event["action"] == "restart" => {
+                format!("alert {}", event["type"].as_str().unwrap_or("?"))
+            }
+            Some("worker_stopping") if event["reason"] != "shutdown" => {
+                format!("stopping {}", event["reason"].as_str().unwrap_or("?"))
+            }
+            _ => continue,
+        };
+        *why.entry(name).or_insert(0) += 1;
+    }
+    why
 }
 
 /// Stops PM2's daemon and its apps, if it runs.
@@ -384,11 +408,8 @@ fn summarize(
     let mut all: Vec<f64> = probes.iter().map(|p| p.ms).collect();
     all.sort_by(f64::total_cmp);
     let limit = LIMIT_MIB << 20;
-    let overshoot = servers
-        .values()
-        .map(|s| s.peak.saturating_sub(limit))
-        .max()
-        .unwrap_or(0);
+    let peak = servers.values().map(|s| s.peak).max().unwrap_or(0);
+    let overshoot = peak.saturating_sub(limit);
     json!({
         "supervisor": supervisor.name(),
         "requests_per_s": wrk.requests_per_s,
@@ -402,6 +423,7 @@ fn summarize(
         "probe_requests_during_replacements": during.len(),
         "probe_p99_during_replacements_ms": percentile(&during, 0.99),
         "fewest_serving": fewest_serving(servers, from, to),
+        "peak_rss_mib": peak as f64 / f64::from(1 << 20),
         "worst_overshoot_mib": overshoot as f64 / f64::from(1 << 20),
         "worst_overshoot_pct": overshoot as f64 / limit as f64 * 100.0,
     })
@@ -417,14 +439,23 @@ fn table_row(row: &Value) -> String {
                 row["probe_requests_during_replacements"]
             )
         });
+    let why = row["why"].as_object().map_or("-".to_string(), |why| {
+        let parts: Vec<String> = why.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join(", ")
+        }
+    });
     format!(
-        "| {} | {} | {} | {} | {:.1} ms | {during} | {} | {:.1} MiB, {:.1}% |",
+        "| {} | {} | {why} | {} | {} | {:.1} ms | {during} | {} | {:.1} MiB | {:.1} MiB, {:.1}% |",
         row["supervisor"].as_str().unwrap_or_default(),
         row["replacements"],
         row["socket_errors"],
         row["non_2xx"],
         row["p99_ms"].as_f64().unwrap_or(f64::NAN),
         row["fewest_serving"],
+        row["peak_rss_mib"].as_f64().unwrap_or(f64::NAN),
         row["worst_overshoot_mib"].as_f64().unwrap_or(f64::NAN),
         row["worst_overshoot_pct"].as_f64().unwrap_or(f64::NAN),
     )
@@ -472,5 +503,20 @@ mod tests {
         // A successor that starts after the drain leaves one serving.
         servers.insert(3, server(55, None, None));
         assert_eq!(fewest_serving(&servers, 10, 100), 1);
+    }
+
+    #[test]
+    fn replacements_are_explained_by_their_alerts_and_stops() {
+        let events = [
+            json!({"event": "memory_alert", "type": "warning", "action": "none"}),
+            json!({"event": "memory_alert", "type": "critical", "action": "restart"}),
+            json!({"event": "memory_alert", "type": "critical", "action": "restart"}),
+            json!({"event": "worker_stopping", "reason": "replaced"}),
+            json!({"event": "worker_stopping", "reason": "shutdown"}),
+        ];
+        let why = why_replaced(&events);
+        assert_eq!(why.get("alert critical"), Some(&2));
+        assert_eq!(why.get("stopping replaced"), Some(&1));
+        assert_eq!(why.len(), 2, "{why:?}");
     }
 }
