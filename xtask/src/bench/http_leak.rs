@@ -202,19 +202,20 @@ fn fewest_serving(servers: &BTreeMap<u32, Server>, from: u64, to: u64) -> usize 
         }
     }
     changes.sort_unstable();
-    let mut serving = 0i64;
-    let mut fewest = i64::MAX;
-    for (at, change) in changes {
-        serving += change;
-        if at >= from && at <= to {
-            fewest = fewest.min(serving);
-        }
-    }
-    if fewest == i64::MAX {
-        serving.max(0) as usize
-    } else {
-        fewest.max(0) as usize
-    }
+    let serving_at = |at: u64| {
+        changes
+            .iter()
+            .take_while(|&&(when, _)| when <= at)
+            .map(|&(_, change)| change)
+            .sum::<i64>()
+    };
+    // Serving when the load starts, and after each change while it lasts.
+    let fewest = changes
+        .iter()
+        .filter(|&&(at, _)| at >= from && at <= to)
+        .map(|&(at, _)| serving_at(at))
+        .fold(serving_at(from), i64::min);
+    fewest.max(0) as usize
 }
 
 impl Bench {
@@ -503,6 +504,12 @@ mod tests {
         // A successor that starts after the drain leaves one serving.
         servers.insert(3, server(55, None, None));
         assert_eq!(fewest_serving(&servers, 10, 100), 1);
+        // No change while the load runs: those serving when it started,
+        // whatever happens after it (the pool's shutdown).
+        let mut quiet = BTreeMap::new();
+        quiet.insert(1, server(0, Some(150), Some(160)));
+        quiet.insert(2, server(0, Some(150), Some(160)));
+        assert_eq!(fewest_serving(&quiet, 10, 100), 2);
     }
 
     #[test]
