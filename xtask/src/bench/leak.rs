@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
 use super::{Bench, Pool, peers};
@@ -41,6 +41,14 @@ impl CpuQuota {
         fs::create_dir_all(&path)
             .with_context(|| format!("creating the cpu cgroup {}", path.display()))?;
         let quota = Self { path };
+        // The worker moves itself in, and workers do not run as root: any
+        // user may write the cgroup's process list (v1 also asks that the
+        // writer be the process it moves, which it is).
+        fs::set_permissions(
+            quota.path.join("cgroup.procs"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o666),
+        )
+        .context("opening cgroup.procs to the worker's user")?;
         fs::write(quota.path.join("cpu.cfs_period_us"), "100000")?;
         fs::write(
             quota.path.join("cpu.cfs_quota_us"),
@@ -90,11 +98,19 @@ impl Bench {
             description,
             target,
             cpu_percent,
-            app: [stress_ng, "-q", "--timeout", &timeout]
-                .iter()
-                .chain(args)
-                .map(|a| a.to_string())
-                .collect(),
+            // Workers run as nobody here, who cannot write in the checkout.
+            app: [
+                stress_ng,
+                "-q",
+                "--temp-path",
+                "/tmp",
+                "--timeout",
+                &timeout,
+            ]
+            .iter()
+            .chain(args)
+            .map(|a| a.to_string())
+            .collect(),
         };
         Ok(vec![
             pattern("leak1m", "1 MiB/s leak", Some(15)),
@@ -170,6 +186,13 @@ impl Bench {
                     while let Some((_, e)) =
                         pool.next(deadline.saturating_duration_since(Instant::now()))
                     {
+                        // A scenario whose worker cannot run measures nothing.
+                        if e["event"] == "worker_errored" {
+                            bail!(
+                                "{name}: {}",
+                                e["message"].as_str().unwrap_or("the worker errored")
+                            );
+                        }
                         if e["event"] == "memory_alert" && e["type"] == "leak_detected" {
                             alerts += 1;
                             if detected.is_none() {
