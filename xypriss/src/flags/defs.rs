@@ -424,7 +424,7 @@ options! {
         default: "true",
         default_from: "ref",
         help: "Report workers whose memory only grows",
-        doc: "A robust trend test (Theil–Sen slope, Mann–Kendall significance) on each worker's memory, in 1 s buckets over a sliding window, raises `leak_detected` with the slope, a confidence and the time to the limit; a restart follows when `enforceHardLimits` allows.",
+        doc: "A robust trend test (Theil–Sen slope, Mann–Kendall significance) on each worker's memory, in 1.5 s buckets over a 90 s sliding window, on growth that has risen 9 MiB or lasted 60 s, raises `leak_detected` with the slope, a confidence and the time to the limit; a restart follows when `enforceHardLimits` allows.",
     }
     GC_HINT {
         path: "resources.memoryManagement.garbageCollectionHint",
