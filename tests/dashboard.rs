@@ -1,6 +1,10 @@
 //! The dashboard (`GET /`) in a real browser against a real pool, and the
 //! event stream behind it (`GET /events`) under fifty followers.
 //!
+//! Over 600 lines: every file in tests/ is a test binary of its own, linked
+//! with the whole crate, so the dashboard's browser and stream tests stay
+//! in one.
+//!
 //! The browser is Debian's headless Chromium (`cargo xtask test` installs
 //! it), driven over the DevTools protocol on `--remote-debugging-pipe`: the
 //! protocol is JSON messages separated by NUL bytes on fds 3 and 4, so a

@@ -2,6 +2,9 @@
 //! local user or a second start may try, with real processes, sockets and
 //! users (`nobody`, through `setpriv`).
 //!
+//! Over 600 lines: every file in tests/ is a test binary of its own, linked
+//! with the whole crate, so the hardening tests stay in one.
+//!
 //! A worker writing a gibibyte without a newline leaves xypriss's memory
 //! flat, and one flooding short lines costs the other workers none of
 //! theirs; workers never run as root unasked, get no capability back, no

@@ -1,5 +1,8 @@
 //! Leak detection: is a worker's resident memory growing steadily, now?
 //!
+//! Over 600 lines with its unit tests and their simulated workers; the
+//! detector itself is the first 660.
+//!
 //! This is XyPriss's `memoryLeakDetection` (its `leak_detected` alert), as a
 //! pure function of one worker process's series. It must be early (a 1 MiB/s
 //! leak seen in about 12 s, a 100 KiB/s one within a minute) and must not cry

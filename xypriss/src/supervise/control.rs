@@ -1,6 +1,8 @@
 //! The control channel: a two-way, line-based channel between xypriss and
 //! each worker, that a worker can never use to hurt xypriss.
 //!
+//! Over 600 lines with its unit tests; the channel itself is the first 385.
+//!
 //! Each worker gets one end of a Unix stream socket pair as an inherited fd,
 //! announced in `XYPRISS_CONTROL_FD`, with the protocol's version in
 //! `XYPRISS_PROTOCOL_VERSION`. `docs/worker-protocol.md` is the contract.
