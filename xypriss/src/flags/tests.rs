@@ -1,8 +1,8 @@
-//! The configuration's tests: the reference's examples, every error's
-//! wording and place, the flags beside the file, and the docs' table.
-//!
 //! Over 600 lines: it is the specification of the file format
 //! and its errors, read top to bottom; the code it tests is split by stage.
+//!
+//! The configuration's tests: the reference's examples, every error's
+//! wording and place, the flags beside the file, and the docs' table.
 
 use std::{
     fs::OpenOptions,

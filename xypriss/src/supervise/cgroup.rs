@@ -1,8 +1,8 @@
-//! Per-worker cgroups: memory, and CPU bandwidth where it throttles.
-//!
 //! Over 600 lines: v1 and v2 are two dialects of one object (create, limit,
 //! throttle, kill, remove, find the stale), and each operation reads best
 //! with both dialects side by side.
+//!
+//! Per-worker cgroups: memory, and CPU bandwidth where it throttles.
 //!
 //! Each worker runs in a cgroup of its own, under one cgroup per pool, so that
 //! the supervisor can throttle it, have the kernel enforce its limit
