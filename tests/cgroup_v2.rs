@@ -27,7 +27,10 @@ use nix::sys::signal::Signal;
 use support::{
     DEMO, MIB, Pool, alive, daemon_pid, proc_status, root_or_skip, scaled, signal, u64_of,
 };
-use xypriss::supervise::cgroup::{Hierarchy, PoolCgroup, Version, WorkerCgroup};
+use xypriss::{
+    observe::host::{Host as _, Procfs},
+    supervise::cgroup::{Hierarchy, PoolCgroup, Version, WorkerCgroup},
+};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -73,13 +76,9 @@ fn keyed(dir: &Path, file: &str, key: &str) -> u64 {
 
 /// The host's memory pressure: PSI `some avg10`, in percent.
 fn psi_some_avg10() -> f64 {
-    fs::read_to_string("/proc/pressure/memory")
-        .expect("PSI: /proc/pressure/memory")
-        .lines()
-        .find_map(|l| l.strip_prefix("some "))
-        .and_then(|l| l.split_whitespace().find_map(|f| f.strip_prefix("avg10=")))
-        .and_then(|v| v.parse().ok())
-        .expect("some avg10 in /proc/pressure/memory")
+    Procfs
+        .memory_pressure()
+        .expect("PSI: some avg10 in /proc/pressure/memory")
 }
 
 fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
