@@ -514,26 +514,88 @@ fn the_last_event_counts_the_ones_before_it() {
     );
 }
 
-/// A process's or thread's nice value, from its `stat`.
-fn nice_of(stat_path: &str) -> i64 {
+/// Field `n` (from 1, as proc(5) counts) of a process's or thread's `stat`.
+fn stat_field(stat_path: &str, n: usize) -> i64 {
     let stat = fs::read_to_string(stat_path).unwrap_or_else(|e| panic!("{stat_path}: {e}"));
     let (_, rest) = stat.rsplit_once(')').expect("a stat line");
-    // After the name: state is field 3, nice field 19.
+    // After the name, the state is field 3.
     rest.split_whitespace()
-        .nth(19 - 3)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no nice value in {stat_path}: {stat}"))
+        .nth(n - 3)
+        .and_then(|f| f.parse().ok())
+        .unwrap_or_else(|| panic!("no field {n} in {stat_path}: {stat}"))
 }
 
-/// The nice values of every thread of process `pid`.
-fn thread_nices(pid: u32) -> Vec<i64> {
+/// A process's or thread's nice value, from its `stat`.
+fn nice_of(stat_path: &str) -> i64 {
+    stat_field(stat_path, 19)
+}
+
+/// The `stat` paths of every thread of process `pid`.
+fn thread_stats(pid: u32) -> Vec<String> {
     fs::read_dir(format!("/proc/{pid}/task"))
         .expect("xypriss runs")
         .map(|task| {
             let tid = task.expect("a task").file_name();
-            nice_of(&format!("/proc/{pid}/task/{}/stat", tid.to_string_lossy()))
+            format!("/proc/{pid}/task/{}/stat", tid.to_string_lossy())
         })
         .collect()
+}
+
+/// A thread's scheduling: (policy, real-time priority), from its `stat`.
+fn scheduling(stat_path: &str) -> (i64, i64) {
+    (stat_field(stat_path, 41), stat_field(stat_path, 40))
+}
+
+/// Starts a one-worker pool with `args`, and checks what `read` says of
+/// each thread of xypriss (`xypriss`) and of its worker (`worker`).
+fn threads_and_worker<T: PartialEq + std::fmt::Debug + Copy>(
+    args: &[&str],
+    read: fn(&str) -> T,
+    xypriss: T,
+    worker: T,
+) {
+    let mut pool_args = args.to_vec();
+    pool_args.extend(["--workers", "1", DEMO, "steps", "1"]);
+    let mut pool = Pool::start(&pool_args);
+    let spawned = pool.wait_event("worker_spawned", TIMEOUT, |_| true);
+    let pid = u64_of(&spawned, "pid") as u32;
+    pool.wait_log("at 1 MiB", TIMEOUT);
+    let threads: Vec<T> = thread_stats(pool.pid()).iter().map(|s| read(s)).collect();
+    assert!(
+        threads.len() > 1 && threads.iter().all(|&t| t == xypriss),
+        "{args:?}: every thread of xypriss at {xypriss:?}: {threads:?}"
+    );
+    assert_eq!(
+        read(&format!("/proc/{pid}/stat")),
+        worker,
+        "{args:?}: the worker's"
+    );
+    assert!(pool.stop().success());
+}
+
+/// By default every thread of xypriss runs SCHED_FIFO at priority 1, and
+/// its worker with normal scheduling; `--realtime 7` takes priority 7, and
+/// `--realtime off` leaves xypriss's scheduling alone.
+#[test]
+fn realtime_runs_xyprisss_threads_fifo_and_not_its_workers() {
+    if !root_or_skip("realtime_runs_xyprisss_threads_fifo_and_not_its_workers") {
+        return;
+    }
+    // (policy, real-time priority)
+    let normal = (i64::from(libc::SCHED_OTHER), 0);
+    assert_eq!(
+        scheduling("/proc/thread-self/stat"),
+        normal,
+        "the test's own"
+    );
+    let fifo = |priority| (i64::from(libc::SCHED_FIFO), priority);
+    for (args, expected) in [
+        (&[][..], fifo(1)),
+        (&["--realtime", "7"][..], fifo(7)),
+        (&["--realtime", "off"][..], normal),
+    ] {
+        threads_and_worker(args, scheduling, expected, normal);
+    }
 }
 
 /// `--nice -10`: every thread of xypriss at nice -10, its worker at the
@@ -547,22 +609,6 @@ fn nice_raises_xyprisss_priority_and_not_its_workers() {
     let own = nice_of("/proc/thread-self/stat");
     assert!(own > -10, "the test runs at nice {own}: nothing to raise");
     for (args, expected) in [(&["--nice", "-10"][..], -10), (&[][..], own)] {
-        let mut pool_args = args.to_vec();
-        pool_args.extend(["--workers", "1", DEMO, "steps", "1"]);
-        let mut pool = Pool::start(&pool_args);
-        let spawned = pool.wait_event("worker_spawned", TIMEOUT, |_| true);
-        let worker = u64_of(&spawned, "pid") as u32;
-        pool.wait_log("at 1 MiB", TIMEOUT);
-        let threads = thread_nices(pool.pid());
-        assert!(
-            threads.len() > 1 && threads.iter().all(|&n| n == expected),
-            "{args:?}: every thread of xypriss at nice {expected}: {threads:?}"
-        );
-        assert_eq!(
-            nice_of(&format!("/proc/{worker}/stat")),
-            own,
-            "{args:?}: the worker's"
-        );
-        assert!(pool.stop().success());
+        threads_and_worker(args, nice_of, expected, own);
     }
 }

@@ -74,6 +74,7 @@ pub fn run(root: &Path, minutes: f64, stress_cpu: Option<u32>) -> Result<()> {
         ],
     )?;
     let pid = pool.pid();
+    let reader = pool.reader();
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     let mut crossed: BTreeMap<u64, u64> = BTreeMap::new();
     let mut latencies = Vec::new();
@@ -166,6 +167,7 @@ pub fn run(root: &Path, minutes: f64, stress_cpu: Option<u32>) -> Result<()> {
             "errored": counts.get("worker_errored").copied().unwrap_or(0),
         },
         "alertLatencyMs": {
+            "reader": reader,
             "count": latencies.len(),
             "p50": percentile(&latencies, 0.5),
             "p99": percentile(&latencies, 0.99),
@@ -326,8 +328,9 @@ fn print(result: &Value) {
     );
     println!("| workers errored | {} |", restarts["errored"]);
     println!(
-        "| worker alert latency p50 / p99 / max ({} alerts) | {:.2} / {:.2} / {:.2} ms |",
+        "| worker alert latency p50 / p99 / max ({} alerts, reader {}) | {:.2} / {:.2} / {:.2} ms |",
         alerts["count"],
+        alerts["reader"].as_str().unwrap_or("?"),
         alerts["p50"].as_f64().unwrap_or(f64::NAN),
         alerts["p99"].as_f64().unwrap_or(f64::NAN),
         alerts["max"].as_f64().unwrap_or(f64::NAN)

@@ -77,6 +77,7 @@ impl Bench {
             alerts_us,
             lost,
         } = crossing_latencies(&pool, CROSSINGS, Duration::from_secs(120))?;
+        let reader = pool.reader();
         drop(pool.stop());
         if latencies_us.len() < 1000 {
             bail!("only {} crossings seen in time", latencies_us.len());
@@ -88,12 +89,15 @@ impl Bench {
             "p99_us": percentile(&latencies_us, 0.99),
             "max_us": percentile(&latencies_us, 1.0),
             "events_lost": lost,
+            "reader": reader,
             "alerts": alerts_us.len(),
             "alert_p50_us": percentile(&alerts_us, 0.5),
             "alert_p99_us": percentile(&alerts_us, 0.99),
             "alert_max_us": percentile(&alerts_us, 1.0),
         });
-        println!("latency: threshold crossing (kernel) → JSON line read from stdout");
+        println!(
+            "latency: threshold crossing (kernel) → JSON line read from stdout (reader: {reader})"
+        );
         println!("| crossings | p50 | p90 | p99 | max | events lost |");
         println!("| --- | --- | --- | --- | --- | --- |");
         println!(

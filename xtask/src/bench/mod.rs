@@ -9,6 +9,9 @@
 //!   process's death, and the overshoot, under xypriss, PM2's
 //!   `max_memory_restart` (default and shortest check interval) and `/proc`
 //!   polling loops at 1 s and 100 ms.
+//! - `jitter`: how late a `SCHED_FIFO` thread at xypriss's priority wakes
+//!   from a 1 ms sleep on each CPU (`cyclictest`): the machine's own floor
+//!   under `latency`'s tail.
 //! - `latency`: threshold crossing (kernel timestamp) → the JSON line read
 //!   from xypriss's stdout, over at least 1000 crossings.
 //! - `overhead`: nanoseconds per page fault of a fault-heavy allocator, cold
@@ -32,11 +35,11 @@
 //! - `dashboards`: `latency`'s alert latency with the status server and no
 //!   dashboard open, then with ten following `/events`.
 //!
-//! The peers (PM2, stress-ng, wrk, bpftrace) are installed on first use, see
+//! The peers (PM2, stress-ng, wrk, bpftrace, cyclictest) are installed on first use, see
 //! [`peers`]. Every scenario is bounded in time and stops what it started.
 //!
 //! `--stress-cpu N` runs the chosen benchmarks beside `stress-ng --cpu N`
-//! (N CPU hogs at the same priority as xypriss, for the whole run): the
+//! (N CPU hogs at normal priority, for the whole run): the
 //! condition of issue 13's latency target that the controller keeps its
 //! alert latency when the CPUs are busy. Each result then says so in its
 //! `condition` and goes to `target/bench/NAME-stress-cpuN.json`, beside the
@@ -46,6 +49,7 @@ mod dashboards;
 mod footprint;
 mod http;
 mod http_leak;
+mod jitter;
 mod latency;
 mod leak;
 mod overhead;
@@ -73,8 +77,9 @@ use nix::{
 };
 use serde_json::Value;
 
-const ALL: [&str; 10] = [
+const ALL: [&str; 11] = [
     "reaction",
+    "jitter",
     "latency",
     "overhead",
     "http",
@@ -111,6 +116,7 @@ pub fn run(root: &Path, names: &[String], minutes: f64, stress_cpu: Option<u32>)
         println!("{name}: {condition}");
         let result = match name {
             "reaction" => bench.reaction()?,
+            "jitter" => bench.jitter()?,
             "latency" => bench.latency()?,
             "http" => bench.http()?,
             "http-leak" => bench.http_leak()?,
@@ -176,6 +182,19 @@ pub(crate) struct Pool {
     child: Child,
     lines: Receiver<(u64, String)>,
     stderr: Receiver<String>,
+    reader: &'static str,
+}
+
+/// The instrument's own priority: the thread that reads xypriss's stdout
+/// and timestamps each line runs `SCHED_FIFO` at 50, above xypriss's
+/// default of 1, so that a latency measures xypriss's delivery of the line,
+/// not this reader's own wait for a CPU (which a consumer of the stream,
+/// journald or a log shipper, has at its own priority). Says which it got.
+fn reader_realtime() -> &'static str {
+    let param = libc::sched_param { sched_priority: 50 };
+    // SAFETY: a plain system call on the calling thread; `param` outlives it.
+    let done = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &raw const param) };
+    if done == 0 { "SCHED_FIFO 50" } else { "normal" }
 }
 
 impl Pool {
@@ -199,7 +218,9 @@ impl Pool {
             .context("starting xypriss")?;
         let (tx, lines) = mpsc::channel();
         let stdout = child.stdout.take().context("stdout")?;
+        let (priority_tx, priority) = mpsc::sync_channel(1);
         thread::spawn(move || {
+            let _ = priority_tx.send(reader_realtime());
             let mut reader = BufReader::new(stdout);
             let mut line = String::new();
             while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
@@ -222,7 +243,14 @@ impl Pool {
             child,
             lines,
             stderr,
+            reader: priority.recv().context("the stdout reader did not start")?,
         })
+    }
+
+    /// How this process reads xypriss's stdout: `SCHED_FIFO 50`, or
+    /// `normal` where it may not.
+    pub(crate) fn reader(&self) -> &'static str {
+        self.reader
     }
 
     /// The next event within `timeout`, with when it was read.

@@ -156,6 +156,7 @@ pub fn resolve(flags: RunFlags) -> Result<Resolved, FlagError> {
         poll_interval: flags.poll_interval,
         kill_timeout: flags.kill_timeout,
         nice: flags.nice,
+        realtime: flags.realtime,
         observer,
         bpf_log: flags.bpf_log,
         kernel_fault_counts: flags.kernel_fault_counts,

@@ -18,7 +18,10 @@ use super::defs::{self, Opt, Value};
 use crate::{
     settings::ReadyMode,
     size::Size,
-    supervise::{listen::ListenAddr, priority::Nice},
+    supervise::{
+        listen::ListenAddr,
+        priority::{Nice, Realtime},
+    },
 };
 
 /// `--config FILE` and one flag per option of [`defs::ALL`]; the values of
@@ -115,6 +118,12 @@ pub struct RunFlags {
         allow_hyphen_values = true
     )]
     pub nice: Nice,
+
+    /// Run xypriss's threads SCHED_FIFO at this priority, from 1 to 99, or `off`: an alert is
+    /// then not kept waiting behind busy CPUs. Workers keep normal scheduling. The default, 1,
+    /// is used where xypriss may (CAP_SYS_NICE); elsewhere it runs normally and says why.
+    #[arg(long, value_name = "PRIORITY")]
+    pub realtime: Option<Realtime>,
 
     /// How long workers get to exit after their stop signal, before SIGKILL.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, value_name = "DURATION", allow_hyphen_values = true)]

@@ -38,14 +38,14 @@ use crate::{
         listen::Listeners,
         notify::NotifySocket,
         oom_score_adj,
-        priority::{self, Nice},
+        priority::{self, Nice, Realtime},
         reap, watchdog,
     },
 };
 
 /// Everything the pool needs before its first worker, and its first workers.
 pub(super) async fn setup(config: RunConfig) -> anyhow::Result<(Pool, Inputs)> {
-    protect_self(config.nice);
+    protect_self(config.nice, config.realtime);
     let mut output = Output::stdout(
         if config.optimizes(|o| o.minimal_footprint) {
             QUEUE_LINES_MINIMAL
@@ -161,11 +161,22 @@ impl Pool {
 
 /// Keeps the OOM killer off xypriss, raises its priority, and keeps
 /// orphans of workers in its care.
-fn protect_self(nice: Nice) {
+fn protect_self(nice: Nice, realtime: Option<Realtime>) {
     // Before the threads that write the outputs start: they inherit it.
     match priority::raise(nice) {
         Ok(nice) => tracing::debug!("nice {nice}"),
         Err(err) => tracing::warn!("xypriss runs at its usual priority: {err}"),
+    }
+    match priority::enter_realtime(realtime.unwrap_or(priority::DEFAULT_REALTIME)) {
+        Ok(Some(priority)) => tracing::debug!("SCHED_FIFO priority {priority}"),
+        Ok(None) => {}
+        // Asked for: said as loudly as `--nice`'s.
+        Err(err) if realtime.is_some() => {
+            tracing::warn!("xypriss runs with normal scheduling: {err}");
+        }
+        Err(err) => tracing::info!(
+            "xypriss runs with normal scheduling, so busy CPUs can delay its alerts: {err}"
+        ),
     }
     match oom_score_adj::protect_self() {
         Ok(adj) => tracing::debug!("oom_score_adj {adj}"),

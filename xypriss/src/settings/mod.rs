@@ -26,7 +26,12 @@ use xypriss_ebpf::MAX_WORKERS;
 
 use crate::{
     output::ndjson::Format,
-    supervise::{backoff::Policy, listen::ListenAddr, priority::Nice, spawn::Identity},
+    supervise::{
+        backoff::Policy,
+        listen::ListenAddr,
+        priority::{Nice, Realtime},
+        spawn::Identity,
+    },
 };
 
 /// `--ready`: when a worker counts as ready.
@@ -93,6 +98,8 @@ pub struct RunConfig {
     pub kill_timeout: Duration,
     /// `--nice`: xypriss's own scheduling priority.
     pub nice: Nice,
+    /// `--realtime`; `None`: its default, where allowed.
+    pub realtime: Option<Realtime>,
     pub observer: ObserverChoice,
     pub bpf_log: bool,
     /// `--kernel-fault-counts`.

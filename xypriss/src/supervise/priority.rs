@@ -1,30 +1,36 @@
-//! xypriss's scheduling priority, on request (`--nice N`): its threads
-//! run at nice N, and its workers do not inherit it.
+//! xypriss's scheduling: its threads run `SCHED_FIFO` (`--realtime`, on
+//! by default where allowed) and, on request, at a raised nice value
+//! (`--nice N`); its workers get neither.
 //!
-//! Why: a memory supervisor must act when the host is busiest, and beside
-//! CPU hogs at its own priority its loop waits its turn for the CPU after
-//! each wake-up. xypriss sleeps nearly all the time and works in short,
-//! bounded turns, so a higher priority costs the rest of the host little.
-//! earlyoom offers the same (`-p`, nice -20), as an option.
+//! Why: a memory supervisor must act when the host is busiest. Beside CPU
+//! hogs at its own priority, its loop waits its turn for the CPU after each
+//! wake-up, and so does the thread that writes the alert to stdout.
+//! Measured on the 2-core development VM beside `stress-ng --cpu 2`
+//! (BENCHMARKS.md, 2026-12-02): the alert's p99 was 13–14 ms at normal
+//! scheduling, and a nice value of -10 did not move it, because a hog's
+//! time slice still runs out before the woken thread gets the CPU. A
+//! `SCHED_FIFO` thread preempts every normal one as it wakes.
 //!
-//! Why not by default (yet): on the shared 2-core development machine,
-//! beside `stress-ng --cpu 2`, the loop thread's run-queue wait per time
-//! slice (`/proc/<tid>/schedstat`, over 30 s) was 0.18 ms at nice 0 and
-//! 0.15 ms at nice -10, and the end-to-end alert latency, which includes
-//! the stream's reader (not raised), was no better at nice -10 in two
-//! trials. A default that changes how a host schedules needs figures from
-//! an idle machine first; until then `--nice` is there for those who want
-//! it, and [`DEFAULT`] (`keep`) changes nothing.
+//! Why by default, and why priority 1: xypriss sleeps nearly all the time
+//! and works in short, bounded turns, so preempting the rest costs the host
+//! little; priority 1 is the lowest real-time one, below every kernel or
+//! audio thread that asked for more. The kernel's real-time throttling
+//! (`sched_rt_runtime_us`, 95% of each CPU by default) bounds what a
+//! runaway xypriss could take. Without CAP_SYS_NICE (or an `RLIMIT_RTPRIO`
+//! that allows it), the default keeps normal scheduling and says why; an
+//! explicit `--realtime N` that cannot be had is a warning too, as `--nice`'s
+//! is: xypriss still works, only slower under load.
 //!
-//! On Linux a nice value belongs to a thread, and a new thread or child
-//! process takes its creator's. So every thread xypriss has when it raises
-//! its priority is raised (those it starts later inherit it), and each
-//! worker puts its own back, between fork and exec, to the value xypriss
-//! was started with: the app runs as it would have without xypriss.
+//! On Linux a nice value and a scheduling policy belong to a thread, and a
+//! new thread or child process takes its creator's. So every thread xypriss
+//! has when it raises its priority is raised (those it starts later inherit
+//! it), and each worker puts its own back, between fork and exec, to normal
+//! scheduling and the nice value xypriss was started with: the app runs as
+//! it would have without xypriss.
 
 use std::{
     fs, io,
-    sync::atomic::{AtomicI32, Ordering},
+    sync::atomic::{AtomicBool, AtomicI32, Ordering},
 };
 
 use nix::errno::Errno;
@@ -36,6 +42,37 @@ pub const DEFAULT: Nice = Nice::Keep;
 /// did not change its own.
 static WORKERS: AtomicI32 = AtomicI32::new(UNCHANGED);
 const UNCHANGED: i32 = i32::MIN;
+
+/// `--realtime`'s default: `SCHED_FIFO` at the lowest real-time priority.
+pub const DEFAULT_REALTIME: Realtime = Realtime::Fifo(1);
+
+/// Whether xypriss's threads run `SCHED_FIFO`: workers put theirs back.
+static REALTIME: AtomicBool = AtomicBool::new(false);
+
+/// `--realtime`: the `SCHED_FIFO` priority xypriss's threads run at, or off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Realtime {
+    /// `SCHED_FIFO` at this priority, 1 to 99.
+    Fifo(u8),
+    /// Normal scheduling, as xypriss was started with.
+    Off,
+}
+
+impl std::str::FromStr for Realtime {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "off" {
+            return Ok(Self::Off);
+        }
+        match text.parse::<u8>() {
+            Ok(n) if (1..=99).contains(&n) => Ok(Self::Fifo(n)),
+            _ => Err(format!(
+                "{text:?}: a SCHED_FIFO priority from 1 (the lowest) to 99, or `off`"
+            )),
+        }
+    }
+}
 
 /// `--nice`: the nice value xypriss runs at, or the one it was started with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,6 +111,16 @@ pub enum PriorityError {
     Set { tid: i32, value: i32, source: Errno },
     #[error("cannot list this process's threads: {0}")]
     Threads(io::Error),
+    #[error(
+        "cannot run xypriss SCHED_FIFO at priority {priority}: that takes CAP_SYS_NICE or an RLIMIT_RTPRIO of {priority}, which xypriss does not have (containers often drop it)"
+    )]
+    RealtimeNotAllowed { priority: u8 },
+    #[error("cannot run thread {tid} SCHED_FIFO at priority {priority}: {source}")]
+    SetRealtime {
+        tid: i32,
+        priority: u8,
+        source: Errno,
+    },
 }
 
 /// The nice value xypriss should take, from the one it has: `None` when
@@ -92,39 +139,92 @@ pub fn raise(nice: Nice) -> Result<i32, PriorityError> {
     let Some(value) = target(nice, current) else {
         return Ok(current);
     };
-    let tasks = fs::read_dir("/proc/self/task").map_err(PriorityError::Threads)?;
-    let mut raised = false;
-    for task in tasks {
-        let task = task.map_err(PriorityError::Threads)?;
-        // A thread that ended meanwhile has nothing to raise.
-        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
-            continue;
-        };
-        match set(tid, value) {
-            Ok(()) => raised = true,
-            Err(Errno::ESRCH) => {}
-            Err(Errno::EACCES | Errno::EPERM) if !raised => {
-                return Err(PriorityError::NotAllowed { value });
-            }
-            Err(source) => {
-                return Err(PriorityError::Set { tid, value, source });
-            }
-        }
-    }
+    each_thread(|tid| set(tid, value)).map_err(|refused| match refused {
+        Refused::NotAllowed => PriorityError::NotAllowed { value },
+        Refused::Failed { tid, source } => PriorityError::Set { tid, value, source },
+        Refused::Threads(err) => PriorityError::Threads(err),
+    })?;
     WORKERS.store(current, Ordering::Relaxed);
     Ok(value)
 }
 
+/// Runs every thread of this process `SCHED_FIFO` at `realtime`'s priority
+/// (see the module's header); returns the priority it runs at, `None` for
+/// normal scheduling.
+pub fn enter_realtime(realtime: Realtime) -> Result<Option<u8>, PriorityError> {
+    let Realtime::Fifo(priority) = realtime else {
+        return Ok(None);
+    };
+    each_thread(|tid| set_fifo(tid, priority)).map_err(|refused| match refused {
+        Refused::NotAllowed => PriorityError::RealtimeNotAllowed { priority },
+        Refused::Failed { tid, source } => PriorityError::SetRealtime {
+            tid,
+            priority,
+            source,
+        },
+        Refused::Threads(err) => PriorityError::Threads(err),
+    })?;
+    REALTIME.store(true, Ordering::Relaxed);
+    Ok(Some(priority))
+}
+
+/// Why [`each_thread`] stopped.
+enum Refused {
+    /// The first thread was refused: xypriss lacks the privilege.
+    NotAllowed,
+    Failed {
+        tid: i32,
+        source: Errno,
+    },
+    Threads(io::Error),
+}
+
+/// Applies `change` to every thread of this process.
+fn each_thread(change: impl Fn(i32) -> Result<(), Errno>) -> Result<(), Refused> {
+    let tasks = fs::read_dir("/proc/self/task").map_err(Refused::Threads)?;
+    let mut changed = false;
+    for task in tasks {
+        let task = task.map_err(Refused::Threads)?;
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        match change(tid) {
+            Ok(()) => changed = true,
+            // A thread that ended meanwhile has nothing to change.
+            Err(Errno::ESRCH) => {}
+            Err(Errno::EACCES | Errno::EPERM) if !changed => return Err(Refused::NotAllowed),
+            Err(source) => return Err(Refused::Failed { tid, source }),
+        }
+    }
+    Ok(())
+}
+
 /// In a new worker, between fork and exec and before it gives up root:
-/// puts its nice value back to the one xypriss was started with, if
-/// xypriss changed its own. Async-signal-safe: an atomic load and a
-/// system call.
+/// puts its scheduling back to normal and its nice value back to the one
+/// xypriss was started with, if xypriss changed its own. Async-signal-safe:
+/// atomic loads and system calls.
 pub fn reset_in_child() -> io::Result<()> {
+    if REALTIME.load(Ordering::Relaxed) {
+        let normal = libc::sched_param { sched_priority: 0 };
+        // SAFETY: a plain system call; `normal` outlives it.
+        let done = unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &raw const normal) };
+        Errno::result(done)?;
+    }
     let value = WORKERS.load(Ordering::Relaxed);
     if value == UNCHANGED {
         return Ok(());
     }
     set(0, value).map_err(io::Error::from)
+}
+
+/// Runs thread `tid` (0: the calling one) `SCHED_FIFO` at `priority`.
+fn set_fifo(tid: i32, priority: u8) -> Result<(), Errno> {
+    let param = libc::sched_param {
+        sched_priority: i32::from(priority),
+    };
+    // SAFETY: a plain system call; `param` outlives it.
+    let done = unsafe { libc::sched_setscheduler(tid, libc::SCHED_FIFO, &raw const param) };
+    Errno::result(done).map(drop)
 }
 
 /// The nice value of thread `tid` (0: the calling one).
@@ -161,6 +261,21 @@ mod tests {
             assert!(err.contains("-20") && err.contains("keep"), "{err}");
         }
         assert_eq!(DEFAULT, Nice::Keep);
+    }
+
+    #[test]
+    fn realtime_takes_a_priority_from_1_to_99_or_off() {
+        assert_eq!("1".parse(), Ok(Realtime::Fifo(1)));
+        assert_eq!("99".parse(), Ok(Realtime::Fifo(99)));
+        assert_eq!("off".parse(), Ok(Realtime::Off));
+        for bad in ["0", "100", "-1", "fifo", ""] {
+            let err = bad.parse::<Realtime>().unwrap_err();
+            assert!(
+                err.contains("1 (the lowest) to 99") && err.contains("off"),
+                "{err}"
+            );
+        }
+        assert_eq!(DEFAULT_REALTIME, Realtime::Fifo(1));
     }
 
     #[test]
