@@ -76,15 +76,14 @@ pub fn run(root: &Path, minutes: f64, stress_cpu: Option<u32>) -> Result<()> {
     let pid = pool.pid();
     let reader = pool.reader();
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-    let mut crossed: BTreeMap<u64, u64> = BTreeMap::new();
-    let mut latencies = Vec::new();
+    let mut alerts = Alerts::default();
     let mut received = 0;
     let server = loop {
         let (read_at, event) = pool
             .next(Duration::from_secs(30))
             .context("no status_server event within 30 s")?;
         received += 1;
-        tally(&event, read_at, &mut counts, &mut crossed, &mut latencies);
+        tally(&event, read_at, &mut counts, &mut alerts);
         if event["event"] == "status_server" {
             break event;
         }
@@ -113,7 +112,7 @@ pub fn run(root: &Path, minutes: f64, stress_cpu: Option<u32>) -> Result<()> {
             continue;
         };
         received += 1;
-        tally(&event, read_at, &mut counts, &mut crossed, &mut latencies);
+        tally(&event, read_at, &mut counts, &mut alerts);
     }
     stop.store(true, Ordering::Relaxed);
     let requests = hammer.join().expect("the hammer thread does not panic");
@@ -126,13 +125,7 @@ pub fn run(root: &Path, minutes: f64, stress_cpu: Option<u32>) -> Result<()> {
     for event in &rest {
         if event["event"] != "cluster_stopped" {
             received += 1;
-            tally(
-                event,
-                monotonic_ns(),
-                &mut counts,
-                &mut crossed,
-                &mut latencies,
-            );
+            tally(event, monotonic_ns(), &mut counts, &mut alerts);
         }
     }
     // Every event before cluster_stopped, whether read here or lost on the way.
@@ -144,7 +137,15 @@ pub fn run(root: &Path, minutes: f64, stress_cpu: Option<u32>) -> Result<()> {
     let expected_crashes = per_role * (seconds / (CRASH_AFTER_SECS + 0.2)).floor();
     let expected_replacements =
         per_role * (seconds / ((128.0 - 32.0) / LEAK_MIB_PER_SEC + 1.0)).floor();
-    latencies.sort_by(f64::total_cmp);
+    alerts.latencies.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let latencies: Vec<f64> = alerts.latencies.iter().map(|(ms, _)| *ms).collect();
+    let slowest: Vec<&str> = alerts
+        .latencies
+        .iter()
+        .rev()
+        .take(5)
+        .map(|(_, what)| what.as_str())
+        .collect();
     drop(hogs);
     let result = json!({
         "minutes": minutes,
@@ -172,6 +173,8 @@ pub fn run(root: &Path, minutes: f64, stress_cpu: Option<u32>) -> Result<()> {
             "p50": percentile(&latencies, 0.5),
             "p99": percentile(&latencies, 0.99),
             "max": latencies.last().copied().unwrap_or(f64::NAN),
+            "over5ms": latencies.iter().filter(|&&ms| ms > 5.0).count(),
+            "slowest": slowest,
         },
         "statusServer": requests,
     });
@@ -180,6 +183,13 @@ pub fn run(root: &Path, minutes: f64, stress_cpu: Option<u32>) -> Result<()> {
     let file = out.join(format!("soak{suffix}.json"));
     fs::write(&file, serde_json::to_string_pretty(&result)?)?;
     print(&result);
+    for what in result["alertLatencyMs"]["slowest"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        println!("slowest: {}", what.as_str().unwrap_or("?"));
+    }
     println!("→ {}", file.display());
     if result["events"]["unaccounted"] != 0 {
         bail!("events unaccounted for: {}", result["events"]);
@@ -187,31 +197,59 @@ pub fn run(root: &Path, minutes: f64, stress_cpu: Option<u32>) -> Result<()> {
     Ok(())
 }
 
+/// What [`tally`] keeps of the stream, besides counts.
+#[derive(Default)]
+struct Alerts {
+    /// By pid: the kernel's timestamp of its last threshold crossing.
+    crossed: BTreeMap<u64, u64>,
+    /// By pid: its last `memory_sample`'s kernel timestamp and trigger.
+    last_sample: BTreeMap<u64, (u64, String)>,
+    /// Each worker alert's latency, in ms, with who and what it was.
+    latencies: Vec<(f64, String)>,
+}
+
 /// Counts `event` and, for a worker's alert, its latency from the kernel's
-/// timestamp of the crossing (the threshold sample before it) to `read_at`.
-fn tally(
-    event: &Value,
-    read_at: u64,
-    counts: &mut BTreeMap<String, u64>,
-    crossed: &mut BTreeMap<u64, u64>,
-    latencies: &mut Vec<f64>,
-) {
+/// timestamp of the crossing (its process's threshold sample before it) to
+/// `read_at`. By pid, not worker id: a worker's successor runs beside it.
+fn tally(event: &Value, read_at: u64, counts: &mut BTreeMap<String, u64>, alerts: &mut Alerts) {
     let name = event["event"].as_str().unwrap_or("?").to_owned();
-    let worker = event["workerId"].as_u64();
+    let pid = event["pid"].as_u64();
     match name.as_str() {
-        "memory_sample" if event["trigger"] == "threshold" => {
-            if let (Some(id), Some(at)) = (worker, event["monotonicNs"].as_u64()) {
-                crossed.insert(id, at);
+        "memory_sample" => {
+            if let (Some(pid), Some(at)) = (pid, event["monotonicNs"].as_u64()) {
+                let trigger = event["trigger"].as_str().unwrap_or("?");
+                if trigger == "threshold" {
+                    alerts.crossed.insert(pid, at);
+                }
+                alerts.last_sample.insert(pid, (at, trigger.to_owned()));
             }
         }
         "memory_alert" => {
-            if let Some(at) = worker.and_then(|id| crossed.remove(&id))
+            if let Some(at) = pid.and_then(|pid| alerts.crossed.remove(&pid))
                 && event["type"] != "leak_detected"
             {
-                latencies.push(read_at.saturating_sub(at) as f64 / 1e6);
+                let ms = read_at.saturating_sub(at) as f64 / 1e6;
+                let (last_at, trigger) = pid
+                    .and_then(|pid| alerts.last_sample.get(&pid))
+                    .cloned()
+                    .unwrap_or_default();
+                let what = format!(
+                    "worker {} pid {} {}: crossed {ms:.2} ms before it was read; its last sample ({trigger}) {:.2} ms before",
+                    event["workerId"],
+                    event["pid"],
+                    event["type"].as_str().unwrap_or("?"),
+                    read_at.saturating_sub(last_at) as f64 / 1e6,
+                );
+                alerts.latencies.push((ms, what));
             }
             if let Some(action) = event["action"].as_str() {
                 *counts.entry(format!("action:{action}")).or_default() += 1;
+            }
+        }
+        "worker_exited" => {
+            if let Some(pid) = pid {
+                alerts.crossed.remove(&pid);
+                alerts.last_sample.remove(&pid);
             }
         }
         "events_lost" => {
@@ -334,6 +372,10 @@ fn print(result: &Value) {
         alerts["p50"].as_f64().unwrap_or(f64::NAN),
         alerts["p99"].as_f64().unwrap_or(f64::NAN),
         alerts["max"].as_f64().unwrap_or(f64::NAN)
+    );
+    println!(
+        "| worker alerts read over 5 ms after the crossing | {} |",
+        alerts["over5ms"]
     );
     println!(
         "| status server: ok / failed, p50 / p99 | {} / {}, {:.2} / {:.2} ms |",

@@ -15,8 +15,9 @@
 //! - `latency`: threshold crossing (kernel timestamp) → the JSON line read
 //!   from xypriss's stdout, over at least 1000 crossings.
 //! - `overhead`: nanoseconds per page fault of a fault-heavy allocator, cold
-//!   and warm, unobserved / observed but unwatched / watched, and with
-//!   bpftrace doing the same per-process rss_stat accounting.
+//!   and warm, unobserved / observed but unwatched / watched, with an empty
+//!   raw-tracepoint program on rss_stat (the floor), and with bpftrace doing
+//!   the same per-process rss_stat accounting.
 //! - `http`: requests per second and p99 latency of a Node.js HTTP server
 //!   under `wrk`, run directly and as a xypriss worker.
 //! - `http-leak`: a Node.js server with a listener leak, 2 workers on a
@@ -54,6 +55,7 @@ mod latency;
 mod leak;
 mod overhead;
 pub(crate) mod peers;
+mod raw_tp;
 mod reaction;
 mod scale;
 mod throughput;

@@ -1,15 +1,17 @@
 //! `overhead`: the observer's cost on the page-fault path, in nanoseconds
 //! per fault of a fault-heavy allocator, cold and warm: unobserved, xypriss
 //! running but the process unwatched, watched, and bpftrace doing the same
-//! per-process `rss_stat` accounting, and with an empty program. The
+//! per-process `rss_stat` accounting, and with empty programs: bpftrace's on
+//! the classic tracepoint, and a raw-tracepoint one (`raw_tp`), the floor
+//! under xypriss's unwatched cost. The
 //! benchmark process times itself in thread CPU time, so a busy machine
 //! slows each fault less than it would wall-clock figures, though caches
 //! shared with other work still do.
 //!
-//! The conditions run in rounds, one after the other, so that this VM's
-//! drift (its first touch varies by a quarter from run to run) hits them
-//! alike; an overhead is the median over the rounds of each round's ratio
-//! to that round's unobserved run.
+//! The conditions run in rounds, one after the other, each round starting
+//! one condition later, so that this VM's drift (its first touch varies by a
+//! quarter from run to run) hits them alike; an overhead is the median over
+//! the rounds of each round's ratio to that round's unobserved run.
 
 use std::{
     collections::BTreeMap,
@@ -27,7 +29,11 @@ use nix::{
 };
 use serde_json::{Value, json};
 
-use super::{Bench, Pool, median, peers};
+use super::{Bench, Pool, median, peers, raw_tp::EmptyRawTracepoint};
+
+/// The floor: the kernel running a program that does nothing, on the
+/// tracepoint xypriss's unwatched path starts from.
+const EMPTY_RAW_TRACEPOINT: &str = "empty raw tracepoint program on rss_stat";
 
 impl Bench {
     /// Runs the fault benchmark as a plain process; returns (cold, warm) ns per fault.
@@ -40,12 +46,17 @@ impl Bench {
     }
 
     pub(super) fn overhead(&self) -> Result<Value> {
-        const REPEATS: usize = 5;
+        const REPEATS: usize = 9;
         let demo = self.demo.to_str().context("demo path")?;
         let bpftrace = peers::debian("bpftrace", "bpftrace")
             .inspect_err(|e| eprintln!("xtask: {e:#}; the bpftrace rows are left out"))
             .ok();
-        let mut conditions: Vec<&str> = vec!["unobserved", "observed, unwatched", "watched"];
+        let mut conditions: Vec<&str> = vec![
+            "unobserved",
+            "observed, unwatched",
+            "watched",
+            EMPTY_RAW_TRACEPOINT,
+        ];
         if bpftrace.is_some() {
             conditions.extend([
                 "bpftrace rss_stat accounting, watched",
@@ -53,9 +64,11 @@ impl Bench {
             ]);
         }
         let mut samples: BTreeMap<&str, (Vec<f64>, Vec<f64>)> = BTreeMap::new();
-        // Interleaved, so that drift on this VM hits every condition alike.
-        for _ in 0..REPEATS {
-            for &condition in &conditions {
+        // Interleaved, so that drift on this VM hits every condition alike;
+        // each round starts one condition later, so that none always runs
+        // first (or right after another that leaves the machine warm).
+        for round in 0..REPEATS {
+            for &condition in conditions.iter().cycle().skip(round).take(conditions.len()) {
                 let (cold, warm) = match condition {
                     "unobserved" => self.faultbench()?,
                     "observed, unwatched" => {
@@ -84,6 +97,10 @@ impl Bench {
                         let line = pool.wait_log("faultbench", Duration::from_secs(60))?;
                         drop(pool.stop());
                         parse_faultbench(&line)?
+                    }
+                    EMPTY_RAW_TRACEPOINT => {
+                        let _empty = EmptyRawTracepoint::attach("rss_stat")?;
+                        self.faultbench()?
                     }
                     other => {
                         let script = match other {

@@ -6,10 +6,10 @@
 //! hogs at its own priority, its loop waits its turn for the CPU after each
 //! wake-up, and so does the thread that writes the alert to stdout.
 //! Measured on the 2-core development VM beside `stress-ng --cpu 2`
-//! (BENCHMARKS.md, 2026-12-02): the alert's p99 was 13–14 ms at normal
-//! scheduling, and a nice value of -10 did not move it, because a hog's
-//! time slice still runs out before the woken thread gets the CPU. A
-//! `SCHED_FIFO` thread preempts every normal one as it wakes.
+//! (`cargo xtask bench latency --stress-cpu 2`, BENCHMARKS.md, 2026-12-02):
+//! the alert's p99 was 9.0 and 13.2 ms with normal scheduling, and 0.17 ms
+//! with `SCHED_FIFO` 1, which preempts every normal thread as it wakes.
+//! Nice -10 had not moved it in earlier trials.
 //!
 //! Why by default, and why priority 1: xypriss sleeps nearly all the time
 //! and works in short, bounded turns, so preempting the rest costs the host
