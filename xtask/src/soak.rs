@@ -76,7 +76,10 @@ pub fn run(root: &Path, minutes: f64, stress_cpu: Option<u32>) -> Result<()> {
     let pid = pool.pid();
     let reader = pool.reader();
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-    let mut alerts = Alerts::default();
+    let mut alerts = Alerts {
+        started_ns: monotonic_ns(),
+        ..Alerts::default()
+    };
     let mut received = 0;
     let server = loop {
         let (read_at, event) = pool
@@ -116,16 +119,19 @@ pub fn run(root: &Path, minutes: f64, stress_cpu: Option<u32>) -> Result<()> {
     }
     stop.store(true, Ordering::Relaxed);
     let requests = hammer.join().expect("the hammer thread does not panic");
-    let rest = pool.stop();
+    // Each with when it was read: the lines that waited while the hammer
+    // stopped were read on time, only taken later.
+    let rest = pool.stop_timed();
     let stopped = rest
         .iter()
-        .find(|e| e["event"] == "cluster_stopped")
+        .find(|(_, e)| e["event"] == "cluster_stopped")
         .context("no cluster_stopped at the end")?
+        .1
         .clone();
-    for event in &rest {
+    for (read_at, event) in &rest {
         if event["event"] != "cluster_stopped" {
             received += 1;
-            tally(event, monotonic_ns(), &mut counts, &mut alerts);
+            tally(event, *read_at, &mut counts, &mut alerts);
         }
     }
     // Every event before cluster_stopped, whether read here or lost on the way.
@@ -206,6 +212,9 @@ struct Alerts {
     last_sample: BTreeMap<u64, (u64, String)>,
     /// Each worker alert's latency, in ms, with who and what it was.
     latencies: Vec<(f64, String)>,
+    /// When the run started, and when the line before this one was read.
+    started_ns: u64,
+    previous_read_ns: u64,
 }
 
 /// Counts `event` and, for a worker's alert, its latency from the kernel's
@@ -234,11 +243,13 @@ fn tally(event: &Value, read_at: u64, counts: &mut BTreeMap<String, u64>, alerts
                     .cloned()
                     .unwrap_or_default();
                 let what = format!(
-                    "worker {} pid {} {}: crossed {ms:.2} ms before it was read; its last sample ({trigger}) {:.2} ms before",
+                    "worker {} pid {} {} at {:.1} s: crossed {ms:.2} ms before it was read; its last sample ({trigger}) {:.2} ms before; the line before read {:.2} ms before",
                     event["workerId"],
                     event["pid"],
                     event["type"].as_str().unwrap_or("?"),
+                    read_at.saturating_sub(alerts.started_ns) as f64 / 1e9,
                     read_at.saturating_sub(last_at) as f64 / 1e6,
+                    read_at.saturating_sub(alerts.previous_read_ns) as f64 / 1e6,
                 );
                 alerts.latencies.push((ms, what));
             }
@@ -260,6 +271,7 @@ fn tally(event: &Value, read_at: u64, counts: &mut BTreeMap<String, u64>, alerts
         _ => {}
     }
     *counts.entry(name).or_default() += 1;
+    alerts.previous_read_ns = read_at;
 }
 
 /// GETs `/cluster/memory` and `/metrics` in turn until `stop`: how many

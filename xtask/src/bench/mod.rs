@@ -291,12 +291,18 @@ impl Pool {
         self.child.id()
     }
 
-    pub(crate) fn stop(mut self) -> Vec<Value> {
+    pub(crate) fn stop(self) -> Vec<Value> {
+        self.stop_timed().into_iter().map(|(_, e)| e).collect()
+    }
+
+    /// Stops xypriss gracefully: the events not yet taken, through
+    /// `cluster_stopped`, each with when it was read.
+    pub(crate) fn stop_timed(mut self) -> Vec<(u64, Value)> {
         let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGINT);
         let mut rest = Vec::new();
-        while let Some((_, event)) = self.next(Duration::from_secs(10)) {
+        while let Some((read_at, event)) = self.next(Duration::from_secs(10)) {
             let last = event["event"] == "cluster_stopped";
-            rest.push(event);
+            rest.push((read_at, event));
             if last {
                 break;
             }
