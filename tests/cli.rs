@@ -553,6 +553,7 @@ fn bad_values(kind: &str) -> Option<&'static [&'static str]> {
         "true|false" => &["", "maybe", "2"],
         "SIGNAL" => &["", "SIGNOPE", "99"],
         "NICE" => &["", "-21", "20", "high", "2.5", "keeps"],
+        "PRIORITY" => &["", "0", "100", "-1", "fifo", "2.5", "offf"],
         "MODE" => &["", "sometimes"],
         "ADDR" => &[
             "",

@@ -122,7 +122,7 @@ pub struct RunFlags {
     /// Run xypriss's threads SCHED_FIFO at this priority, from 1 to 99, or `off`: an alert is
     /// then not kept waiting behind busy CPUs. Workers keep normal scheduling. The default, 1,
     /// is used where xypriss may (CAP_SYS_NICE); elsewhere it runs normally and says why.
-    #[arg(long, value_name = "PRIORITY")]
+    #[arg(long, value_name = "PRIORITY", allow_hyphen_values = true)]
     pub realtime: Option<Realtime>,
 
     /// How long workers get to exit after their stop signal, before SIGKILL.
