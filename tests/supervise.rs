@@ -1,6 +1,9 @@
 //! The supervisor: restarts with backoff, the errored state, graceful and
 //! forced stops, rolling restarts, scaling, privileges and the workers'
 //! environment, with real processes.
+//!
+//! Over 600 lines: every file in tests/ is a test binary of its own, linked
+//! with the whole crate, so the supervisor's cases stay in one.
 
 mod support;
 
