@@ -16,7 +16,7 @@ const DURATION: Duration = Duration::from_secs(30);
 const HISTOGRAM_US: u64 = 20_000;
 
 /// Per CPU: how many wake-ups came how late, from `cyclictest --histogram`.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Default)]
 struct Histogram {
     /// `(µs late, how many)`, ascending; wake-ups later than the histogram
     /// reaches count in a last bucket at [`HISTOGRAM_US`].

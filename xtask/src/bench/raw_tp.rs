@@ -16,20 +16,14 @@ const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_RAW_TRACEPOINT_OPEN: libc::c_long = 17;
 const BPF_PROG_TYPE_RAW_TRACEPOINT: u32 = 17;
 
-/// `union bpf_attr` for `BPF_PROG_LOAD`, up to `prog_name`: the kernel
-/// takes a shorter attribute as zeros beyond it.
+/// `union bpf_attr` for `BPF_PROG_LOAD`, up to the license: the kernel
+/// takes a shorter attribute as zeros beyond it (no log, no name).
 #[repr(C)]
 struct ProgLoad {
     prog_type: u32,
     insn_cnt: u32,
     insns: u64,
     license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
 }
 
 /// `union bpf_attr` for `BPF_RAW_TRACEPOINT_OPEN`.
@@ -74,22 +68,13 @@ fn bpf<T>(command: libc::c_long, attr: &T) -> io::Result<OwnedFd> {
 
 impl EmptyRawTracepoint {
     pub(super) fn attach(tracepoint: &str) -> Result<Self> {
-        let license = c"GPL";
-        let mut prog_name = [0u8; 16];
-        prog_name[..5].copy_from_slice(b"empty");
         let program = bpf(
             BPF_PROG_LOAD,
             &ProgLoad {
                 prog_type: BPF_PROG_TYPE_RAW_TRACEPOINT,
                 insn_cnt: EMPTY.len() as u32,
                 insns: EMPTY.as_ptr() as u64,
-                license: license.as_ptr() as u64,
-                log_level: 0,
-                log_size: 0,
-                log_buf: 0,
-                kern_version: 0,
-                prog_flags: 0,
-                prog_name,
+                license: c"GPL".as_ptr() as u64,
             },
         )
         .context("loading an empty raw-tracepoint program")?;
