@@ -46,6 +46,7 @@
 //! `condition` and goes to `target/bench/NAME-stress-cpuN.json`, beside the
 //! idle run's.
 
+mod accounting;
 mod dashboards;
 mod footprint;
 mod http;

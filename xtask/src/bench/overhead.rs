@@ -11,7 +11,10 @@
 //! The conditions run in rounds, one after the other, each round starting
 //! one condition later, so that this VM's drift (its first touch varies by a
 //! quarter from run to run) hits them alike; an overhead is the median over
-//! the rounds of each round's ratio to that round's unobserved run.
+//! the rounds of each round's ratio to that round's unobserved run. Then
+//! the kernel's own accounting of xypriss's programs, measured inside one
+//! faulting process, so that the drift between processes cancels out
+//! (`accounting.rs`).
 
 use std::{
     collections::BTreeMap,
@@ -29,7 +32,7 @@ use nix::{
 };
 use serde_json::{Value, json};
 
-use super::{Bench, Pool, median, peers, raw_tp::EmptyRawTracepoint};
+use super::{Bench, Pool, accounting, median, peers, raw_tp::EmptyRawTracepoint};
 
 /// The floor: the kernel running a program that does nothing, on the
 /// tracepoint xypriss's unwatched path starts from.
@@ -144,7 +147,26 @@ impl Bench {
                 "runs_warm": samples[condition].1,
             }));
         }
-        Ok(json!({ "repeats": REPEATS, "conditions": rows }))
+        let accounting = self.accounting()?;
+        println!(
+            "in-program time (the kernel's BPF statistics, {} s of faults each, after the rounds; \
+             overhead: the time over the empty program's, on the faulting process's CPU time)",
+            accounting::WINDOW.as_secs()
+        );
+        println!("| condition | program runs/s | ns per run | over the empty program | overhead |");
+        println!("| --- | --- | --- | --- | --- |");
+        for row in &accounting {
+            let number = |field: &str| row[field].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "| {} | {:.0} | {:.1} | {:+.1} | {:+.1}% |",
+                row["condition"].as_str().unwrap_or("?"),
+                number("program_runs_per_s"),
+                number("ns_per_run"),
+                number("ns_per_run_over_empty"),
+                number("program_share_pct"),
+            );
+        }
+        Ok(json!({ "repeats": REPEATS, "conditions": rows, "kernel_accounting": accounting }))
     }
 }
 
