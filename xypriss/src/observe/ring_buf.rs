@@ -22,7 +22,7 @@ use aya::maps::{MapData, RingBuf};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use tokio::{
     io::{Interest, unix::AsyncFd},
-    time::{Instant, sleep, sleep_until},
+    time::{Instant, sleep_until},
 };
 
 use super::Observation;
@@ -36,7 +36,10 @@ const RETRY: Duration = Duration::from_millis(1);
 pub struct Reader {
     ring: AsyncFd<RingBuf<MapData>>,
     flush_delay: Duration,
-    /// When to look for records that were written without a wake-up.
+    /// When to look for records that were written without a wake-up, or
+    /// for the end of one still being written. Kept here, not in a timer
+    /// made per call, so that a call cancelled by the loop's other
+    /// branches does not put it off.
     flush_at: Option<Instant>,
     /// Since when the drains have stopped at a record being written.
     writing_since: Option<Instant>,
@@ -58,13 +61,12 @@ impl Reader {
     pub async fn next_batch(&mut self, out: &mut Vec<Observation>) {
         match self.writing_since {
             Some(since) if since.elapsed() < SPIN => tokio::task::yield_now().await,
-            Some(_) => sleep(RETRY).await,
-            None => self.wait().await,
+            _ => self.wait().await,
         }
         self.drain(out);
     }
 
-    /// Until a wake-up, or the flush.
+    /// Until a wake-up, or the flush (or the next look at a record being written).
     async fn wait(&mut self) {
         let flush_at = self.flush_at;
         tokio::select! {
@@ -104,7 +106,12 @@ impl Reader {
             }
         };
         self.writing_since = if writing {
-            self.writing_since.or_else(|| Some(Instant::now()))
+            let since = self.writing_since.unwrap_or_else(Instant::now);
+            if since.elapsed() >= SPIN {
+                let retry_at = Instant::now() + RETRY;
+                self.flush_at = Some(self.flush_at.map_or(retry_at, |at| at.min(retry_at)));
+            }
+            Some(since)
         } else {
             None
         };
