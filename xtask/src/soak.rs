@@ -9,7 +9,9 @@
 //! answers. At the end: events made against events received, the
 //! controller's RSS over time, restarts against what the workers' roles
 //! imply, and the alert latency (the kernel's timestamp of the crossing to
-//! the alert line read here). The figures go to `target/bench/soak.json` and
+//! the alert line read here), with xypriss's own word on each time its ring
+//! buffer was held up by a record left half-written (`ringHeld`). The
+//! figures go to `target/bench/soak.json` and
 //! BENCHMARKS.md. With `--stress-cpu N` it all runs beside `stress-ng --cpu
 //! N` (the figures to `soak-stress-cpuN.json`): the alert latency must hold
 //! on busy CPUs too.
@@ -121,6 +123,7 @@ pub fn run(root: &Path, minutes: f64, stress_cpu: Option<u32>) -> Result<()> {
     let requests = hammer.join().expect("the hammer thread does not panic");
     // Each with when it was read: the lines that waited while the hammer
     // stopped were read on time, only taken later.
+    let held = pool.logs_containing("half-written");
     let rest = pool.stop_timed();
     let stopped = rest
         .iter()
@@ -181,6 +184,7 @@ pub fn run(root: &Path, minutes: f64, stress_cpu: Option<u32>) -> Result<()> {
             "max": latencies.last().copied().unwrap_or(f64::NAN),
             "over5ms": latencies.iter().filter(|&&ms| ms > 5.0).count(),
             "slowest": slowest,
+            "ringHeld": held,
         },
         "statusServer": requests,
     });
@@ -195,6 +199,13 @@ pub fn run(root: &Path, minutes: f64, stress_cpu: Option<u32>) -> Result<()> {
         .flatten()
     {
         println!("slowest: {}", what.as_str().unwrap_or("?"));
+    }
+    for line in result["alertLatencyMs"]["ringHeld"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        println!("xypriss: {}", line.as_str().unwrap_or("?"));
     }
     println!("→ {}", file.display());
     if result["events"]["unaccounted"] != 0 {

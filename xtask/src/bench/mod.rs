@@ -286,7 +286,14 @@ impl Pool {
         bail!("no `{text}` on xypriss's stderr within {timeout:?}")
     }
 
-    /// SIGINT, then every remaining event.
+    /// The stderr lines so far that contain `text`; the others are dropped.
+    pub(crate) fn logs_containing(&self, text: &str) -> Vec<String> {
+        self.stderr
+            .try_iter()
+            .filter(|line| line.contains(text))
+            .collect()
+    }
+
     /// xypriss's pid.
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()

@@ -32,6 +32,8 @@ use crate::decode::decode;
 const SPIN: Duration = Duration::from_micros(50);
 /// Then how often, until it is done; tokio's timers count milliseconds.
 const RETRY: Duration = Duration::from_millis(1);
+/// A record held that long is said on stderr: alerts waited behind it.
+const SAY_HELD: Duration = Duration::from_millis(1);
 
 pub struct Reader {
     ring: AsyncFd<RingBuf<MapData>>,
@@ -113,6 +115,17 @@ impl Reader {
             }
             Some(since)
         } else {
+            if let Some(held) = self.writing_since.map(|since| since.elapsed())
+                && held >= SAY_HELD
+            {
+                tracing::warn!(
+                    "ring buffer: a record stayed half-written for at least {:.1} ms, and \
+                     every record behind it (alerts too) waited as long; its program runs \
+                     with preemption off, so its CPU was taken from it (interrupts, or the \
+                     hypervisor descheduling the vCPU)",
+                    held.as_secs_f64() * 1e3
+                );
+            }
             None
         };
     }
