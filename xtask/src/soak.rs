@@ -10,7 +10,10 @@
 //! controller's RSS over time, restarts against what the workers' roles
 //! imply, and the alert latency (the kernel's timestamp of the crossing to
 //! the alert line read here), with xypriss's own word on each time its ring
-//! buffer was held up by a record left half-written (`ringHeld`). The
+//! buffer was held up by a record left half-written (`ringHeld`), and the
+//! machine's own stalls meanwhile, seen by a do-nothing thread per CPU one
+//! priority above xypriss (`bench/stalls.rs`), against which each slow
+//! alert is read. The
 //! figures go to `target/bench/soak.json` and
 //! BENCHMARKS.md. With `--stress-cpu N` it all runs beside `stress-ng --cpu
 //! N` (the figures to `soak-stress-cpuN.json`): the alert latency must hold
@@ -33,7 +36,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
-use crate::bench::{CpuHogs, Pool, monotonic_ns, percentile, vm_rss};
+use crate::bench::{CpuHogs, Pool, monotonic_ns, percentile, stalls, vm_rss};
 
 const WORKERS: u32 = 64;
 /// The demo's crashers exit after this long.
@@ -102,6 +105,8 @@ pub fn run(root: &Path, minutes: f64, stress_cpu: Option<u32>) -> Result<()> {
         let stop = Arc::clone(&stop);
         thread::spawn(move || hammer(address, &stop))
     };
+    let watchers = stalls::Watchers::start();
+    let watchers_realtime = watchers.realtime;
 
     let run_for = Duration::from_secs_f64(minutes * 60.0);
     let started = Instant::now();
@@ -125,6 +130,7 @@ pub fn run(root: &Path, minutes: f64, stress_cpu: Option<u32>) -> Result<()> {
     // stopped were read on time, only taken later.
     let held = pool.logs_containing("half-written");
     let rest = pool.stop_timed();
+    let stalls = watchers.stop();
     let stopped = rest
         .iter()
         .find(|(_, e)| e["event"] == "cluster_stopped")
@@ -147,14 +153,35 @@ pub fn run(root: &Path, minutes: f64, stress_cpu: Option<u32>) -> Result<()> {
     let expected_replacements =
         per_role * (seconds / ((128.0 - 32.0) / LEAK_MIB_PER_SEC + 1.0)).floor();
     alerts.latencies.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let latencies: Vec<f64> = alerts.latencies.iter().map(|(ms, _)| *ms).collect();
-    let slowest: Vec<&str> = alerts
+    let latencies: Vec<f64> = alerts.latencies.iter().map(|(ms, ..)| *ms).collect();
+    let beside = |from: u64, to: u64| -> String {
+        match stalls::overlapping(&stalls, from, to).first() {
+            Some(stall) => format!(
+                "; meanwhile a watcher on CPU {} woke {:.2} ms late",
+                stall.cpu,
+                stall.late_ns as f64 / 1e6
+            ),
+            None => "; no watcher woke 1 ms late meanwhile".into(),
+        }
+    };
+    let slowest: Vec<String> = alerts
         .latencies
         .iter()
         .rev()
         .take(5)
-        .map(|(_, what)| what.as_str())
+        .map(|(_, what, from, to)| format!("{what}{}", beside(*from, *to)))
         .collect();
+    let over_5ms_in_a_stall = alerts
+        .latencies
+        .iter()
+        .filter(|(ms, _, from, to)| {
+            *ms > 5.0
+                && stalls::overlapping(&stalls, *from, *to)
+                    .first()
+                    .is_some_and(|stall| stall.late_ns >= 5_000_000)
+        })
+        .count();
+    let stall_ms: Vec<f64> = stalls.iter().map(|s| s.late_ns as f64 / 1e6).collect();
     drop(hogs);
     let result = json!({
         "minutes": minutes,
@@ -183,8 +210,15 @@ pub fn run(root: &Path, minutes: f64, stress_cpu: Option<u32>) -> Result<()> {
             "p99": percentile(&latencies, 0.99),
             "max": latencies.last().copied().unwrap_or(f64::NAN),
             "over5ms": latencies.iter().filter(|&&ms| ms > 5.0).count(),
+            "over5msDuringAStallOf5ms": over_5ms_in_a_stall,
             "slowest": slowest,
             "ringHeld": held,
+        },
+        "machineStalls": {
+            "watchers": if watchers_realtime { "SCHED_FIFO 2, one pinned per CPU" } else { "normal scheduling" },
+            "over1ms": stall_ms.len(),
+            "over5ms": stall_ms.iter().filter(|&&ms| ms >= 5.0).count(),
+            "maxMs": stall_ms.iter().copied().fold(0.0, f64::max),
         },
         "statusServer": requests,
     });
@@ -222,7 +256,8 @@ struct Alerts {
     /// By pid: its last `memory_sample`'s kernel timestamp and trigger.
     last_sample: BTreeMap<u64, (u64, String)>,
     /// Each worker alert's latency, in ms, with who and what it was.
-    latencies: Vec<(f64, String)>,
+    /// Each with its crossing's and its read's `CLOCK_MONOTONIC` ns.
+    latencies: Vec<(f64, String, u64, u64)>,
     /// When the run started, and when the line before this one was read.
     started_ns: u64,
     previous_read_ns: u64,
@@ -262,7 +297,7 @@ fn tally(event: &Value, read_at: u64, counts: &mut BTreeMap<String, u64>, alerts
                     read_at.saturating_sub(last_at) as f64 / 1e6,
                     read_at.saturating_sub(alerts.previous_read_ns) as f64 / 1e6,
                 );
-                alerts.latencies.push((ms, what));
+                alerts.latencies.push((ms, what, at, read_at));
             }
             if let Some(action) = event["action"].as_str() {
                 *counts.entry(format!("action:{action}")).or_default() += 1;
@@ -397,8 +432,16 @@ fn print(result: &Value) {
         alerts["max"].as_f64().unwrap_or(f64::NAN)
     );
     println!(
-        "| worker alerts read over 5 ms after the crossing | {} |",
-        alerts["over5ms"]
+        "| worker alerts read over 5 ms after the crossing (of them, during a machine stall of 5 ms or more) | {} ({}) |",
+        alerts["over5ms"], alerts["over5msDuringAStallOf5ms"]
+    );
+    let stalls = &result["machineStalls"];
+    println!(
+        "| machine stalls: watchers ({}) woken 1 ms / 5 ms late or more, longest | {} / {}, {:.2} ms |",
+        stalls["watchers"].as_str().unwrap_or("?"),
+        stalls["over1ms"],
+        stalls["over5ms"],
+        stalls["maxMs"].as_f64().unwrap_or(f64::NAN)
     );
     println!(
         "| status server: ok / failed, p50 / p99 | {} / {}, {:.2} / {:.2} ms |",

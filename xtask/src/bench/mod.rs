@@ -59,6 +59,7 @@ pub(crate) mod peers;
 mod raw_tp;
 mod reaction;
 mod scale;
+pub(crate) mod stalls;
 mod throughput;
 
 use std::{
