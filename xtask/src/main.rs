@@ -74,6 +74,12 @@ enum Task {
         /// condition and goes to soak-stress-cpuN.json.
         #[arg(long, value_name = "N", conflicts_with = "faults")]
         stress_cpu: Option<u32>,
+        /// Watch the machine's own stalls beside it: a do-nothing
+        /// `SCHED_FIFO` 2 thread per CPU, against which each slow alert is
+        /// read. They preempt xypriss a thousand times a second per CPU, so
+        /// the result names the condition and goes to soak[-stress-cpuN]-stall-watch.json.
+        #[arg(long, conflicts_with = "faults")]
+        watch_stalls: bool,
     },
     /// Check formatting and lints, run every test (unit and real-kernel
     /// integration) on this machine's kernel, then the kernel-dependent ones
@@ -118,6 +124,7 @@ fn run(flags: Flags) -> Result<()> {
             minutes,
             faults,
             stress_cpu,
+            watch_stalls,
         } => {
             bootstrap::ensure(&root)?;
             cargo(
@@ -127,7 +134,7 @@ fn run(flags: Flags) -> Result<()> {
             if faults {
                 faults::run(&root, minutes)
             } else {
-                soak::run(&root, minutes, stress_cpu)
+                soak::run(&root, minutes, stress_cpu, watch_stalls)
             }
         }
         Task::Bench {

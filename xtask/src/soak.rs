@@ -10,10 +10,10 @@
 //! controller's RSS over time, restarts against what the workers' roles
 //! imply, and the alert latency (the kernel's timestamp of the crossing to
 //! the alert line read here), with xypriss's own word on each time its ring
-//! buffer was held up by a record left half-written (`ringHeld`), and the
-//! machine's own stalls meanwhile, seen by a do-nothing thread per CPU one
-//! priority above xypriss (`bench/stalls.rs`), against which each slow
-//! alert is read. The
+//! buffer was held up by a record left half-written (`ringHeld`). With
+//! `--watch-stalls`, the machine's own stalls meanwhile too, seen by a
+//! do-nothing thread per CPU one priority above xypriss
+//! (`bench/stalls.rs`), against which each slow alert is read. The
 //! figures go to `target/bench/soak.json` and
 //! BENCHMARKS.md. With `--stress-cpu N` it all runs beside `stress-ng --cpu
 //! N` (the figures to `soak-stress-cpuN.json`): the alert latency must hold
@@ -46,12 +46,16 @@ const CRASH_AFTER_SECS: f64 = 10.0;
 /// "leak", so each makes three threshold alerts and a replacement.
 const LEAK_MIB_PER_SEC: f64 = 12.0;
 
-pub fn run(root: &Path, minutes: f64, stress_cpu: Option<u32>) -> Result<()> {
+pub fn run(root: &Path, minutes: f64, stress_cpu: Option<u32>, watch_stalls: bool) -> Result<()> {
     let hogs = stress_cpu.map(CpuHogs::start).transpose()?;
-    let (condition, suffix) = (
+    let (mut condition, mut suffix) = (
         CpuHogs::condition(hogs.as_ref()),
         CpuHogs::suffix(hogs.as_ref()),
     );
+    if watch_stalls {
+        condition.push_str(", stall watchers beside");
+        suffix.push_str("-stall-watch");
+    }
     let release = root.join("target/release");
     let (xypriss, demo) = (release.join("xypriss"), release.join("xypriss-demo"));
     let demo = demo.to_str().context("demo path")?;
@@ -105,8 +109,8 @@ pub fn run(root: &Path, minutes: f64, stress_cpu: Option<u32>) -> Result<()> {
         let stop = Arc::clone(&stop);
         thread::spawn(move || hammer(address, &stop))
     };
-    let watchers = stalls::Watchers::start();
-    let watchers_realtime = watchers.realtime;
+    let watchers = watch_stalls.then(stalls::Watchers::start);
+    let watchers_realtime = watchers.as_ref().is_some_and(|w| w.realtime);
 
     let run_for = Duration::from_secs_f64(minutes * 60.0);
     let started = Instant::now();
@@ -130,7 +134,7 @@ pub fn run(root: &Path, minutes: f64, stress_cpu: Option<u32>) -> Result<()> {
     // stopped were read on time, only taken later.
     let held = pool.logs_containing("half-written");
     let rest = pool.stop_timed();
-    let stalls = watchers.stop();
+    let stalls = watchers.map(stalls::Watchers::stop);
     let stopped = rest
         .iter()
         .find(|(_, e)| e["event"] == "cluster_stopped")
@@ -155,7 +159,10 @@ pub fn run(root: &Path, minutes: f64, stress_cpu: Option<u32>) -> Result<()> {
     alerts.latencies.sort_by(|a, b| a.0.total_cmp(&b.0));
     let latencies: Vec<f64> = alerts.latencies.iter().map(|(ms, ..)| *ms).collect();
     let beside = |from: u64, to: u64| -> String {
-        match stalls::overlapping(&stalls, from, to).first() {
+        let Some(stalls) = &stalls else {
+            return String::new();
+        };
+        match stalls::overlapping(stalls, from, to).first() {
             Some(stall) => format!(
                 "; meanwhile a watcher on CPU {} woke {:.2} ms late",
                 stall.cpu,
@@ -171,17 +178,27 @@ pub fn run(root: &Path, minutes: f64, stress_cpu: Option<u32>) -> Result<()> {
         .take(5)
         .map(|(_, what, from, to)| format!("{what}{}", beside(*from, *to)))
         .collect();
-    let over_5ms_in_a_stall = alerts
-        .latencies
-        .iter()
-        .filter(|(ms, _, from, to)| {
-            *ms > 5.0
-                && stalls::overlapping(&stalls, *from, *to)
-                    .first()
-                    .is_some_and(|stall| stall.late_ns >= 5_000_000)
+    let over_5ms_in_a_stall = stalls.as_ref().map(|stalls| {
+        alerts
+            .latencies
+            .iter()
+            .filter(|(ms, _, from, to)| {
+                *ms > 5.0
+                    && stalls::overlapping(stalls, *from, *to)
+                        .first()
+                        .is_some_and(|stall| stall.late_ns >= 5_000_000)
+            })
+            .count()
+    });
+    let machine_stalls = stalls.as_ref().map(|stalls| {
+        let ms: Vec<f64> = stalls.iter().map(|s| s.late_ns as f64 / 1e6).collect();
+        json!({
+            "watchers": if watchers_realtime { "SCHED_FIFO 2, one pinned per CPU" } else { "normal scheduling" },
+            "over1ms": ms.len(),
+            "over5ms": ms.iter().filter(|&&ms| ms >= 5.0).count(),
+            "maxMs": ms.iter().copied().fold(0.0, f64::max),
         })
-        .count();
-    let stall_ms: Vec<f64> = stalls.iter().map(|s| s.late_ns as f64 / 1e6).collect();
+    });
     drop(hogs);
     let result = json!({
         "minutes": minutes,
@@ -214,12 +231,7 @@ pub fn run(root: &Path, minutes: f64, stress_cpu: Option<u32>) -> Result<()> {
             "slowest": slowest,
             "ringHeld": held,
         },
-        "machineStalls": {
-            "watchers": if watchers_realtime { "SCHED_FIFO 2, one pinned per CPU" } else { "normal scheduling" },
-            "over1ms": stall_ms.len(),
-            "over5ms": stall_ms.iter().filter(|&&ms| ms >= 5.0).count(),
-            "maxMs": stall_ms.iter().copied().fold(0.0, f64::max),
-        },
+        "machineStalls": machine_stalls,
         "statusServer": requests,
     });
     let out = root.join("target/bench");
@@ -432,17 +444,23 @@ fn print(result: &Value) {
         alerts["max"].as_f64().unwrap_or(f64::NAN)
     );
     println!(
-        "| worker alerts read over 5 ms after the crossing (of them, during a machine stall of 5 ms or more) | {} ({}) |",
-        alerts["over5ms"], alerts["over5msDuringAStallOf5ms"]
+        "| worker alerts read over 5 ms after the crossing | {} |",
+        alerts["over5ms"]
     );
     let stalls = &result["machineStalls"];
-    println!(
-        "| machine stalls: watchers ({}) woken 1 ms / 5 ms late or more, longest | {} / {}, {:.2} ms |",
-        stalls["watchers"].as_str().unwrap_or("?"),
-        stalls["over1ms"],
-        stalls["over5ms"],
-        stalls["maxMs"].as_f64().unwrap_or(f64::NAN)
-    );
+    if !stalls.is_null() {
+        println!(
+            "| of them, during a machine stall of 5 ms or more | {} |",
+            alerts["over5msDuringAStallOf5ms"]
+        );
+        println!(
+            "| machine stalls: watchers ({}) woken 1 ms / 5 ms late or more, longest | {} / {}, {:.2} ms |",
+            stalls["watchers"].as_str().unwrap_or("?"),
+            stalls["over1ms"],
+            stalls["over5ms"],
+            stalls["maxMs"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
     println!(
         "| status server: ok / failed, p50 / p99 | {} / {}, {:.2} / {:.2} ms |",
         server["ok"],
