@@ -10,7 +10,8 @@
 //! controller's RSS over time, restarts against what the workers' roles
 //! imply, and the alert latency (the kernel's timestamp of the crossing to
 //! the alert line read here), with xypriss's own word on each time its ring
-//! buffer was held up by a record left half-written (`ringHeld`). With
+//! buffer was held up by a record left half-written, or its loop spent 5 ms
+//! or more on one turn (`xyprissSaid`). With
 //! `--watch-stalls`, the machine's own stalls meanwhile too, seen by a
 //! do-nothing thread per CPU one priority above xypriss
 //! (`bench/stalls.rs`), against which each slow alert is read. The
@@ -132,7 +133,7 @@ pub fn run(root: &Path, minutes: f64, stress_cpu: Option<u32>, watch_stalls: boo
     let requests = hammer.join().expect("the hammer thread does not panic");
     // Each with when it was read: the lines that waited while the hammer
     // stopped were read on time, only taken later.
-    let held = pool.logs_containing("half-written");
+    let said = pool.logs_containing(&["half-written", "the loop spent"]);
     let rest = pool.stop_timed();
     let stalls = watchers.map(stalls::Watchers::stop);
     let stopped = rest
@@ -229,7 +230,7 @@ pub fn run(root: &Path, minutes: f64, stress_cpu: Option<u32>, watch_stalls: boo
             "over5ms": latencies.iter().filter(|&&ms| ms > 5.0).count(),
             "over5msDuringAStallOf5ms": over_5ms_in_a_stall,
             "slowest": slowest,
-            "ringHeld": held,
+            "xyprissSaid": said,
         },
         "machineStalls": machine_stalls,
         "statusServer": requests,
@@ -246,7 +247,7 @@ pub fn run(root: &Path, minutes: f64, stress_cpu: Option<u32>, watch_stalls: boo
     {
         println!("slowest: {}", what.as_str().unwrap_or("?"));
     }
-    for line in result["alertLatencyMs"]["ringHeld"]
+    for line in result["alertLatencyMs"]["xyprissSaid"]
         .as_array()
         .into_iter()
         .flatten()

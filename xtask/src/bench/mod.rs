@@ -287,11 +287,12 @@ impl Pool {
         bail!("no `{text}` on xypriss's stderr within {timeout:?}")
     }
 
-    /// The stderr lines so far that contain `text`; the others are dropped.
-    pub(crate) fn logs_containing(&self, text: &str) -> Vec<String> {
+    /// The stderr lines so far that contain one of `texts`; the others are
+    /// dropped.
+    pub(crate) fn logs_containing(&self, texts: &[&str]) -> Vec<String> {
         self.stderr
             .try_iter()
-            .filter(|line| line.contains(text))
+            .filter(|line| texts.iter().any(|text| line.contains(text)))
             .collect()
     }
 

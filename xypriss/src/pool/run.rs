@@ -80,11 +80,31 @@ fn every(period: Duration) -> Interval {
     timer
 }
 
+/// A handler that took this long on the loop thread is said on stderr:
+/// every alert waited while it ran.
+const SAY_TURN: Duration = Duration::from_millis(5);
+/// And one that took this long, in the debug log.
+const NOTE_TURN: Duration = Duration::from_millis(1);
+
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400)
 }
 
 impl Pool {
+    /// Runs one turn's handler, `what`, timed (see [`SAY_TURN`]).
+    fn timed<R>(&mut self, what: &str, handle: impl FnOnce(&mut Self) -> R) -> R {
+        let began = Instant::now();
+        let result = handle(self);
+        let took = began.elapsed();
+        let ms = took.as_secs_f64() * 1e3;
+        if took >= SAY_TURN {
+            tracing::warn!("the loop spent {ms:.1} ms on one turn ({what}): alerts waited as long");
+        } else if took >= NOTE_TURN {
+            tracing::debug!("the loop spent {ms:.1} ms on one turn ({what})");
+        }
+        result
+    }
+
     /// The loop: waits on everything that can happen, one thing a turn.
     async fn serve(&mut self, inputs: &mut Inputs) -> Stop {
         let mut tick = every(self.config.sample_interval);
@@ -105,20 +125,20 @@ impl Pool {
                 _ = s.int.recv() => return Stop::Signal("SIGINT"),
                 _ = s.term.recv() => return Stop::Signal("SIGTERM"),
                 () = self.output.closed() => return Stop::StdoutClosed,
-                () = self.observer.next_batch(&mut batch) => self.observed(&mut batch),
-                Some((number, done)) = self.launcher.next() => self.launched(number, done),
+                () = self.observer.next_batch(&mut batch) => self.timed("what the kernel said", |p| p.observed(&mut batch)),
+                Some((number, done)) = self.launcher.next() => self.timed("a process created", |p| p.launched(number, done)),
                 // Both wait while a process is being created: see pool::launch.
-                _ = s.chld.recv(), if !self.launching() => self.reaped(&mut batch),
-                message = self.notify.recv(), if notify_open && !self.launching() => notify_open = !self.notified_batch(message),
-                () = sleep_until(timer.unwrap_or_else(far_future).into()), if timer.is_some() => self.timers(),
-                _ = tick.tick() => self.tick(),
-                _ = check.tick() => self.check_system(),
-                _ = s.hup.recv() => self.rolling_restart(),
-                _ = s.ttin.recv() => self.scale_up(1, "SIGTTIN"),
-                _ = s.ttou.recv() => self.scale_down(1, None, "SIGTTOU"),
+                _ = s.chld.recv(), if !self.launching() => self.timed("reaping", |p| p.reaped(&mut batch)),
+                message = self.notify.recv(), if notify_open && !self.launching() => notify_open = !self.timed("notify datagrams", |p| p.notified_batch(message)),
+                () = sleep_until(timer.unwrap_or_else(far_future).into()), if timer.is_some() => self.timed("the pool's timers", |p| p.timers()),
+                _ = tick.tick() => self.timed("the sample tick", |p| p.tick()),
+                _ = check.tick() => self.timed("the system check", |p| p.check_system()),
+                _ = s.hup.recv() => self.timed("SIGHUP", |p| p.rolling_restart()),
+                _ = s.ttin.recv() => self.timed("SIGTTIN", |p| p.scale_up(1, "SIGTTIN")),
+                _ = s.ttou.recv() => self.timed("SIGTTOU", |p| p.scale_down(1, None, "SIGTTOU")),
                 // Waits too while a process is being created (its READY=1).
-                () = self.inbox.recv(&mut messages), if !self.launching() => self.controlled(&mut messages),
-                Some(call) = inputs.calls.recv() => self.answer(call),
+                () = self.inbox.recv(&mut messages), if !self.launching() => self.timed("control messages", |p| p.controlled(&mut messages)),
+                Some(call) = inputs.calls.recv() => self.timed("an operator's request", |p| p.answer(call)),
                 // After a full batch of datagrams, everything else had its turn.
                 () = std::future::ready(()), if !notify_open => notify_open = true,
             }
