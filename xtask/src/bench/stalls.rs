@@ -5,7 +5,10 @@
 //! kernel's non-preemptible work, interrupts, the host taking the vCPU)
 //! would hold xypriss up as long. A slow alert is then read against the
 //! stalls that overlap it (see [`overlapping`]). The watchers cost each CPU
-//! a wake-up a millisecond.
+//! a wake-up a millisecond. `bench jitter` measures the same floor with
+//! cyclictest, whose histogram has no times: a slow alert needs to know
+//! whether a stall fell inside its own wait, so this one keeps each stall's
+//! time.
 
 use std::{
     sync::{
