@@ -43,8 +43,7 @@ pub struct Reader {
     /// made per call, so that a call cancelled by the loop's other
     /// branches does not put it off.
     flush_at: Option<Instant>,
-    /// Since when the drains have stopped at a record being written.
-    writing_since: Option<Instant>,
+    writing: Writing,
 }
 
 impl Reader {
@@ -56,14 +55,15 @@ impl Reader {
             ring,
             flush_delay,
             flush_at: None,
-            writing_since: None,
+            writing: Writing::default(),
         })
     }
 
     pub async fn next_batch(&mut self, out: &mut Vec<Observation>) {
-        match self.writing_since {
-            Some(since) if since.elapsed() < SPIN => tokio::task::yield_now().await,
-            _ => self.wait().await,
+        if self.writing.spinning(Instant::now()) {
+            tokio::task::yield_now().await;
+        } else {
+            self.wait().await;
         }
         self.drain(out);
     }
@@ -107,27 +107,58 @@ impl Reader {
                 break false;
             }
         };
-        self.writing_since = if writing {
-            let since = self.writing_since.unwrap_or_else(Instant::now);
-            if since.elapsed() >= SPIN {
-                let retry_at = Instant::now() + RETRY;
-                self.flush_at = Some(self.flush_at.map_or(retry_at, |at| at.min(retry_at)));
+        match self.writing.drained(writing, Instant::now()) {
+            Drained::LookBy(at) => {
+                self.flush_at = Some(self.flush_at.map_or(at, |flush| flush.min(at)));
             }
-            Some(since)
+            Drained::Done {
+                held: Some(held), ..
+            } if held >= SAY_HELD => tracing::warn!(
+                "ring buffer: a record stayed half-written for at least {:.1} ms, and \
+                 every record behind it (alerts too) waited as long; its program runs \
+                 with preemption off, so its CPU was taken from it (interrupts, or the \
+                 hypervisor descheduling the vCPU)",
+                held.as_secs_f64() * 1e3
+            ),
+            Drained::Done { .. } => {}
+        }
+    }
+}
+
+/// Whether the drains stop at a record being written, and since when: the
+/// reader's timing, kept apart from its I/O so that it is tested.
+#[derive(Debug, Default)]
+struct Writing {
+    since: Option<Instant>,
+}
+
+/// What a drain leaves to do.
+#[derive(Debug, PartialEq)]
+enum Drained {
+    /// It stopped at a record being written: look again by then at the
+    /// latest, since its submit may wake no one.
+    LookBy(Instant),
+    /// It read to the end; `held` is how long a record had held it up.
+    Done { held: Option<Duration> },
+}
+
+impl Writing {
+    /// Whether to drain again at once rather than wait for a wake-up.
+    fn spinning(&self, now: Instant) -> bool {
+        self.since
+            .is_some_and(|since| now.duration_since(since) < SPIN)
+    }
+
+    /// After a drain at `now` that did (`writing`) or did not stop at a record being written.
+    fn drained(&mut self, writing: bool, now: Instant) -> Drained {
+        if writing {
+            self.since.get_or_insert(now);
+            Drained::LookBy(now + RETRY)
         } else {
-            if let Some(held) = self.writing_since.map(|since| since.elapsed())
-                && held >= SAY_HELD
-            {
-                tracing::warn!(
-                    "ring buffer: a record stayed half-written for at least {:.1} ms, and \
-                     every record behind it (alerts too) waited as long; its program runs \
-                     with preemption off, so its CPU was taken from it (interrupts, or the \
-                     hypervisor descheduling the vCPU)",
-                    held.as_secs_f64() * 1e3
-                );
+            Drained::Done {
+                held: self.since.take().map(|since| now.duration_since(since)),
             }
-            None
-        };
+        }
     }
 }
 
@@ -137,4 +168,60 @@ fn reserved_past_reader(ring: &RingBuf<MapData>) -> bool {
     let mut fds = [PollFd::new(ring.as_fd(), PollFlags::POLLIN)];
     // A failed poll says nothing is known to be left: the flush still comes.
     poll(&mut fds, PollTimeout::ZERO).is_ok_and(|ready| ready > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_being_written_is_looked_at_again_within_the_retry_at_any_point_of_the_spin() {
+        let start = Instant::now();
+        let mut writing = Writing::default();
+        for after in [
+            Duration::ZERO,
+            SPIN / 2,
+            SPIN - Duration::from_nanos(1),
+            SPIN,
+            10 * RETRY,
+        ] {
+            let now = start + after;
+            assert_eq!(
+                writing.drained(true, now),
+                Drained::LookBy(now + RETRY),
+                "{after:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_reader_spins_only_for_the_spin_from_the_first_drain_that_stopped() {
+        let start = Instant::now();
+        let mut writing = Writing::default();
+        assert!(!writing.spinning(start), "nothing is being written yet");
+        writing.drained(true, start);
+        writing.drained(true, start + SPIN / 2);
+        assert!(writing.spinning(start + SPIN / 2));
+        assert!(!writing.spinning(start + SPIN));
+    }
+
+    #[test]
+    fn a_drain_to_the_end_says_how_long_the_record_held_the_ring() {
+        let start = Instant::now();
+        let mut writing = Writing::default();
+        assert_eq!(writing.drained(false, start), Drained::Done { held: None });
+        writing.drained(true, start);
+        writing.drained(true, start + RETRY);
+        assert_eq!(
+            writing.drained(false, start + 3 * RETRY),
+            Drained::Done {
+                held: Some(3 * RETRY)
+            }
+        );
+        assert!(!writing.spinning(start + 3 * RETRY));
+        assert_eq!(
+            writing.drained(false, start + 4 * RETRY),
+            Drained::Done { held: None }
+        );
+    }
 }
