@@ -601,6 +601,49 @@ fn realtime_runs_xyprisss_threads_fifo_and_not_its_workers() {
     }
 }
 
+/// The status server's thread serves operators, never urgent: it runs
+/// with normal scheduling and the nice value xypriss was started with, even
+/// with `--nice -10`, while the loop's thread stays SCHED_FIFO.
+#[test]
+fn the_status_servers_thread_runs_with_normal_scheduling() {
+    if !root_or_skip("the_status_servers_thread_runs_with_normal_scheduling") {
+        return;
+    }
+    let own = nice_of("/proc/thread-self/stat");
+    let mut pool = Pool::start(&[
+        "--status-addr",
+        "127.0.0.1:0",
+        "--nice",
+        "-10",
+        "--workers",
+        "1",
+        DEMO,
+        "steps",
+        "1",
+    ]);
+    pool.wait_event("status_server", TIMEOUT, |_| true);
+    pool.wait_log("at 1 MiB", TIMEOUT);
+    let stats = thread_stats(pool.pid());
+    let named = |stat: &str| {
+        let comm = stat.replace("/stat", "/comm");
+        std::fs::read_to_string(&comm).map_or_else(|_| String::new(), |c| c.trim().to_owned())
+    };
+    let (http, others): (Vec<&String>, Vec<&String>) =
+        stats.iter().partition(|s| named(s) == "xypriss-http");
+    assert_eq!(http.len(), 1, "one thread named xypriss-http: {stats:?}");
+    assert_eq!(scheduling(http[0]), (i64::from(libc::SCHED_OTHER), 0));
+    assert_eq!(nice_of(http[0]), own, "the status server's nice value");
+    let main = format!("/proc/{}/task/{}/stat", pool.pid(), pool.pid());
+    assert!(others.contains(&&main), "{stats:?}");
+    assert_eq!(
+        scheduling(&main),
+        (i64::from(libc::SCHED_FIFO), 1),
+        "the loop's thread"
+    );
+    assert_eq!(nice_of(&main), -10, "the loop's thread");
+    assert!(pool.stop().success());
+}
+
 /// `--nice -10`: every thread of xypriss at nice -10, its worker at the
 /// nice value xypriss was started with; by default (`keep`), xypriss too.
 #[test]

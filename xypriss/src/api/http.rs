@@ -3,9 +3,15 @@
 //! stream `/events`), and a few operations guarded by a bearer token.
 //! `docs/api.md` documents every endpoint.
 //!
-//! It runs on the control loop's own runtime and thread, and reads nothing
-//! of the pool itself: each request becomes an [`api::Request`] answered by
-//! the loop, so an answer is a consistent snapshot and no lock is shared.
+//! It reads nothing of the pool itself: each request becomes an
+//! [`api::Request`] answered by the loop, so an answer is a consistent
+//! snapshot and no lock is shared. Everything else (HTTP, routing, JSON and
+//! Prometheus text, the dashboard's event streams) runs on a thread of its
+//! own, with a runtime of its own: a client that never pauses costs the
+//! loop only the snapshots it asks for, never the serving, so alerts do not
+//! wait behind it. The pool gives that thread normal scheduling (see
+//! `supervise::priority`), so a greedy client competes with the workers,
+//! not with the loop.
 //!
 //! It lives inside the supervisor, so a client must not be able to hurt the
 //! pool through it: bodies are small and bounded, a client gets a bounded
@@ -26,6 +32,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
+    thread,
     time::Duration,
 };
 
@@ -51,7 +58,8 @@ use serde::{Deserialize, de::DeserializeOwned};
 use serde_json::Value;
 use tokio::{
     net::{TcpListener, TcpStream},
-    task::{self, JoinHandle, JoinSet},
+    sync::oneshot,
+    task::{self, JoinSet},
     time::{sleep, timeout},
 };
 use tokio_io_timeout::TimeoutStream;
@@ -101,27 +109,33 @@ pub enum StartError {
     },
     #[error(transparent)]
     Token(#[from] TokenError),
+    #[error("cannot start the status server's thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// The running server; it stops, and its token file goes, when dropped.
 #[derive(Debug)]
 pub struct StatusServer {
     address: SocketAddr,
-    task: JoinHandle<()>,
+    /// Dropped to stop the server's thread.
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<thread::JoinHandle<()>>,
     token_file: TokenFile,
 }
 
 impl StatusServer {
     /// Binds `address`, writes a fresh token to `token_path`, and serves on
-    /// the current runtime.
-    pub async fn start(
+    /// a thread of its own, which runs `on_thread` first.
+    pub fn start(
         address: SocketAddr,
         token_path: &Path,
         reads: Reads,
         handle: Handle,
+        on_thread: impl FnOnce() + Send + 'static,
     ) -> Result<Self, StartError> {
         let bind_error = |source| StartError::Bind { address, source };
-        let listener = TcpListener::bind(address).await.map_err(bind_error)?;
+        let listener = std::net::TcpListener::bind(address).map_err(bind_error)?;
+        listener.set_nonblocking(true).map_err(bind_error)?;
         let bound = listener.local_addr().map_err(bind_error)?;
         let token = Token::generate()?;
         let token_file = token.write(token_path)?;
@@ -131,10 +145,33 @@ impl StatusServer {
             reads,
             hosts: Hosts::for_address(bound),
         };
-        let task = tokio::spawn(serve(listener, server));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(StartError::Thread)?;
+        let (stop, stopped) = oneshot::channel();
+        let thread = thread::Builder::new()
+            .name("xypriss-http".into())
+            .spawn(move || {
+                on_thread();
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            tokio::select! {
+                                () = serve(listener, server) => {}
+                                _ = stopped => {}
+                            }
+                        }
+                        Err(err) => tracing::error!("status server: cannot listen: {err}"),
+                    }
+                });
+                // The runtime goes with the thread, and every connection with it.
+            })
+            .map_err(StartError::Thread)?;
         Ok(Self {
             address: bound,
-            task,
+            stop: Some(stop),
+            thread: Some(thread),
             token_file,
         })
     }
@@ -151,12 +188,16 @@ impl StatusServer {
 
 impl Drop for StatusServer {
     fn drop(&mut self) {
-        // Aborting the accept loop drops its connections with it.
-        self.task.abort();
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the status server's thread panicked");
+        }
     }
 }
 
-/// Serves the API on `listener` until its task is aborted.
+/// Serves the API on `listener` until dropped.
 async fn serve(listener: TcpListener, server: Server) {
     let router = router(server);
     let mut connections = JoinSet::new();

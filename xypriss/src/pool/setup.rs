@@ -84,7 +84,13 @@ pub(super) async fn setup(config: RunConfig) -> anyhow::Result<(Pool, Inputs)> {
     let status_server = match config.status_addr {
         Some(address) => {
             let token = runtime_dir.join(format!("{}.token", config.name));
-            Some(status_server(address, &token, reads(&config), api, &output).await?)
+            Some(status_server(
+                address,
+                &token,
+                reads(&config),
+                api,
+                &output,
+            )?)
         }
         None => None,
     };
@@ -238,14 +244,19 @@ fn observe_settings(config: &RunConfig) -> observe::Settings {
 }
 
 /// Starts the HTTP status server, and says where.
-async fn status_server(
+fn status_server(
     address: std::net::SocketAddr,
     token: &std::path::Path,
     reads: Reads,
     api: Handle,
     output: &Output,
 ) -> anyhow::Result<StatusServer> {
-    let server = StatusServer::start(address, token, reads, api).await?;
+    let server = StatusServer::start(address, token, reads, api, || {
+        // Operators' requests are not urgent: only the loop's own turns are.
+        if let Err(err) = priority::reset_this_thread() {
+            tracing::warn!("the status server's thread keeps xypriss's priority: {err}");
+        }
+    })?;
     output.emit(&Event::StatusServer {
         address: server.address().to_string(),
         token_file: server.token_file().display().to_string(),

@@ -26,7 +26,9 @@
 //! has when it raises its priority is raised (those it starts later inherit
 //! it), and each worker puts its own back, between fork and exec, to normal
 //! scheduling and the nice value xypriss was started with: the app runs as
-//! it would have without xypriss.
+//! it would have without xypriss. So does the status server's thread: what
+//! it serves is never urgent, and a client that never pauses must not take
+//! a CPU from everything else at real-time priority.
 
 use std::{
     fs, io,
@@ -199,11 +201,12 @@ fn each_thread(change: impl Fn(i32) -> Result<(), Errno>) -> Result<(), Refused>
     Ok(())
 }
 
-/// In a new worker, between fork and exec and before it gives up root:
-/// puts its scheduling back to normal and its nice value back to the one
-/// xypriss was started with, if xypriss changed its own. Async-signal-safe:
-/// atomic loads and system calls.
-pub fn reset_in_child() -> io::Result<()> {
+/// Puts the calling thread's scheduling back to normal and its nice value
+/// back to the one xypriss was started with, if xypriss changed its own: in
+/// a new worker, between fork and exec and before it gives up root, and in
+/// the status server's thread. Async-signal-safe: atomic loads and system
+/// calls.
+pub fn reset_this_thread() -> io::Result<()> {
     if REALTIME.load(Ordering::Relaxed) {
         let normal = libc::sched_param { sched_priority: 0 };
         // SAFETY: a plain system call; `normal` outlives it.

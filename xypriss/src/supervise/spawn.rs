@@ -140,7 +140,7 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<u32> {
             }
             // Before the identity changes: only root sets the floor anew.
             oom_score_adj::reset_in_child()?;
-            priority::reset_in_child()?;
+            priority::reset_this_thread()?;
             if let Some(registration) = &registration {
                 registration.register_self()?;
             }
