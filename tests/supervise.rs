@@ -549,8 +549,19 @@ fn scheduling(stat_path: &str) -> (i64, i64) {
     (stat_field(stat_path, 41), stat_field(stat_path, 40))
 }
 
-/// Starts a one-worker pool with `args`, and checks what `read` says of
-/// each thread of xypriss (`xypriss`) and of its worker (`worker`).
+/// xypriss's threads that serve operators or keep books, never urgent:
+/// they run as its workers do.
+const BACKGROUND: [&str; 2] = ["xypriss-http", "xypriss-faults"];
+
+/// A thread's name, from the `comm` beside its `stat`.
+fn thread_name(stat_path: &str) -> String {
+    std::fs::read_to_string(stat_path.replace("/stat", "/comm"))
+        .map_or_else(|_| String::new(), |name| name.trim().to_owned())
+}
+
+/// Starts a one-worker pool with `args` and a status server, and checks
+/// what `read` says of each thread of xypriss (`xypriss`), of its
+/// background threads ([`BACKGROUND`]) and of its worker (`worker`).
 fn threads_and_worker<T: PartialEq + std::fmt::Debug + Copy>(
     args: &[&str],
     read: fn(&str) -> T,
@@ -558,15 +569,36 @@ fn threads_and_worker<T: PartialEq + std::fmt::Debug + Copy>(
     worker: T,
 ) {
     let mut pool_args = args.to_vec();
-    pool_args.extend(["--workers", "1", DEMO, "steps", "1"]);
+    pool_args.extend([
+        "--status-addr",
+        "127.0.0.1:0",
+        "--workers",
+        "1",
+        DEMO,
+        "steps",
+        "1",
+    ]);
     let mut pool = Pool::start(&pool_args);
     let spawned = pool.wait_event("worker_spawned", TIMEOUT, |_| true);
     let pid = u64_of(&spawned, "pid") as u32;
     pool.wait_log("at 1 MiB", TIMEOUT);
-    let threads: Vec<T> = thread_stats(pool.pid()).iter().map(|s| read(s)).collect();
+    let (background, threads): (Vec<String>, Vec<String>) = thread_stats(pool.pid())
+        .into_iter()
+        .partition(|stat| BACKGROUND.contains(&thread_name(stat).as_str()));
+    let names: Vec<String> = background.iter().map(|s| thread_name(s)).collect();
+    assert!(
+        names.iter().any(|name| name == "xypriss-http"),
+        "{args:?}: the status server's thread among {names:?}"
+    );
+    let background: Vec<T> = background.iter().map(|s| read(s)).collect();
+    assert!(
+        background.iter().all(|&t| t == worker),
+        "{args:?}: {names:?} at {worker:?}, as the worker: {background:?}"
+    );
+    let threads: Vec<T> = threads.iter().map(|s| read(s)).collect();
     assert!(
         threads.len() > 1 && threads.iter().all(|&t| t == xypriss),
-        "{args:?}: every thread of xypriss at {xypriss:?}: {threads:?}"
+        "{args:?}: every other thread of xypriss at {xypriss:?}: {threads:?}"
     );
     assert_eq!(
         read(&format!("/proc/{pid}/stat")),
@@ -577,7 +609,7 @@ fn threads_and_worker<T: PartialEq + std::fmt::Debug + Copy>(
 }
 
 /// By default every thread of xypriss runs SCHED_FIFO at priority 1, and
-/// its worker with normal scheduling; `--realtime 7` takes priority 7, and
+/// its worker and background threads with normal scheduling; `--realtime 7` takes priority 7, and
 /// `--realtime off` leaves xypriss's scheduling alone.
 #[test]
 fn realtime_runs_xyprisss_threads_fifo_and_not_its_workers() {
@@ -601,51 +633,8 @@ fn realtime_runs_xyprisss_threads_fifo_and_not_its_workers() {
     }
 }
 
-/// The status server's thread serves operators, never urgent: it runs
-/// with normal scheduling and the nice value xypriss was started with, even
-/// with `--nice -10`, while the loop's thread stays SCHED_FIFO.
-#[test]
-fn the_status_servers_thread_runs_with_normal_scheduling() {
-    if !root_or_skip("the_status_servers_thread_runs_with_normal_scheduling") {
-        return;
-    }
-    let own = nice_of("/proc/thread-self/stat");
-    let mut pool = Pool::start(&[
-        "--status-addr",
-        "127.0.0.1:0",
-        "--nice",
-        "-10",
-        "--workers",
-        "1",
-        DEMO,
-        "steps",
-        "1",
-    ]);
-    pool.wait_event("status_server", TIMEOUT, |_| true);
-    pool.wait_log("at 1 MiB", TIMEOUT);
-    let stats = thread_stats(pool.pid());
-    let named = |stat: &str| {
-        let comm = stat.replace("/stat", "/comm");
-        std::fs::read_to_string(&comm).map_or_else(|_| String::new(), |c| c.trim().to_owned())
-    };
-    let (http, others): (Vec<&String>, Vec<&String>) =
-        stats.iter().partition(|s| named(s) == "xypriss-http");
-    assert_eq!(http.len(), 1, "one thread named xypriss-http: {stats:?}");
-    assert_eq!(scheduling(http[0]), (i64::from(libc::SCHED_OTHER), 0));
-    assert_eq!(nice_of(http[0]), own, "the status server's nice value");
-    let main = format!("/proc/{}/task/{}/stat", pool.pid(), pool.pid());
-    assert!(others.contains(&&main), "{stats:?}");
-    assert_eq!(
-        scheduling(&main),
-        (i64::from(libc::SCHED_FIFO), 1),
-        "the loop's thread"
-    );
-    assert_eq!(nice_of(&main), -10, "the loop's thread");
-    assert!(pool.stop().success());
-}
-
-/// `--nice -10`: every thread of xypriss at nice -10, its worker at the
-/// nice value xypriss was started with; by default (`keep`), xypriss too.
+/// `--nice -10`: every thread of xypriss at nice -10, its worker and
+/// background threads at the nice value xypriss was started with; by default (`keep`), xypriss too.
 #[test]
 fn nice_raises_xyprisss_priority_and_not_its_workers() {
     if !root_or_skip("nice_raises_xyprisss_priority_and_not_its_workers") {

@@ -39,7 +39,7 @@ use xypriss_ebpf::{
 use super::{
     Counters, Observation,
     btf::{self, Btf, BtfError},
-    faults::{self, Tallies},
+    faults::{self, ProcCounts, Refresh},
     ring_buf::Reader,
     trace_point::{Kind, Plan, Tracepoint},
     verifier,
@@ -92,6 +92,8 @@ pub enum EbpfError {
     },
     #[error("the ring buffer cannot be polled: {0}")]
     Poll(io::Error),
+    #[error("cannot start the thread that reads fault counts: {0}")]
+    Thread(io::Error),
     #[error("aya-log: {0}")]
     Log(#[from] aya_log::Error),
 }
@@ -113,8 +115,8 @@ pub struct EbpfObserver {
 enum FaultCounts {
     /// `page_fault_user`, per worker and CPU (`--kernel-fault-counts`).
     Kernel(PerCpuArray<MapData, u64>),
-    /// /proc, at each refresh (the default: see observe::faults).
-    Proc(Tallies),
+    /// /proc, at each refresh, on a thread of its own (the default: see observe::faults).
+    Proc(ProcCounts),
 }
 
 fn take<T>(ebpf: &mut Ebpf, map: &'static str) -> Result<T, EbpfError>
@@ -126,7 +128,9 @@ where
 }
 
 impl EbpfObserver {
-    pub fn load(config: &Config) -> Result<Self, EbpfError> {
+    /// Loads and attaches the programs. Its background thread (the fault
+    /// counts') runs `on_thread` first.
+    pub fn load(config: &Config, on_thread: fn()) -> Result<Self, EbpfError> {
         let euid = nix::unistd::geteuid();
         if !euid.is_root() {
             return Err(EbpfError::NotRoot {
@@ -197,7 +201,7 @@ impl EbpfObserver {
             faults: if config.kernel_fault_counts {
                 FaultCounts::Kernel(take(&mut ebpf, map_name::FAULTS)?)
             } else {
-                FaultCounts::Proc(Tallies::default())
+                FaultCounts::Proc(ProcCounts::start(on_thread).map_err(EbpfError::Thread)?)
             },
             lost: take(&mut ebpf, map_name::LOST)?,
             reader: Reader::new(ring, flush_delay(config.wakeup_interval))
@@ -224,8 +228,8 @@ impl EbpfObserver {
         .map_err(io::Error::other)?;
         match &mut self.faults {
             FaultCounts::Kernel(faults) => faults.set(slot, zero, 0).map_err(io::Error::other),
-            FaultCounts::Proc(tallies) => {
-                tallies.reset(slot);
+            FaultCounts::Proc(counts) => {
+                counts.reset(slot);
                 Ok(())
             }
         }
@@ -260,8 +264,8 @@ impl EbpfObserver {
             io::Error::new(io::ErrorKind::NotFound, format!("process {pid} has exited"))
         })?;
         let state = self.workers.get(&slot, 0).map_err(io::Error::other)?;
-        if let FaultCounts::Proc(tallies) = &mut self.faults {
-            tallies.observe(slot, pid, faults::read(pid).unwrap_or(0));
+        if let FaultCounts::Proc(counts) = &mut self.faults {
+            counts.observe(slot, pid, faults::read(pid).unwrap_or(0));
         }
         Ok(Counters::from_kernel(state.counters))
     }
@@ -289,8 +293,20 @@ impl EbpfObserver {
         let _ = self.thresholds.set(slot, &Thresholds::default(), 0);
     }
 
+    /// The next records, or the fault counts a tick waits for.
     pub async fn next_batch(&mut self, out: &mut Vec<Observation>) {
-        self.reader.next_batch(out).await
+        match &mut self.faults {
+            FaultCounts::Proc(counts) => tokio::select! {
+                biased;
+                () = self.reader.next_batch(out) => {}
+                waits = counts.answered() => {
+                    if waits {
+                        out.push(Observation::FaultsCounted);
+                    }
+                }
+            },
+            FaultCounts::Kernel(_) => self.reader.next_batch(out).await,
+        }
     }
 
     pub fn drain_now(&mut self, out: &mut Vec<Observation>) {
@@ -303,21 +319,38 @@ impl EbpfObserver {
                 .get(&slot, 0)
                 .map(|per_cpu| per_cpu.iter().sum())
                 .unwrap_or(0),
-            FaultCounts::Proc(tallies) => tallies.total(slot),
+            FaultCounts::Proc(counts) => counts.total(slot),
         }
     }
 
-    /// Reads every watched process's fault count from /proc, unless the
+    /// Asks for every watched process's fault count from /proc, unless the
     /// kernel counts them: the processes are `TASKS`' entries, by worker.
-    pub fn refresh_faults(&mut self) {
-        let FaultCounts::Proc(tallies) = &mut self.faults else {
-            return;
-        };
-        let mut processes: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
-        for (pid, entry) in self.tasks.iter().filter_map(Result::ok) {
-            processes.entry(entry.worker).or_default().push(pid);
+    /// Asked, they come as [`Observation::FaultsCounted`].
+    pub fn refresh_faults(&mut self) -> Refresh {
+        let processes = self.processes();
+        match &mut self.faults {
+            FaultCounts::Proc(counts) => counts.ask(processes),
+            FaultCounts::Kernel(_) => Refresh::Fresh,
         }
-        tallies.refresh(&processes, faults::read);
+    }
+
+    /// Reads them on this thread, now: the pool's last tick.
+    pub fn count_faults_now(&mut self) {
+        let processes = self.processes();
+        if let FaultCounts::Proc(counts) = &mut self.faults {
+            counts.count_now(&processes);
+        }
+    }
+
+    /// Every watched process, by worker slot.
+    fn processes(&self) -> BTreeMap<u32, Vec<u32>> {
+        let mut processes: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        if let FaultCounts::Proc(_) = self.faults {
+            for (pid, entry) in self.tasks.iter().filter_map(Result::ok) {
+                processes.entry(entry.worker).or_default().push(pid);
+            }
+        }
+        processes
     }
 
     pub fn lost(&self) -> u64 {

@@ -114,6 +114,8 @@ pub enum Observation {
         pid: u32,
         counters: Counters,
     },
+    /// The fault counts a tick asked for are in: it can go on.
+    FaultsCounted,
 }
 
 /// Which source is active.
@@ -135,15 +137,16 @@ pub struct Required(pub ebpf::EbpfError);
 
 impl Observer {
     /// Starts the configured source. With [`Choice::Prefer`], an eBPF
-    /// failure falls back to /proc and the reason is returned with it.
-    pub fn start(config: &Settings) -> Result<(Self, Option<String>), Required> {
+    /// failure falls back to /proc and the reason is returned with it. Its
+    /// background threads run `on_thread` first.
+    pub fn start(config: &Settings, on_thread: fn()) -> Result<(Self, Option<String>), Required> {
         let procfs = || Self::Procfs(procfs::ProcfsObserver::new(config));
         match config.choice {
             Choice::Procfs => Ok((procfs(), Some("disabled by --no-ebpf".into()))),
-            Choice::Require => ebpf::EbpfObserver::load(config)
+            Choice::Require => ebpf::EbpfObserver::load(config, on_thread)
                 .map(|o| (Self::Ebpf(Box::new(o)), None))
                 .map_err(Required),
-            Choice::Prefer => match ebpf::EbpfObserver::load(config) {
+            Choice::Prefer => match ebpf::EbpfObserver::load(config, on_thread) {
                 Ok(o) => Ok((Self::Ebpf(Box::new(o)), None)),
                 Err(err) => Ok((procfs(), Some(err.to_string()))),
             },
@@ -223,9 +226,18 @@ impl Observer {
     /// Brings the workers' fault counts up to date, where they are read
     /// rather than sent (see [`faults`]); the procfs source reads them at
     /// each poll.
-    pub fn refresh_faults(&mut self) {
+    /// Refreshes the fault counts, or asks for them: see [`faults::Refresh`].
+    pub fn refresh_faults(&mut self) -> faults::Refresh {
+        match self {
+            Self::Ebpf(o) => o.refresh_faults(),
+            Self::Procfs(_) => faults::Refresh::Fresh,
+        }
+    }
+
+    /// Refreshes the fault counts on this thread, now.
+    pub fn count_faults_now(&mut self) {
         if let Self::Ebpf(o) = self {
-            o.refresh_faults();
+            o.count_faults_now();
         }
     }
 

@@ -3,7 +3,7 @@
 
 use super::{COARSE_FACTOR, Instance, Pool};
 use crate::{
-    observe::{Observation, Observer, Trigger, procfs::monotonic_ns},
+    observe::{Observation, Observer, Trigger, faults::Refresh, procfs::monotonic_ns},
     output::event::{Event, LossStage, MemorySample},
 };
 
@@ -76,6 +76,7 @@ impl Pool {
                     self.check_thresholds(slot);
                 }
             }
+            Observation::FaultsCounted => self.sampled(),
             Observation::OomVictim {
                 slot,
                 pid,
@@ -123,7 +124,21 @@ impl Pool {
 
     /// The periodic refresh: fault counts and rates of quiet workers, and losses.
     pub(super) fn tick(&mut self) {
-        self.observer.refresh_faults();
+        match self.observer.refresh_faults() {
+            Refresh::Fresh | Refresh::Busy => self.sampled(),
+            // It goes on at Observation::FaultsCounted.
+            Refresh::Asked => {}
+        }
+    }
+
+    /// The last tick, when the workers are gone: fault counts read here.
+    pub(super) fn last_tick(&mut self) {
+        self.observer.count_faults_now();
+        self.sampled();
+    }
+
+    /// The tick, once the fault counts are in.
+    fn sampled(&mut self) {
         let now = monotonic_ns();
         self.ticks += 1;
         // reducedLogging leaves the periodic samples out; low-memory mode

@@ -166,7 +166,7 @@ impl Pool {
         // Whoever asks from now on hears that the pool is stopping.
         drop(calls);
         self.shutdown(&mut signals).await;
-        self.tick();
+        self.last_tick();
         for cleanup in self.cleanups.drain(..) {
             cleanup.await?;
         }

@@ -59,7 +59,7 @@ pub(super) async fn setup(config: RunConfig) -> anyhow::Result<(Pool, Inputs)> {
     let runtime_dir = runtime_dir::create()?;
     // Before anything else: a pool of the same name makes this one refuse to start.
     let control = ControlSocket::start(&runtime_dir, &config.name, api.clone())?;
-    let (observer, degraded) = Observer::start(&observe_settings(&config))?;
+    let (observer, degraded) = Observer::start(&observe_settings(&config), background_thread)?;
     // Before the stream says the pool started: signals sent then are heard.
     let signals = Signals::listen()?;
     announce(&config, &output, &observer, degraded);
@@ -165,6 +165,15 @@ impl Pool {
     }
 }
 
+/// What a thread that serves operators or does bookkeeping runs first: its
+/// work is never urgent, so it puts back normal scheduling and gives the
+/// loop's thread the CPU whenever that wakes.
+fn background_thread() {
+    if let Err(err) = priority::reset_this_thread() {
+        tracing::warn!("a background thread keeps xypriss's priority: {err}");
+    }
+}
+
 /// Keeps the OOM killer off xypriss, raises its priority, and keeps
 /// orphans of workers in its care.
 fn protect_self(nice: Nice, realtime: Option<Realtime>) {
@@ -251,12 +260,7 @@ fn status_server(
     api: Handle,
     output: &Output,
 ) -> anyhow::Result<StatusServer> {
-    let server = StatusServer::start(address, token, reads, api, || {
-        // Operators' requests are not urgent: only the loop's own turns are.
-        if let Err(err) = priority::reset_this_thread() {
-            tracing::warn!("the status server's thread keeps xypriss's priority: {err}");
-        }
-    })?;
+    let server = StatusServer::start(address, token, reads, api, background_thread)?;
     output.emit(&Event::StatusServer {
         address: server.address().to_string(),
         token_file: server.token_file().display().to_string(),
