@@ -9,9 +9,9 @@
 //! Prometheus text, the dashboard's event streams) runs on a thread of its
 //! own, with a runtime of its own: a client that never pauses costs the
 //! loop only the snapshots it asks for, never the serving, so alerts do not
-//! wait behind it. The pool gives that thread normal scheduling (see
-//! `supervise::priority`), so a greedy client competes with the workers,
-//! not with the loop.
+//! wait behind it. That thread keeps xypriss's priority: with normal
+//! scheduling, fifty followers beside a busy browser on two CPUs starved
+//! it, and followers that read lost lines (`tests/dashboard.rs`).
 //!
 //! It lives inside the supervisor, so a client must not be able to hurt the
 //! pool through it: bodies are small and bounded, a client gets a bounded
@@ -125,13 +125,12 @@ pub struct StatusServer {
 
 impl StatusServer {
     /// Binds `address`, writes a fresh token to `token_path`, and serves on
-    /// a thread of its own, which runs `on_thread` first.
+    /// a thread of its own.
     pub fn start(
         address: SocketAddr,
         token_path: &Path,
         reads: Reads,
         handle: Handle,
-        on_thread: impl FnOnce() + Send + 'static,
     ) -> Result<Self, StartError> {
         let bind_error = |source| StartError::Bind { address, source };
         let listener = std::net::TcpListener::bind(address).map_err(bind_error)?;
@@ -153,7 +152,6 @@ impl StatusServer {
         let thread = thread::Builder::new()
             .name("xypriss-http".into())
             .spawn(move || {
-                on_thread();
                 runtime.block_on(async move {
                     match TcpListener::from_std(listener) {
                         Ok(listener) => {

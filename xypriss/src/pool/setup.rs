@@ -165,9 +165,9 @@ impl Pool {
     }
 }
 
-/// What a thread that serves operators or does bookkeeping runs first: its
-/// work is never urgent, so it puts back normal scheduling and gives the
-/// loop's thread the CPU whenever that wakes.
+/// What a thread that does bookkeeping runs first: its work is never
+/// urgent, so it puts back normal scheduling and gives the loop's thread
+/// the CPU whenever that wakes.
 fn background_thread() {
     if let Err(err) = priority::reset_this_thread() {
         tracing::warn!("a background thread keeps xypriss's priority: {err}");
@@ -260,7 +260,7 @@ fn status_server(
     api: Handle,
     output: &Output,
 ) -> anyhow::Result<StatusServer> {
-    let server = StatusServer::start(address, token, reads, api, background_thread)?;
+    let server = StatusServer::start(address, token, reads, api)?;
     output.emit(&Event::StatusServer {
         address: server.address().to_string(),
         token_file: server.token_file().display().to_string(),

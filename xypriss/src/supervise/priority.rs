@@ -26,9 +26,8 @@
 //! has when it raises its priority is raised (those it starts later inherit
 //! it), and each worker puts its own back, between fork and exec, to normal
 //! scheduling and the nice value xypriss was started with: the app runs as
-//! it would have without xypriss. So does the status server's thread: what
-//! it serves is never urgent, and a client that never pauses must not take
-//! a CPU from everything else at real-time priority.
+//! it would have without xypriss. So does the thread that reads the
+//! workers' fault counts each tick: that bookkeeping is never urgent.
 
 use std::{
     fs, io,
@@ -204,7 +203,7 @@ fn each_thread(change: impl Fn(i32) -> Result<(), Errno>) -> Result<(), Refused>
 /// Puts the calling thread's scheduling back to normal and its nice value
 /// back to the one xypriss was started with, if xypriss changed its own: in
 /// a new worker, between fork and exec and before it gives up root, and in
-/// the status server's thread. Async-signal-safe: atomic loads and system
+/// xypriss's bookkeeping thread. Async-signal-safe: atomic loads and system
 /// calls.
 pub fn reset_this_thread() -> io::Result<()> {
     if REALTIME.load(Ordering::Relaxed) {
