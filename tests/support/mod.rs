@@ -307,7 +307,11 @@ impl Pool {
         while let Ok(event) = self.stdout.recv_timeout(scaled(Duration::from_secs(2))) {
             self.events.push(event);
         }
-        self.drain_log();
+        // Its last words (an error, say) may still be on their way from the
+        // reader thread: read stderr to its end, not only what has come.
+        while let Ok(line) = self.stderr.recv_timeout(scaled(Duration::from_secs(2))) {
+            self.log.push(line);
+        }
         status
     }
 }
