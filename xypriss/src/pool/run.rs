@@ -11,7 +11,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use nix::sys::signal::Signal;
+use nix::sys::{
+    resource::{UsageWho, getrusage},
+    signal::Signal,
+};
 use tokio::{
     signal::unix::{self, SignalKind, signal},
     time::{Interval, MissedTickBehavior, interval, sleep_until},
@@ -86,21 +89,81 @@ const SAY_TURN: Duration = Duration::from_millis(5);
 /// And one that took this long, in the debug log.
 const NOTE_TURN: Duration = Duration::from_millis(1);
 
+/// What the loop's thread used so far: its CPU time and its context
+/// switches.
+struct Usage {
+    cpu: Duration,
+    /// Waits in the kernel (a blocking call, a lock, a page fault's I/O).
+    waited: i64,
+    /// Preemptions by other threads.
+    preempted: i64,
+}
+
+impl Usage {
+    fn since(&self, before: &Self) -> Self {
+        Self {
+            cpu: self.cpu.saturating_sub(before.cpu),
+            waited: self.waited - before.waited,
+            preempted: self.preempted - before.preempted,
+        }
+    }
+}
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.1} ms on the CPU, waited in the kernel {} times, preempted {} times",
+            self.cpu.as_secs_f64() * 1e3,
+            self.waited,
+            self.preempted
+        )
+    }
+}
+
+/// The calling thread's [`Usage`]; `None` if the kernel would not say.
+fn thread_usage() -> Option<Usage> {
+    let usage = getrusage(UsageWho::RUSAGE_THREAD).ok()?;
+    let seconds = |t: nix::sys::time::TimeVal| {
+        Duration::new(
+            u64::try_from(t.tv_sec()).unwrap_or(0),
+            u32::try_from(t.tv_usec()).unwrap_or(0) * 1000,
+        )
+    };
+    Some(Usage {
+        cpu: seconds(usage.user_time()) + seconds(usage.system_time()),
+        waited: usage.voluntary_context_switches(),
+        preempted: usage.involuntary_context_switches(),
+    })
+}
+
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400)
 }
 
 impl Pool {
-    /// Runs one turn's handler, `what`, timed (see [`SAY_TURN`]).
+    /// Runs one turn's handler, `what`, timed (see [`SAY_TURN`]). A slow
+    /// turn says too how much of it the thread ran, and how often it
+    /// waited in the kernel or was preempted: work to make shorter, a
+    /// blocking call, or a busy machine.
     fn timed<R>(&mut self, what: &str, handle: impl FnOnce(&mut Self) -> R) -> R {
         let began = Instant::now();
+        let before = thread_usage();
         let result = handle(self);
         let took = began.elapsed();
-        let ms = took.as_secs_f64() * 1e3;
-        if took >= SAY_TURN {
-            tracing::warn!("the loop spent {ms:.1} ms on one turn ({what}): alerts waited as long");
-        } else if took >= NOTE_TURN {
-            tracing::debug!("the loop spent {ms:.1} ms on one turn ({what})");
+        if took >= NOTE_TURN {
+            let ms = took.as_secs_f64() * 1e3;
+            let how = match (before, thread_usage()) {
+                (Some(before), Some(after)) => after.since(&before).to_string(),
+                _ => "its own usage unread".into(),
+            };
+            if took >= SAY_TURN {
+                tracing::warn!(
+                    "the loop spent {ms:.1} ms on one turn ({what}; {how}): alerts waited as long"
+                );
+            } else {
+                tracing::debug!("the loop spent {ms:.1} ms on one turn ({what}; {how})");
+            }
         }
         result
     }
