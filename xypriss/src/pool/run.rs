@@ -89,10 +89,12 @@ const SAY_TURN: Duration = Duration::from_millis(5);
 /// And one that took this long, in the debug log.
 const NOTE_TURN: Duration = Duration::from_millis(1);
 
-/// What the loop's thread used so far: its CPU time and its context
-/// switches.
+/// What the loop's thread used so far: its CPU time, its page faults and
+/// its context switches.
 struct Usage {
     cpu: Duration,
+    /// Page faults (without I/O): memory the thread touched afresh.
+    faults: i64,
     /// Waits in the kernel (a blocking call, a lock, a page fault's I/O).
     waited: i64,
     /// Preemptions by other threads.
@@ -103,6 +105,7 @@ impl Usage {
     fn since(&self, before: &Self) -> Self {
         Self {
             cpu: self.cpu.saturating_sub(before.cpu),
+            faults: self.faults - before.faults,
             waited: self.waited - before.waited,
             preempted: self.preempted - before.preempted,
         }
@@ -113,8 +116,9 @@ impl std::fmt::Display for Usage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:.1} ms on the CPU, waited in the kernel {} times, preempted {} times",
+            "{:.1} ms on the CPU, {} page faults, waited in the kernel {} times, preempted {} times",
             self.cpu.as_secs_f64() * 1e3,
+            self.faults,
             self.waited,
             self.preempted
         )
@@ -132,6 +136,7 @@ fn thread_usage() -> Option<Usage> {
     };
     Some(Usage {
         cpu: seconds(usage.user_time()) + seconds(usage.system_time()),
+        faults: usage.minor_page_faults(),
         waited: usage.voluntary_context_switches(),
         preempted: usage.involuntary_context_switches(),
     })
