@@ -72,6 +72,8 @@
 //! `cgroup.procs` before it signals, so it pins each process with a pidfd
 //! and signals only those still listed ([`kill_listed`]): a pid reused
 //! elsewhere in between is never hit.
+//!
+//! Over 600 lines with its unit tests; the module itself is the first 488.
 
 use std::{
     collections::{BTreeSet, HashSet},
