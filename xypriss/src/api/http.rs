@@ -11,8 +11,7 @@
 //! loop only the snapshots it asks for, never the serving, so alerts do not
 //! wait behind it. That thread keeps xypriss's priority: with normal
 //! scheduling, fifty followers beside a busy browser on two CPUs starved
-//! it, and followers that read lost lines (`tests/dashboard.rs`). The loop
-//! and the stdout writer run one above it, so it never holds them up.
+//! it, and followers that read lost lines (`tests/dashboard.rs`).
 //!
 //! It lives inside the supervisor, so a client must not be able to hurt the
 //! pool through it: bodies are small and bounded, a client gets a bounded
@@ -23,7 +22,7 @@
 //! Every refusal is a 4xx or 5xx with a JSON body that says why; nothing a
 //! client sends can stop the server.
 //!
-//! Over 600 lines with its unit tests; the server itself is the first 609.
+//! Over 600 lines with its unit tests; the server itself is the first 608.
 
 use std::{
     collections::HashMap,
