@@ -33,8 +33,23 @@ pub enum Wakeup {
 }
 
 /// Sends `record`. When the ring is full, counts the loss and returns `false`.
+///
+/// The record is reserved before it is stamped and its wake-up decided. A
+/// record sent without a wake-up counts on userspace's flush, which comes a
+/// wake-up interval after the wake-up it follows (`observe/ring_buf.rs`): its
+/// stamp is within that interval, so its reservation, before the stamp, is
+/// before the flush, which then reads it or waits for its submit. Stamped
+/// first, a program whose CPU was taken between the stamp and the reserve
+/// (a vCPU descheduled) could reserve after the flush, and its record, woken
+/// by no one, would wait for the next wake-up: in a quiet pool, indefinitely.
 #[inline(always)]
 pub fn send(mut record: Record, wakeup: Wakeup) -> bool {
+    let Some(mut entry) = EVENTS.reserve::<Record>(0) else {
+        if let Some(lost) = LOST.get_ptr_mut(0) {
+            unsafe { *lost += 1 };
+        }
+        return false;
+    };
     let now = unsafe { bpf_ktime_get_ns() };
     record.ktime_ns = now;
     let flags = match wakeup {
@@ -48,19 +63,9 @@ pub fn send(mut record: Record, wakeup: Wakeup) -> bool {
             _ => BPF_RB_NO_WAKEUP,
         },
     };
-    match EVENTS.reserve::<Record>(0) {
-        Some(mut entry) => {
-            entry.write(record);
-            entry.submit(u64::from(flags));
-            true
-        }
-        None => {
-            if let Some(lost) = LOST.get_ptr_mut(0) {
-                unsafe { *lost += 1 };
-            }
-            false
-        }
-    }
+    entry.write(record);
+    entry.submit(u64::from(flags));
+    true
 }
 
 /// A consistent-enough copy of a worker's totals (each field is read once).

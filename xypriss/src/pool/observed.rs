@@ -124,6 +124,14 @@ impl Pool {
 
     /// The periodic refresh: fault counts and rates of quiet workers, and losses.
     pub(super) fn tick(&mut self) {
+        // The reader reads records written without a wake-up at one flush after
+        // the last wake-up. The tick reads the ring too, so that a record
+        // that arrived after that flush (it has no wake-up of its own) waits
+        // at most a sample interval, never until the next wake-up: in a quiet
+        // pool that could be never, and its worker's samples would stay stale.
+        let mut batch = Vec::new();
+        self.observer.drain_now(&mut batch);
+        self.observed(&mut batch);
         match self.observer.refresh_faults() {
             Refresh::Fresh | Refresh::Busy => self.sampled(),
             // It goes on at Observation::FaultsCounted.
