@@ -337,6 +337,7 @@ fn test(root: &Path, with_vms: bool, args: Vec<OsString>) -> Result<()> {
             kernels: vmtest::Series::ALL.to_vec(),
             verbose: false,
             timeout: vmtest::TIMEOUT_S,
+            step_timeout: vmtest::STEP_TIMEOUT_S,
             command: Vec::new(),
         },
     );

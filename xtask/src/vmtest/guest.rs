@@ -7,6 +7,11 @@
 //! before it). The kernel's console is silenced while the steps run, and its
 //! log is shown whole at the end. A step whose end sentinel never came (the
 //! VM died or hung) has no exit code, which is a failure.
+//!
+//! Each step runs in a session of its own, watched: past its time limit, the
+//! guest prints the kernel's stacks of the step's tasks and of every task in
+//! uninterruptible sleep, and the process table, then kills the session. So
+//! a hang leaves evidence, and the steps after it still run.
 
 use std::{
     collections::BTreeMap,
@@ -54,8 +59,27 @@ fn sentinel(nonce: &str) -> String {
     format!("<<<xtask-vmtest {nonce}")
 }
 
-/// The guest's script: `env` exported, then each step in `cwd`, framed.
-pub fn script(nonce: &str, cwd: &str, env: &[(String, String)], steps: &[Step]) -> String {
+/// What the guest runs when step `$1` (session `$2`) outlives its limit (`$3` s).
+const STUCK: &str = r#"stuck() {
+  echo "xtask-vmtest: $1 still runs after $3 s: the stacks of its tasks and of every task in D state, the process table (kernel threads left out), then it is killed"
+  for t in $(ps -eLo lwp=,sid=,stat= | awk -v s="$2" '$2 == s || $3 ~ /^D/ {print $1}'); do
+    echo "== task $t ($(cat /proc/$t/comm 2>/dev/null))"
+    cat /proc/$t/stack 2>/dev/null
+  done
+  ps -N --ppid 2 -p 2 -Lo pid,lwp,sid,stat,wchan:32,etimes,args
+  kill -KILL -"$2"
+}
+"#;
+
+/// The guest's script: `env` exported, then each step in `cwd`, framed, and
+/// killed after `step_limit` seconds (see the module's header).
+pub fn script(
+    nonce: &str,
+    cwd: &str,
+    env: &[(String, String)],
+    steps: &[Step],
+    step_limit: u64,
+) -> String {
     let mark = sentinel(nonce);
     let mut text = String::from(
         "#!/bin/sh\n\
@@ -63,13 +87,23 @@ pub fn script(nonce: &str, cwd: &str, env: &[(String, String)], steps: &[Step]) 
          # Kernel messages would land inside the steps' lines: log them, show them at the end.\n\
          dmesg -n 1\n",
     );
+    text.push_str(STUCK);
     for (key, value) in env {
         text.push_str(&format!("export {key}={}\n", quote(value)));
     }
     text.push_str(&format!("cd {} || exit 1\n", quote(cwd)));
     for step in steps {
         text.push_str(&format!(
-            "echo '{mark} begin {name}>>>'\n{argv}\necho \"{mark} end {name} rc=$?>>>\"\n",
+            "echo '{mark} begin {name}>>>'\n\
+             setsid {argv} &\n\
+             step=$!\n\
+             (sleep {step_limit} && stuck {name} $step {step_limit}) &\n\
+             dog=$!\n\
+             wait $step\n\
+             rc=$?\n\
+             pkill -P $dog\n\
+             wait $dog\n\
+             echo \"{mark} end {name} rc=$rc>>>\"\n",
             name = step.name,
             argv = quote_all(&step.argv)
         ));
@@ -295,9 +329,72 @@ mod tests {
             kind: Kind::Command,
             argv: vec!["sh".into(), "-c".into(), "echo 'hi'".into()],
         }];
-        let text = script(NONCE, "/w", &[("CI".into(), "true".into())], &steps);
+        let text = script(NONCE, "/w", &[("CI".into(), "true".into())], &steps, 60);
         assert!(text.contains("export CI='true'\n"), "{text}");
-        assert!(text.contains(r"'sh' '-c' 'echo '\''hi'\'''"), "{text}");
-        assert!(text.contains("echo \"<<<xtask-vmtest n0nce end command rc=$?>>>\""));
+        assert!(
+            text.contains(r"setsid 'sh' '-c' 'echo '\''hi'\''' &"),
+            "{text}"
+        );
+        assert!(
+            text.contains("(sleep 60 && stuck command $step 60) &"),
+            "{text}"
+        );
+        assert!(text.contains("echo \"<<<xtask-vmtest n0nce end command rc=$rc>>>\""));
+    }
+
+    #[test]
+    fn a_step_past_its_limit_is_shown_and_killed_and_the_next_one_runs() {
+        let steps = [
+            Step {
+                name: "stuck".into(),
+                kind: Kind::Command,
+                argv: vec!["sh".into(), "-c".into(), "sleep 300 & sleep 300".into()],
+            },
+            Step {
+                name: "next".into(),
+                kind: Kind::Command,
+                argv: vec!["true".into()],
+            },
+        ];
+        // The guest's `dmesg -n 1` would set this machine's console level.
+        let text = script(NONCE, "/", &[], &steps, 1).replace("dmesg -n 1\n", "");
+        let dir = std::env::temp_dir().join(format!("xtask-guest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a temporary directory");
+        let path = dir.join("guest.sh");
+        std::fs::write(&path, text).expect("the script written");
+        let out = std::process::Command::new("sh")
+            .arg(&path)
+            .output()
+            .expect("sh runs");
+        std::fs::remove_dir_all(&dir).expect("the directory removed");
+        let mut console = Console::default();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            console.push(NONCE, line);
+        }
+        let stuck = &console.steps["stuck"];
+        assert_eq!(stuck.rc, Some(137), "{:?}", stuck.lines);
+        assert!(
+            stuck.lines[0].starts_with("xtask-vmtest: stuck still runs after 1 s"),
+            "{:?}",
+            stuck.lines
+        );
+        // Both sleeps, the one in the background too, are shown.
+        let sleeps = stuck
+            .lines
+            .iter()
+            .filter(|l| l.starts_with("== task ") && l.ends_with("(sleep)"))
+            .count();
+        assert_eq!(sleeps, 2, "{:?}", stuck.lines);
+        assert_eq!(console.steps["next"].rc, Some(0));
+        // Nothing is left behind: not the stuck session, nor a watchdog's sleep.
+        let left = std::process::Command::new("pgrep")
+            .args(["-f", "^sleep (300|1)$"])
+            .output()
+            .expect("pgrep runs");
+        assert!(
+            left.stdout.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&left.stdout)
+        );
     }
 }

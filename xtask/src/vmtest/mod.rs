@@ -57,6 +57,11 @@ pub struct Flags {
     /// How long one kernel's run may take, in seconds, before its VM is killed.
     #[arg(long, default_value_t = TIMEOUT_S)]
     pub timeout: u64,
+    /// How long one step (the doctor, a test binary, the command) may take,
+    /// in seconds, before the guest prints its tasks' kernel stacks and
+    /// kills it.
+    #[arg(long, default_value_t = STEP_TIMEOUT_S)]
+    pub step_timeout: u64,
     /// A command to run inside each VM instead of the doctor and the tests.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -64,6 +69,10 @@ pub struct Flags {
 
 /// How long one kernel's run may take by default, in seconds.
 pub const TIMEOUT_S: u64 = 1200;
+/// How long one step may take by default, in seconds: half a run's limit,
+/// and over seven times the slowest step of CI's VM runs (rss_stat, 33 to
+/// 80 s).
+pub const STEP_TIMEOUT_S: u64 = 600;
 /// How much longer the tests wait in the VMs (see tests/support): TCG runs
 /// about ten times slower than the host, more when the host is busy.
 const TIME_SCALE: &str = "10";
@@ -301,7 +310,10 @@ fn boot(
     .collect();
     let script = dir.join("guest.sh");
     let cwd = root.to_str().context("the workspace's path is not UTF-8")?;
-    fs::write(&script, guest::script(&nonce, cwd, &env, steps))?;
+    fs::write(
+        &script,
+        guest::script(&nonce, cwd, &env, steps, flags.step_timeout),
+    )?;
     fs::set_permissions(&script, fs::Permissions::from_mode(0o755))?;
     let log_path = dir.join("console.log");
     let mut log =
