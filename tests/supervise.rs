@@ -553,22 +553,31 @@ fn scheduling(stat_path: &str) -> (i64, i64) {
 /// workers do.
 const BACKGROUND: [&str; 1] = ["xypriss-faults"];
 
+/// The threads an alert passes through: the loop's (the main thread, named
+/// as the process) and the stdout writer's.
+const ALERT_PATH: [&str; 2] = ["xypriss", "ndjson"];
+
 /// A thread's name, from the `comm` beside its `stat`.
 fn thread_name(stat_path: &str) -> String {
     std::fs::read_to_string(stat_path.replace("/stat", "/comm"))
         .map_or_else(|_| String::new(), |name| name.trim().to_owned())
 }
 
-/// Starts a one-worker pool with `args` and a status server, and checks
-/// what `read` says of each thread of xypriss (`xypriss`; the status
-/// server's among them), of its background threads ([`BACKGROUND`]) and of
-/// its worker (`worker`).
-fn threads_and_worker<T: PartialEq + std::fmt::Debug + Copy>(
-    args: &[&str],
-    read: fn(&str) -> T,
-    xypriss: T,
+/// What `read` says of each thread of a one-worker pool, by kind.
+struct Threads<T> {
+    /// Those on the alert's path ([`ALERT_PATH`]).
+    alert_path: Vec<T>,
+    /// Every other thread of xypriss's, the status server's among them.
+    rest: Vec<T>,
+    /// Its background threads ([`BACKGROUND`]).
+    background: Vec<T>,
+    /// Its worker's.
     worker: T,
-) {
+}
+
+/// Starts a one-worker pool with `args` and a status server, and reads
+/// each thread of it with `read` (see [`Threads`]).
+fn threads_and_worker<T>(args: &[&str], read: fn(&str) -> T) -> Threads<T> {
     let mut pool_args = args.to_vec();
     pool_args.extend([
         "--status-addr",
@@ -583,46 +592,65 @@ fn threads_and_worker<T: PartialEq + std::fmt::Debug + Copy>(
     let spawned = pool.wait_event("worker_spawned", TIMEOUT, |_| true);
     let pid = u64_of(&spawned, "pid") as u32;
     pool.wait_log("at 1 MiB", TIMEOUT);
-    let (background, threads): (Vec<String>, Vec<String>) = thread_stats(pool.pid())
-        .into_iter()
-        .partition(|stat| BACKGROUND.contains(&thread_name(stat).as_str()));
-    let names: Vec<String> = background.iter().map(|s| thread_name(s)).collect();
+    let stats = thread_stats(pool.pid());
+    let named = |names: &[&str]| -> Vec<String> {
+        let mut found: Vec<String> = stats
+            .iter()
+            .map(|s| thread_name(s))
+            .filter(|n| names.contains(&n.as_str()))
+            .collect();
+        found.sort();
+        found
+    };
     // The eBPF observer reads fault counts there; the /proc one has none.
     let ebpf = pool
         .events
         .iter()
         .any(|e| e["event"] == "observer" && e["source"] == "ebpf");
     assert_eq!(
-        names,
+        named(&BACKGROUND),
         if ebpf { vec!["xypriss-faults"] } else { vec![] },
         "{args:?}: the background threads"
     );
-    let all: Vec<String> = threads.iter().map(|s| thread_name(s)).collect();
+    assert_eq!(
+        named(&ALERT_PATH),
+        ["ndjson", "xypriss"],
+        "{args:?}: the alert's path"
+    );
+    let all: Vec<String> = stats.iter().map(|s| thread_name(s)).collect();
     assert!(
         all.iter().any(|name| name == "xypriss-http"),
-        "{args:?}: the status server's thread, at xypriss's priority, among {all:?}"
+        "{args:?}: the status server's thread among {all:?}"
     );
-    let background: Vec<T> = background.iter().map(|s| read(s)).collect();
-    assert!(
-        background.iter().all(|&t| t == worker),
-        "{args:?}: {names:?} at {worker:?}, as the worker: {background:?}"
-    );
-    let threads: Vec<T> = threads.iter().map(|s| read(s)).collect();
-    assert!(
-        threads.len() > 1 && threads.iter().all(|&t| t == xypriss),
-        "{args:?}: every other thread of xypriss at {xypriss:?}: {threads:?}"
-    );
-    assert_eq!(
-        read(&format!("/proc/{pid}/stat")),
-        worker,
-        "{args:?}: the worker's"
-    );
+    let of = |kinds: &[&str]| -> Vec<T> {
+        stats
+            .iter()
+            .filter(|s| kinds.contains(&thread_name(s).as_str()))
+            .map(|s| read(s))
+            .collect()
+    };
+    let threads = Threads {
+        alert_path: of(&ALERT_PATH),
+        rest: stats
+            .iter()
+            .filter(|s| {
+                let name = thread_name(s);
+                !ALERT_PATH.contains(&name.as_str()) && !BACKGROUND.contains(&name.as_str())
+            })
+            .map(|s| read(s))
+            .collect(),
+        background: of(&BACKGROUND),
+        worker: read(&format!("/proc/{pid}/stat")),
+    };
     assert!(pool.stop().success());
+    threads
 }
 
-/// By default every thread of xypriss runs SCHED_FIFO at priority 1, and
-/// its worker and background threads with normal scheduling; `--realtime 7` takes priority 7, and
-/// `--realtime off` leaves xypriss's scheduling alone.
+/// By default every thread of xypriss runs SCHED_FIFO at priority 1 but the
+/// two an alert passes through, which run at 2, and its worker and
+/// background threads with normal scheduling; `--realtime 7` takes
+/// priorities 7 and 8, and `--realtime off` leaves xypriss's scheduling
+/// alone.
 #[test]
 fn realtime_runs_xyprisss_threads_fifo_and_not_its_workers() {
     if !root_or_skip("realtime_runs_xyprisss_threads_fifo_and_not_its_workers") {
@@ -636,12 +664,28 @@ fn realtime_runs_xyprisss_threads_fifo_and_not_its_workers() {
         "the test's own"
     );
     let fifo = |priority| (i64::from(libc::SCHED_FIFO), priority);
-    for (args, expected) in [
-        (&[][..], fifo(1)),
-        (&["--realtime", "7"][..], fifo(7)),
-        (&["--realtime", "off"][..], normal),
+    for (args, alert_path, rest) in [
+        (&[][..], fifo(2), fifo(1)),
+        (&["--realtime", "7"][..], fifo(8), fifo(7)),
+        (&["--realtime", "off"][..], normal, normal),
     ] {
-        threads_and_worker(args, scheduling, expected, normal);
+        let threads = threads_and_worker(args, scheduling);
+        assert!(
+            threads.alert_path.iter().all(|&t| t == alert_path),
+            "{args:?}: the alert's path at {alert_path:?}: {:?}",
+            threads.alert_path
+        );
+        assert!(
+            !threads.rest.is_empty() && threads.rest.iter().all(|&t| t == rest),
+            "{args:?}: every other thread of xypriss at {rest:?}: {:?}",
+            threads.rest
+        );
+        assert!(
+            threads.background.iter().all(|&t| t == normal),
+            "{args:?}: the background threads at {normal:?}: {:?}",
+            threads.background
+        );
+        assert_eq!(threads.worker, normal, "{args:?}: the worker's");
     }
 }
 
@@ -656,6 +700,17 @@ fn nice_raises_xyprisss_priority_and_not_its_workers() {
     let own = nice_of("/proc/thread-self/stat");
     assert!(own > -10, "the test runs at nice {own}: nothing to raise");
     for (args, expected) in [(&["--nice", "-10"][..], -10), (&[][..], own)] {
-        threads_and_worker(args, nice_of, expected, own);
+        let threads = threads_and_worker(args, nice_of);
+        let xypriss: Vec<i64> = threads.alert_path.into_iter().chain(threads.rest).collect();
+        assert!(
+            xypriss.iter().all(|&n| n == expected),
+            "{args:?}: every thread of xypriss at nice {expected}: {xypriss:?}"
+        );
+        assert!(
+            threads.background.iter().all(|&n| n == own),
+            "{args:?}: the background threads at nice {own}: {:?}",
+            threads.background
+        );
+        assert_eq!(threads.worker, own, "{args:?}: the worker's");
     }
 }

@@ -75,7 +75,7 @@ enum Task {
         #[arg(long, value_name = "N", conflicts_with = "faults")]
         stress_cpu: Option<u32>,
         /// Watch the machine's own stalls beside it: a do-nothing
-        /// `SCHED_FIFO` 2 thread per CPU, against which each slow alert is
+        /// `SCHED_FIFO` 3 thread per CPU, against which each slow alert is
         /// read. They preempt xypriss a thousand times a second per CPU, so
         /// the result names the condition and goes to soak[-stress-cpuN]-stall-watch.json.
         #[arg(long, conflicts_with = "faults")]

@@ -194,7 +194,7 @@ pub fn run(root: &Path, minutes: f64, stress_cpu: Option<u32>, watch_stalls: boo
     let machine_stalls = stalls.as_ref().map(|stalls| {
         let ms: Vec<f64> = stalls.iter().map(|s| s.late_ns as f64 / 1e6).collect();
         json!({
-            "watchers": if watchers_realtime { "SCHED_FIFO 2, one pinned per CPU" } else { "normal scheduling" },
+            "watchers": if watchers_realtime { "SCHED_FIFO 3, one pinned per CPU" } else { "normal scheduling" },
             "over1ms": ms.len(),
             "over5ms": ms.iter().filter(|&&ms| ms >= 5.0).count(),
             "maxMs": ms.iter().copied().fold(0.0, f64::max),

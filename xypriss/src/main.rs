@@ -73,6 +73,13 @@ fn run() -> anyhow::Result<ExitCode> {
             }
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                // Its blocking tasks (removing cgroups, sending to workers) are
+                // started from the loop's thread, whose priority is above the rest.
+                .on_thread_start(|| {
+                    if let Err(err) = xypriss::supervise::priority::ordinary_this_thread() {
+                        tracing::warn!("a blocking task keeps the loop's priority: {err}");
+                    }
+                })
                 .build()?;
             let ran = runtime.block_on(xypriss::pool::run(config));
             // The last logs, before the process ends.

@@ -1,5 +1,5 @@
 //! The machine's stalls while a benchmark runs: one thread per CPU, pinned,
-//! at `SCHED_FIFO` 2 (one above xypriss's default), sleeps to each next
+//! at `SCHED_FIFO` 3 (one above xypriss's loop, by default), sleeps to each next
 //! millisecond and notes how late it woke when that was [`NOTED`] or more.
 //! Such a thread does no work, so whatever keeps it from its CPU (the
 //! kernel's non-preemptible work, interrupts, the host taking the vCPU)
@@ -45,7 +45,7 @@ pub(crate) struct Watchers {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     stalls: Arc<Mutex<Vec<Stall>>>,
-    /// Whether they got `SCHED_FIFO` 2 (else they ran with normal scheduling).
+    /// Whether they got `SCHED_FIFO` 3 (else they ran with normal scheduling).
     pub(crate) realtime: bool,
 }
 
@@ -95,11 +95,11 @@ impl Drop for Watchers {
     }
 }
 
-/// Pins the calling thread to `cpu` at `SCHED_FIFO` 2; whether both took.
+/// Pins the calling thread to `cpu` at `SCHED_FIFO` 3; whether both took.
 fn pin_realtime(cpu: usize) -> bool {
     let mut set = CpuSet::new();
     let pinned = set.set(cpu).is_ok() && sched_setaffinity(Pid::from_raw(0), &set).is_ok();
-    let param = libc::sched_param { sched_priority: 2 };
+    let param = libc::sched_param { sched_priority: 3 };
     // SAFETY: a plain system call on the calling thread; `param` outlives it.
     let realtime = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &raw const param) } == 0;
     pinned && realtime

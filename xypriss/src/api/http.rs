@@ -11,7 +11,8 @@
 //! loop only the snapshots it asks for, never the serving, so alerts do not
 //! wait behind it. That thread keeps xypriss's priority: with normal
 //! scheduling, fifty followers beside a busy browser on two CPUs starved
-//! it, and followers that read lost lines (`tests/dashboard.rs`).
+//! it, and followers that read lost lines (`tests/dashboard.rs`). The loop
+//! and the stdout writer run one above it, so it never holds them up.
 //!
 //! It lives inside the supervisor, so a client must not be able to hurt the
 //! pool through it: bodies are small and bounded, a client gets a bounded
@@ -22,7 +23,7 @@
 //! Every refusal is a 4xx or 5xx with a JSON body that says why; nothing a
 //! client sends can stop the server.
 //!
-//! Over 600 lines with its unit tests; the server itself is the first 608.
+//! Over 600 lines with its unit tests; the server itself is the first 609.
 
 use std::{
     collections::HashMap,

@@ -119,9 +119,10 @@ pub struct RunFlags {
     )]
     pub nice: Nice,
 
-    /// Run xypriss's threads SCHED_FIFO at this priority, from 1 to 99, or `off`: an alert is
-    /// then not kept waiting behind busy CPUs. Workers keep normal scheduling. The default, 1,
-    /// is used where xypriss may (CAP_SYS_NICE); elsewhere it runs normally and says why.
+    /// Run xypriss's threads SCHED_FIFO at this priority, from 1 to 98, or `off`: an alert is
+    /// then not kept waiting behind busy CPUs. The loop and the stdout writer, which an alert
+    /// passes through, run one above. Workers keep normal scheduling. The default, 1, is used
+    /// where xypriss may (CAP_SYS_NICE); elsewhere it runs normally and says why.
     #[arg(long, value_name = "PRIORITY", allow_hyphen_values = true)]
     pub realtime: Option<Realtime>,
 

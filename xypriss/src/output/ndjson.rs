@@ -90,8 +90,8 @@ pub struct Output {
 
 impl Output {
     /// Starts the writer thread on stdout, with room for `queue_lines`
-    /// lines waiting.
-    pub fn stdout(queue_lines: usize, format: Format) -> io::Result<Self> {
+    /// lines waiting; the thread runs `on_thread` first.
+    pub fn stdout(queue_lines: usize, format: Format, on_thread: fn()) -> io::Result<Self> {
         let (queue, lines) = mpsc::sync_channel(queue_lines);
         let lost = Arc::new(AtomicU64::new(0));
         let (closed_tx, closed) = watch::channel(false);
@@ -100,6 +100,7 @@ impl Output {
         thread::Builder::new()
             .name("ndjson".into())
             .spawn(move || {
+                on_thread();
                 if let Err(err) = write_lines(&lines, &writer_lost, format) {
                     if err.kind() != io::ErrorKind::BrokenPipe {
                         tracing::error!("stdout: {err}");

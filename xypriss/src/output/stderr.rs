@@ -172,6 +172,12 @@ fn queue() -> &'static Queue {
     })
 }
 
+/// Starts the writer thread now rather than with the first line, so that
+/// it takes the scheduling of the thread that calls this.
+pub fn start() {
+    queue();
+}
+
 /// Queues one line of xypriss's (its newline included) for stderr; never
 /// waits. A line that finds the queue full is dropped and counted.
 pub fn line(bytes: Vec<u8>) {

@@ -27,6 +27,7 @@ use crate::{
     output::{
         event::{Event, SCHEMA_VERSION},
         ndjson::{Output, QUEUE_LINES, QUEUE_LINES_MINIMAL},
+        stderr,
     },
     policy::LowMemoryOrigin,
     predict::Startup,
@@ -53,7 +54,11 @@ pub(super) async fn setup(config: RunConfig) -> anyhow::Result<(Pool, Inputs)> {
             QUEUE_LINES
         },
         config.format,
+        urgent_thread,
     )?;
+    // Its thread started by this one before the loop raises its own priority
+    // (below): it takes the rest's.
+    stderr::start();
     let (api, calls) = api::channel();
     output.follow_with(api.event_sender());
     let runtime_dir = runtime_dir::create()?;
@@ -128,6 +133,8 @@ pub(super) async fn setup(config: RunConfig) -> anyhow::Result<(Pool, Inputs)> {
         status_cache: None,
     };
     pool.first_workers()?;
+    // Last: the threads started above keep the rest's priority.
+    urgent_thread();
     let inputs = Inputs {
         signals,
         calls,
@@ -171,6 +178,14 @@ impl Pool {
 fn background_thread() {
     if let Err(err) = priority::reset_this_thread() {
         tracing::warn!("a background thread keeps xypriss's priority: {err}");
+    }
+}
+
+/// What each thread an alert passes through runs first, the loop's and
+/// the stdout writer's: no other thread of xypriss holds them up.
+fn urgent_thread() {
+    if let Err(err) = priority::urgent_this_thread() {
+        tracing::warn!("a thread on the alert's path keeps the others' priority: {err}");
     }
 }
 

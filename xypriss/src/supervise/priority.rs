@@ -21,17 +21,31 @@
 //! explicit `--realtime N` that cannot be had is a warning too, as `--nice`'s
 //! is: xypriss still works, only slower under load.
 //!
+//! Why the alert's path one priority above the rest: two threads carry an
+//! alert, the loop that decides it and the one that writes it to stdout
+//! ([`urgent_this_thread`]). At one priority with the others, a status
+//! client that never pauses kept the status server's thread running, and a
+//! `SCHED_FIFO` thread is not preempted by one of its own priority: in
+//! `cargo xtask soak` the alert's p99 went from 0.86 ms (the server's
+//! thread at normal scheduling) to 1.61 ms and its max to 20 ms
+//! (BENCHMARKS.md, 2026-12-02). One above, the loop and the writer take the
+//! CPU from the server, and the server still takes it from every normal
+//! thread, as the dashboard's followers need.
+//!
 //! On Linux a nice value and a scheduling policy belong to a thread, and a
 //! new thread or child process takes its creator's. So every thread xypriss
 //! has when it raises its priority is raised (those it starts later inherit
-//! it), and each worker puts its own back, between fork and exec, to normal
-//! scheduling and the nice value xypriss was started with: the app runs as
-//! it would have without xypriss. So does the thread that reads the
-//! workers' fault counts each tick: that bookkeeping is never urgent.
+//! it); the loop raises itself once the threads it needs are started, and
+//! those it starts later put themselves back to the rest's
+//! ([`ordinary_this_thread`]). Each worker puts its own back, between fork
+//! and exec, to normal scheduling and the nice value xypriss was started
+//! with: the app runs as it would have without xypriss. So does the thread
+//! that reads the workers' fault counts each tick: that bookkeeping is
+//! never urgent.
 
 use std::{
     fs, io,
-    sync::atomic::{AtomicBool, AtomicI32, Ordering},
+    sync::atomic::{AtomicI32, AtomicU8, Ordering},
 };
 
 use nix::errno::Errno;
@@ -47,13 +61,17 @@ const UNCHANGED: i32 = i32::MIN;
 /// `--realtime`'s default: `SCHED_FIFO` at the lowest real-time priority.
 pub const DEFAULT_REALTIME: Realtime = Realtime::Fifo(1);
 
-/// Whether xypriss's threads run `SCHED_FIFO`: workers put theirs back.
-static REALTIME: AtomicBool = AtomicBool::new(false);
+/// The `SCHED_FIFO` priority xypriss's threads run at, 0 for normal
+/// scheduling: workers put theirs back.
+static REALTIME: AtomicU8 = AtomicU8::new(0);
+
+/// The highest priority `--realtime` takes: the alert's path runs one above.
+const HIGHEST: u8 = 98;
 
 /// `--realtime`: the `SCHED_FIFO` priority xypriss's threads run at, or off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Realtime {
-    /// `SCHED_FIFO` at this priority, 1 to 99.
+    /// `SCHED_FIFO` at this priority, 1 to 98; the alert's path one above.
     Fifo(u8),
     /// Normal scheduling, as xypriss was started with.
     Off,
@@ -67,9 +85,9 @@ impl std::str::FromStr for Realtime {
             return Ok(Self::Off);
         }
         match text.parse::<u8>() {
-            Ok(n) if (1..=99).contains(&n) => Ok(Self::Fifo(n)),
+            Ok(n) if (1..=HIGHEST).contains(&n) => Ok(Self::Fifo(n)),
             _ => Err(format!(
-                "{text:?}: a SCHED_FIFO priority from 1 (the lowest) to 99, or `off`"
+                "{text:?}: a SCHED_FIFO priority from 1 (the lowest) to {HIGHEST}, or `off`"
             )),
         }
     }
@@ -165,8 +183,27 @@ pub fn enter_realtime(realtime: Realtime) -> Result<Option<u8>, PriorityError> {
         },
         Refused::Threads(err) => PriorityError::Threads(err),
     })?;
-    REALTIME.store(true, Ordering::Relaxed);
+    REALTIME.store(priority, Ordering::Relaxed);
     Ok(Some(priority))
+}
+
+/// Runs the calling thread one `SCHED_FIFO` priority above xypriss's others,
+/// if they run `SCHED_FIFO`: for the two threads an alert passes through,
+/// the loop and the stdout writer (see the module's header).
+pub fn urgent_this_thread() -> io::Result<()> {
+    match REALTIME.load(Ordering::Relaxed) {
+        0 => Ok(()),
+        priority => set_fifo(0, priority + 1).map_err(io::Error::from),
+    }
+}
+
+/// Puts the calling thread back to xypriss's priority, from the loop's
+/// higher one it took from its creator: for the threads the loop starts.
+pub fn ordinary_this_thread() -> io::Result<()> {
+    match REALTIME.load(Ordering::Relaxed) {
+        0 => Ok(()),
+        priority => set_fifo(0, priority).map_err(io::Error::from),
+    }
 }
 
 /// Why [`each_thread`] stopped.
@@ -206,7 +243,7 @@ fn each_thread(change: impl Fn(i32) -> Result<(), Errno>) -> Result<(), Refused>
 /// xypriss's bookkeeping thread. Async-signal-safe: atomic loads and system
 /// calls.
 pub fn reset_this_thread() -> io::Result<()> {
-    if REALTIME.load(Ordering::Relaxed) {
+    if REALTIME.load(Ordering::Relaxed) != 0 {
         let normal = libc::sched_param { sched_priority: 0 };
         // SAFETY: a plain system call; `normal` outlives it.
         let done = unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &raw const normal) };
@@ -266,14 +303,14 @@ mod tests {
     }
 
     #[test]
-    fn realtime_takes_a_priority_from_1_to_99_or_off() {
+    fn realtime_takes_a_priority_from_1_to_98_or_off() {
         assert_eq!("1".parse(), Ok(Realtime::Fifo(1)));
-        assert_eq!("99".parse(), Ok(Realtime::Fifo(99)));
+        assert_eq!("98".parse(), Ok(Realtime::Fifo(98)));
         assert_eq!("off".parse(), Ok(Realtime::Off));
-        for bad in ["0", "100", "-1", "fifo", ""] {
+        for bad in ["0", "99", "100", "-1", "fifo", ""] {
             let err = bad.parse::<Realtime>().unwrap_err();
             assert!(
-                err.contains("1 (the lowest) to 99") && err.contains("off"),
+                err.contains("1 (the lowest) to 98") && err.contains("off"),
                 "{err}"
             );
         }
