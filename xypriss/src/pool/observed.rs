@@ -129,9 +129,7 @@ impl Pool {
         // that arrived after that flush (it has no wake-up of its own) waits
         // at most a sample interval, never until the next wake-up: in a quiet
         // pool that could be never, and its worker's samples would stay stale.
-        let mut batch = Vec::new();
-        self.observer.drain_now(&mut batch);
-        self.observed(&mut batch);
+        self.drain_ring();
         match self.observer.refresh_faults() {
             Refresh::Fresh | Refresh::Busy => self.sampled(),
             // It goes on at Observation::FaultsCounted.
@@ -182,13 +180,18 @@ impl Pool {
         }
     }
 
+    /// Takes in every record already in the ring, without waiting.
+    fn drain_ring(&mut self) {
+        let mut batch = Vec::new();
+        self.observer.drain_now(&mut batch);
+        self.observed(&mut batch);
+    }
+
     /// Kernel records were lost: the last ones received may be stale, and
     /// an idle worker sends no other. The kernel's totals are right: each
     /// worker whose totals differ from what was received is reported from them.
     pub(super) fn resync(&mut self, now: u64) {
-        let mut batch = Vec::new();
-        self.observer.drain_now(&mut batch);
-        self.observed(&mut batch);
+        self.drain_ring();
         let slots: Vec<u32> = self.instances.keys().copied().collect();
         for slot in slots {
             let Some((counters, level)) = self.observer.totals(slot) else {
