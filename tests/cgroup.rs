@@ -32,7 +32,7 @@ use nix::{
     },
     unistd::Pid,
 };
-use support::{DEMO, MIB, proc_status, root_or_skip};
+use support::{DEMO, MIB, XYPRISS, proc_status, root_or_skip};
 use xypriss::supervise::{
     cgroup::{CgroupError, Hierarchy, PoolCgroup, Throttle, Version},
     spawn::{Identity, Spec, spawn},
@@ -429,6 +429,7 @@ async fn throttling_slows_an_allocating_worker_until_it_is_lifted() {
     let worker = pool.get().worker(0, 1).expect("a worker cgroup");
     let args = ["grow".into(), RATE_MIB_S.into()];
     let pid = spawn(Spec {
+        starter: Path::new(XYPRISS),
         app: Path::new(DEMO),
         args: &args,
         id: 0,

@@ -210,6 +210,19 @@ fn unknown_flags_and_subcommands() {
 }
 
 /// Writes `json` to a temporary config file and runs `xypriss run --config` on it.
+/// A worker's first step is xypriss run by itself (`__start-worker`); run
+/// by hand, without the plan xypriss sends it, it says so and runs nothing.
+#[test]
+fn a_workers_start_run_by_hand_says_it_has_no_plan() {
+    let (code, stdout, stderr) = run(&["__start-worker", "/bin/echo", "ran"]);
+    assert_eq!(code, 127, "{stderr}");
+    assert_eq!(stdout, "", "nothing ran");
+    assert!(
+        stderr.contains("__start-worker: no plan on fd 0"),
+        "{stderr}"
+    );
+}
+
 fn with_config(json: &str, expected: &str) {
     let file = TempFile::with(&format!("{}.json", expected.len()), json.as_bytes());
     rejected(&["run", "--config", file.path(), DEMO], expected);

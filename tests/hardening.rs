@@ -370,8 +370,12 @@ fn cwd_is_entered_as_the_workers_user() {
         "{:#?}",
         pool.log
     );
+    // The step that failed is named.
     assert!(
-        pool.log.iter().any(|l| l.contains("Permission denied")),
+        pool.log.iter().any(|l| l.contains(&format!(
+            "entering the working directory {}: Permission denied",
+            private.0.display()
+        ))),
         "{:#?}",
         pool.log
     );

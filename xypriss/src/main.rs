@@ -12,9 +12,18 @@ use xypriss::{
     flags::{self, Command, Flags, RestartTarget, Switch},
     operate,
     settings::WorkerCount,
+    supervise::exec,
 };
 
 fn main() -> ExitCode {
+    // A worker's first moments, in a process of its own (see supervise::exec):
+    // not a command of the CLI.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == exec::ARG)
+    {
+        return exec::main();
+    }
     match run() {
         Ok(code) => code,
         Err(err) => {

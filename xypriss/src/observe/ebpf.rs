@@ -243,8 +243,8 @@ impl EbpfObserver {
             .map_err(io::Error::other)
     }
 
-    /// What a new worker process runs between fork and exec to put itself in
-    /// `TASKS` as worker `slot`: from then on the programs count its memory
+    /// What puts a new worker process in `TASKS` as worker `slot`, before
+    /// it runs the app: from then on the programs count its memory
     /// and follow its forks, before it can run a single instruction of the app.
     pub fn registration(&self, slot: u32) -> Registration {
         Registration {
@@ -256,7 +256,7 @@ impl EbpfObserver {
         }
     }
 
-    /// The worker's totals, now that its process runs. It registered itself
+    /// The worker's totals, now that its process runs. It was registered
     /// before exec (a failed registration fails the spawn), so a missing entry
     /// means it has exited already: its exit is on its way.
     pub fn watch(&mut self, slot: u32, pid: u32) -> io::Result<Counters> {
@@ -361,7 +361,7 @@ impl EbpfObserver {
     }
 }
 
-/// A worker registering itself in `TASKS`, in the child between fork and exec.
+/// A new worker's entry in `TASKS`, made before it runs the app.
 #[derive(Clone, Copy)]
 pub struct Registration {
     tasks_fd: RawFd,
@@ -379,10 +379,9 @@ struct MapUpdateAttr {
 }
 
 impl Registration {
-    /// Async-signal-safe: two system calls, no allocation.
-    pub fn register_self(&self) -> io::Result<()> {
+    /// Puts process `pid` in `TASKS`.
+    pub fn register(&self, pid: u32) -> io::Result<()> {
         const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-        let pid = std::process::id();
         let attr = MapUpdateAttr {
             map_fd: self.tasks_fd as u32,
             _pad: 0,

@@ -14,7 +14,7 @@
 //! While a process is being created, the loop neither reaps children nor
 //! reads what workers say (NOTIFY_SOCKET datagrams, control channels; see
 //! [`Pool::launching`]): an exit, a READY=1 or a request from a process the
-//! pool does not know yet would be lost, and std's `spawn` reaps a child
+//! pool does not know yet would be lost, and [`spawn`] reaps a child
 //! whose exec failed itself, which a concurrent `waitpid(-1)` must not race.
 //! They wait, in order (in the kernel, or in the control channels' queue),
 //! for a few milliseconds at most; observations, alerts and operators'
@@ -26,7 +26,7 @@ use std::{
     ffi::OsString,
     io,
     panic::AssertUnwindSafe,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -51,7 +51,7 @@ use crate::{
         control::{self, Control, WorkerEnd},
         lifecycle::{Input, State, step},
         listen::Listeners,
-        spawn::{Identity, Spec, spawn},
+        spawn::{Identity, SELF, Spec, spawn},
     },
 };
 
@@ -106,6 +106,7 @@ impl Launch {
             Some(Err(err)) => return (None, Err(err)),
         };
         let spawned = spawn(Spec {
+            starter: Path::new(SELF),
             app: &self.app,
             args: &self.args,
             id: self.id,

@@ -11,34 +11,22 @@
 //! `LISTEN_FDS` says how many, `LISTEN_FDNAMES` names them, and `LISTEN_PID`
 //! is the pid they are meant for.
 //!
-//! `LISTEN_PID` is the worker's own pid, known only after the fork, and std's
-//! `Command` installs the environment it built *after* running the pre_exec
-//! closures, so a `setenv` in a closure never reaches the program once the
-//! command has an `.env(…)`. [`Listeners::child_setup`] therefore execs the
-//! program itself, with the command's environment built beforehand and a slot
-//! for the pid, so the child allocates nothing between fork and exec.
+//! `LISTEN_PID` is the worker's own pid, known only in the worker: it is
+//! set there ([`super::exec`]), which also moves the sockets into place
+//! with [`hand_over`].
 //!
-//! Over 600 lines: the binding, the hand-over to the worker between fork and
-//! exec, and their unit tests (from line 617) share the socket types, and the
-//! hand-over must stay async-signal-safe in one reviewed place.
+//! Over 600 lines: the binding and the hand-over share the socket types,
+//! and their unit tests (from line 452) run real servers on real sockets.
 
 use std::{
-    collections::BTreeMap,
-    ffi::{CString, OsString, c_char},
     fmt, fs, io,
     net::{SocketAddr, ToSocketAddrs as _},
     os::{
         fd::{AsRawFd as _, OwnedFd, RawFd},
-        unix::{
-            ffi::{OsStrExt as _, OsStringExt as _},
-            fs::{FileTypeExt as _, MetadataExt as _},
-        },
+        unix::fs::{FileTypeExt as _, MetadataExt as _},
     },
     path::{Path, PathBuf},
-    process::Command,
-    ptr,
     str::FromStr,
-    sync::Arc,
 };
 
 use nix::{
@@ -51,14 +39,11 @@ use nix::{
 };
 
 /// The first fd of the protocol: the sockets follow stdin, stdout and stderr.
-const LISTEN_FDS_START: RawFd = 3;
+pub(super) const LISTEN_FDS_START: RawFd = 3;
 /// systemd's longest fd name.
 const FDNAME_MAX: usize = 255;
 /// The kernel caps it at net.core.somaxconn.
 const BACKLOG: Backlog = Backlog::MAXCONN;
-const PID_KEY: &[u8] = b"LISTEN_PID=";
-/// `LISTEN_PID=`, up to 10 digits, and the NUL.
-const PID_ENTRY_LEN: usize = PID_KEY.len() + 10 + 1;
 
 /// A `--listen` value: a TCP address or a Unix socket path.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -171,10 +156,8 @@ pub struct Listeners {
     /// Where each socket is bound: a TCP port 0 is replaced by the port the
     /// kernel chose.
     bound: Vec<ListenAddr>,
-    /// The sockets, in the same order. The closures from
-    /// [`Listeners::child_setup`] share them, so no fd they move is closed
-    /// under them.
-    fds: Arc<[OwnedFd]>,
+    /// The sockets, in the same order.
+    fds: Vec<OwnedFd>,
     /// The Unix socket files bound here, removed on drop.
     _files: Vec<SocketFile>,
 }
@@ -193,7 +176,7 @@ impl Listeners {
         }
         Ok(Self {
             bound,
-            fds: fds.into(),
+            fds,
             _files: files,
         })
     }
@@ -224,9 +207,13 @@ impl Listeners {
         &self.bound
     }
 
+    /// The sockets' fds, in fd order, to hand a worker.
+    pub(crate) fn raw_fds(&self) -> impl Iterator<Item = RawFd> + '_ {
+        self.fds.iter().map(|fd| fd.as_raw_fd())
+    }
+
     /// `LISTEN_FDS`, `LISTEN_FDNAMES`, and `PORT` when a socket is TCP; none
-    /// when there is no socket. `LISTEN_PID` is set by
-    /// [`Listeners::child_setup`], in the child.
+    /// when there is no socket. `LISTEN_PID` is set in the worker.
     pub fn env(&self) -> Vec<(String, String)> {
         if self.is_empty() {
             return Vec::new();
@@ -240,50 +227,6 @@ impl Listeners {
             env.push(("PORT".to_owned(), port.to_string()));
         }
         env
-    }
-
-    /// A closure for `pre_exec` that hands the sockets to the program `cmd`
-    /// runs: it moves them to fds 3, 4, … without CLOEXEC, and the `extra`
-    /// fds (a worker's control channel) right after them, all in one
-    /// hand-over, so that no fd is put where another still sits; it marks
-    /// every fd above them CLOEXEC, so the program inherits nothing else
-    /// (not even an fd xypriss itself inherited without CLOEXEC); then, when
-    /// there is a socket, it execs the program itself with `cmd`'s
-    /// environment plus [`Listeners::env`] and `LISTEN_PID` set to the
-    /// child's pid (see the module header for why). It allocates nothing in
-    /// the child. Passing [`Listeners::env`] with `Command::envs` as well is
-    /// harmless. For a tokio command, pass `cmd.as_std()`.
-    ///
-    /// `cmd`'s program, arguments and environment are read now: call this
-    /// once `cmd` is configured, and register the closure last, as pre_exec
-    /// closures registered after it never run. `env_clear` and `arg0` cannot
-    /// be read back from a `Command`, and are not followed.
-    ///
-    /// Should std's exec-error socket sit on one of the target fds, a failed
-    /// exec is seen by the parent as an exit with status 1 rather than as a
-    /// spawn error.
-    pub fn child_setup(
-        &self,
-        cmd: &Command,
-        extra: &[RawFd],
-    ) -> io::Result<impl FnMut() -> io::Result<()> + Send + Sync + 'static> {
-        let fds = Arc::clone(&self.fds);
-        let extra = extra.to_vec();
-        let mut scratch = vec![-1; fds.len() + extra.len()];
-        let mut exec = if self.is_empty() {
-            None
-        } else {
-            Some(Exec::new(cmd, &self.env())?)
-        };
-        Ok(move || {
-            let sources = fds.iter().map(|fd| fd.as_raw_fd());
-            hand_over(sources.chain(extra.iter().copied()), &mut scratch)?;
-            cloexec_from(LISTEN_FDS_START + scratch.len() as RawFd)?;
-            match exec.as_mut() {
-                Some(exec) => Err(exec.run()),
-                None => Ok(()),
-            }
-        })
     }
 }
 
@@ -372,7 +315,10 @@ fn fd_name(addr: &ListenAddr) -> String {
 /// sits on another one's target is read before it is overwritten.
 /// Async-signal-safe: system calls only, and writes into `scratch` (one slot
 /// per source).
-fn hand_over(sources: impl Iterator<Item = RawFd>, scratch: &mut [RawFd]) -> io::Result<()> {
+pub(super) fn hand_over(
+    sources: impl Iterator<Item = RawFd>,
+    scratch: &mut [RawFd],
+) -> io::Result<()> {
     let above = LISTEN_FDS_START + scratch.len() as RawFd;
     for (source, copy) in sources.zip(scratch.iter_mut()) {
         // SAFETY: fcntl on an fd number; a bad one is an error, not UB.
@@ -394,7 +340,7 @@ fn hand_over(sources: impl Iterator<Item = RawFd>, scratch: &mut [RawFd]) -> io:
 
 /// Marks every fd from `first` on CLOEXEC (`close_range`, Linux 5.11).
 /// Async-signal-safe: one system call.
-fn cloexec_from(first: RawFd) -> io::Result<()> {
+pub(super) fn cloexec_from(first: RawFd) -> io::Result<()> {
     // SAFETY: close_range with the flag its man page documents; it only
     // changes fd flags.
     let ret = unsafe {
@@ -410,122 +356,6 @@ fn cloexec_from(first: RawFd) -> io::Result<()> {
     } else {
         Ok(())
     }
-}
-
-/// The exec the child does itself, built in the parent.
-struct Exec {
-    program: CString,
-    /// The strings `argv` and `envp` point into.
-    _strings: Vec<CString>,
-    /// NULL-terminated.
-    argv: Vec<*const c_char>,
-    /// NULL-terminated, with `LISTEN_PID` at `pid_index`, filled in the child.
-    envp: Vec<*const c_char>,
-    pid_index: usize,
-    pid_entry: [u8; PID_ENTRY_LEN],
-}
-
-// SAFETY: the pointers point into `_strings`' heap buffers, which `Exec` owns
-// and never changes, and into `pid_entry`, written only by `run` through
-// `&mut self`.
-unsafe impl Send for Exec {}
-// SAFETY: as for Send; `&Exec` gives no way to write.
-unsafe impl Sync for Exec {}
-
-unsafe extern "C" {
-    /// The environment execvp passes on, and searches for PATH.
-    static mut environ: *const *const c_char;
-}
-
-impl Exec {
-    /// `cmd`'s program and arguments, and this process's environment with
-    /// `cmd`'s changes and `extra` applied, as std would pass them.
-    fn new(cmd: &Command, extra: &[(String, String)]) -> io::Result<Self> {
-        let c_string = |bytes: Vec<u8>| {
-            CString::new(bytes).map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "a NUL byte in the worker's program, arguments or environment",
-                )
-            })
-        };
-        let program = c_string(cmd.get_program().as_bytes().to_vec())?;
-        let mut strings = vec![program.clone()];
-        for arg in cmd.get_args() {
-            strings.push(c_string(arg.as_bytes().to_vec())?);
-        }
-        let argc = strings.len();
-
-        let mut env: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
-        for (key, value) in cmd.get_envs() {
-            match value {
-                Some(value) => env.insert(key.to_owned(), value.to_owned()),
-                None => env.remove(key),
-            };
-        }
-        for (key, value) in extra {
-            env.insert(key.into(), value.into());
-        }
-        env.remove(std::ffi::OsStr::new("LISTEN_PID"));
-        for (key, value) in env {
-            let mut entry = key.into_vec();
-            entry.push(b'=');
-            entry.extend(value.into_vec());
-            strings.push(c_string(entry)?);
-        }
-
-        let argv = strings[..argc]
-            .iter()
-            .map(|s| s.as_ptr())
-            .chain([ptr::null()])
-            .collect();
-        let mut envp: Vec<*const c_char> = strings[argc..].iter().map(|s| s.as_ptr()).collect();
-        let pid_index = envp.len();
-        envp.extend([ptr::null(), ptr::null()]);
-        Ok(Self {
-            program,
-            _strings: strings,
-            argv,
-            envp,
-            pid_index,
-            pid_entry: [0; PID_ENTRY_LEN],
-        })
-    }
-
-    /// Sets `LISTEN_PID` to this process's pid and execs; returns only on failure.
-    fn run(&mut self) -> io::Error {
-        write_pid_entry(&mut self.pid_entry, std::process::id());
-        self.envp[self.pid_index] = self.pid_entry.as_ptr().cast();
-        // SAFETY: the child of a fork has one thread; `envp` and `argv` are
-        // NULL-terminated arrays of C strings that live as long as `self`,
-        // and `environ` is only read again by execvp, as std does.
-        unsafe {
-            environ = self.envp.as_ptr();
-            libc::execvp(self.program.as_ptr(), self.argv.as_ptr());
-        }
-        io::Error::last_os_error()
-    }
-}
-
-/// Writes `LISTEN_PID=<pid>` and a NUL into `entry`, without allocating.
-fn write_pid_entry(entry: &mut [u8; PID_ENTRY_LEN], pid: u32) {
-    entry[..PID_KEY.len()].copy_from_slice(PID_KEY);
-    let mut digits = [0u8; 10];
-    let mut count = 0;
-    let mut rest = pid;
-    loop {
-        digits[count] = b'0' + (rest % 10) as u8;
-        count += 1;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    let value = &mut entry[PID_KEY.len()..];
-    for (slot, digit) in value.iter_mut().zip(digits[..count].iter().rev()) {
-        *slot = *digit;
-    }
-    value[count] = 0;
 }
 
 /// Makes way for a socket at `path`. Nothing there is fine, and so is a socket
@@ -629,7 +459,7 @@ pub(crate) mod testing {
         time::Duration,
     };
 
-    use super::Listeners;
+    use super::{LISTEN_FDS_START, Listeners, RawFd, cloexec_from, hand_over};
 
     pub const FD_HTTP_SERVER: &str = concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -672,25 +502,34 @@ pub(crate) mod testing {
         }
     }
 
-    /// The command for the test server, as worker 7, before the sockets.
-    pub fn server_command(env: &[(&str, &str)]) -> Command {
-        let mut cmd = Command::new("python3");
-        cmd.arg(FD_HTTP_SERVER)
+    /// The command for the test server, as worker 7, with `listeners`'
+    /// environment; a shell sets `LISTEN_PID` to its own pid, which the
+    /// server keeps (`exec`), as a worker's start does.
+    pub fn server_command(listeners: &Listeners, env: &[(&str, &str)]) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "LISTEN_PID=$$ exec python3 \"$0\"", FD_HTTP_SERVER])
             .env("XYPRISS_WORKER_ID", "7")
+            .envs(listeners.env())
             .envs(env.iter().copied())
             .stdin(Stdio::null());
         cmd
     }
 
-    /// Runs the test server on `listeners`, as `xypriss` would run a worker.
+    /// Runs the test server on `listeners`, handed over as a worker's start
+    /// hands them: fds 3, 4, …, and nothing else inherited.
     pub fn spawn_server(listeners: &Listeners, env: &[(&str, &str)]) -> Reaped {
-        let mut cmd = server_command(env);
-        let setup = listeners.child_setup(&cmd, &[]).expect("prepare the exec");
-        // SAFETY: the closure is async-signal-safe.
+        let mut cmd = server_command(listeners, env);
+        let sources: Vec<RawFd> = listeners.raw_fds().collect();
+        let mut scratch = vec![-1; sources.len()];
+        let hand_over_all = move || {
+            hand_over(sources.iter().copied(), &mut scratch)?;
+            cloexec_from(LISTEN_FDS_START + scratch.len() as RawFd)
+        };
+        // SAFETY: the closure makes system calls only, into memory it owns.
         unsafe {
-            cmd.pre_exec(setup);
+            cmd.pre_exec(hand_over_all);
         }
-        Reaped(cmd.spawn().expect("python3 starts"))
+        Reaped(cmd.spawn().expect("sh starts"))
     }
 
     /// `GET /` over `stream`: the JSON body the test server answers.
@@ -807,20 +646,6 @@ mod tests {
         assert_eq!(fd_name(&unix("./my app:1.sock")), "unix-my_app_1.sock");
         let long = fd_name(&unix(format!("/{}", "a".repeat(400))));
         assert_eq!(long.len(), FDNAME_MAX);
-    }
-
-    #[test]
-    fn pid_entries_are_c_strings() {
-        let mut entry = [0xff; PID_ENTRY_LEN];
-        for (pid, text) in [
-            (1, "LISTEN_PID=1"),
-            (4_194_304, "LISTEN_PID=4194304"),
-            (u32::MAX, "LISTEN_PID=4294967295"),
-        ] {
-            write_pid_entry(&mut entry, pid);
-            let written = std::ffi::CStr::from_bytes_until_nul(&entry).unwrap();
-            assert_eq!(written.to_str(), Ok(text));
-        }
     }
 
     #[test]
@@ -976,8 +801,7 @@ mod tests {
         let listeners = Listeners::bind(&[tcp("127.0.0.1:0"), unix(&path)]).unwrap();
         let port = listeners.port().unwrap();
         let (tcp_fd, unix_fd) = (listeners.fds[0].as_raw_fd(), listeners.fds[1].as_raw_fd());
-        let mut cmd = server_command(&[]);
-        let mut exec = Exec::new(&cmd, &listeners.env()).unwrap();
+        let mut cmd = server_command(&listeners, &[]);
         let mut scratch = [0; 2];
         // In the child, the TCP socket (for fd 3) is put on fd 4 and the Unix
         // one (for fd 4) on fd 3: moving them one by one would lose one.
@@ -994,8 +818,7 @@ mod tests {
                     return Err(io::Error::last_os_error());
                 }
             }
-            hand_over([4, 3].into_iter(), &mut scratch)?;
-            Err(exec.run())
+            hand_over([4, 3].into_iter(), &mut scratch)
         };
         // SAFETY: the closure makes system calls only.
         unsafe {

@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod cgroup;
 pub mod control;
+pub mod exec;
 pub mod identity;
 pub mod lifecycle;
 pub mod listen;

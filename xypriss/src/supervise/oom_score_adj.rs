@@ -11,8 +11,8 @@
 //! it, which is what we want: it cleans up after a killed xypriss.
 //!
 //! Workers would inherit it too, and a protected worker is the one the kernel
-//! should kill. So each worker puts its own back to 0 (the kernel's default)
-//! between fork and exec, while it is still root: a write by a
+//! should kill. So xypriss puts each worker's back to 0 (the kernel's
+//! default) before it runs the app: a write by a
 //! process with CAP_SYS_RESOURCE also sets the floor below which an
 //! unprivileged process may not lower itself, so a worker running as another
 //! user cannot take xypriss's protection back.
@@ -20,12 +20,6 @@
 use std::{
     fs, io,
     sync::atomic::{AtomicBool, Ordering},
-};
-
-use nix::{
-    fcntl::{OFlag, open},
-    sys::stat::Mode,
-    unistd::write,
 };
 
 /// xypriss's own adjustment: far below any worker's, short of the -1000
@@ -85,20 +79,13 @@ pub fn protect_self() -> Result<i32, OomScoreAdjError> {
     Ok(value)
 }
 
-/// In a new worker, between fork and exec and before it gives up root: puts
-/// its adjustment back to 0 if xypriss runs shielded.
-/// Async-signal-safe: an atomic load and two system calls, no allocation.
-pub fn reset_in_child() -> io::Result<()> {
+/// A new worker, `pid`, before it runs the app and gives up root: its
+/// adjustment back to 0 if xypriss runs shielded (it took xypriss's).
+pub fn reset(pid: u32) -> io::Result<()> {
     if !PROTECTED.load(Ordering::Relaxed) {
         return Ok(());
     }
-    let fd = open(
-        c"/proc/self/oom_score_adj",
-        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )?;
-    write(&fd, b"0")?;
-    Ok(())
+    fs::write(format!("/proc/{pid}/oom_score_adj"), "0")
 }
 
 #[cfg(test)]

@@ -37,8 +37,8 @@
 //! has when it raises its priority is raised (those it starts later inherit
 //! it); the loop raises itself once the threads it needs are started, and
 //! those it starts later put themselves back to the rest's
-//! ([`ordinary_this_thread`]). Each worker puts its own back, between fork
-//! and exec, to normal scheduling and the nice value xypriss was started
+//! ([`ordinary_this_thread`]). Each worker is put back, before it runs the
+//! app, to normal scheduling and the nice value xypriss was started
 //! with: the app runs as it would have without xypriss. So does the thread
 //! that reads the workers' fault counts each tick: that bookkeeping is
 //! never urgent.
@@ -238,22 +238,28 @@ fn each_thread(change: impl Fn(i32) -> Result<(), Errno>) -> Result<(), Refused>
 }
 
 /// Puts the calling thread's scheduling back to normal and its nice value
-/// back to the one xypriss was started with, if xypriss changed its own: in
-/// a new worker, between fork and exec and before it gives up root, and in
+/// back to the one xypriss was started with, if xypriss changed its own:
 /// xypriss's bookkeeping thread. Async-signal-safe: atomic loads and system
 /// calls.
 pub fn reset_this_thread() -> io::Result<()> {
+    reset(0)
+}
+
+/// The same for thread `tid` (0: the calling one): a new worker's, before
+/// it runs the app (a process that has one thread, whose id is its pid).
+pub fn reset(tid: u32) -> io::Result<()> {
+    let tid = i32::try_from(tid).map_err(io::Error::other)?;
     if REALTIME.load(Ordering::Relaxed) != 0 {
         let normal = libc::sched_param { sched_priority: 0 };
         // SAFETY: a plain system call; `normal` outlives it.
-        let done = unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &raw const normal) };
+        let done = unsafe { libc::sched_setscheduler(tid, libc::SCHED_OTHER, &raw const normal) };
         Errno::result(done)?;
     }
     let value = WORKERS.load(Ordering::Relaxed);
     if value == UNCHANGED {
         return Ok(());
     }
-    set(0, value).map_err(io::Error::from)
+    set(tid, value).map_err(io::Error::from)
 }
 
 /// Runs thread `tid` (0: the calling one) `SCHED_FIFO` at `priority`.

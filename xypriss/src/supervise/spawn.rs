@@ -16,41 +16,54 @@
 //! runs at the nice value xypriss was started with. Its stdout and stderr are prefixed and forwarded to
 //! xypriss's stderr: stdout is the NDJSON stream, and stays pure.
 //!
+//! The process is first a fresh xypriss ([`super::exec`], which says why
+//! not a fork of this one): this side starts it with `posix_spawn`, puts it
+//! in its cgroups, registers it with the kernel programs and resets its
+//! scheduling and OOM score, all by pid, while it waits for its plan; then
+//! sends the plan and waits for the exec, or for why it failed. Everything
+//! the app ever runs is thus born inside its cgroups and counted.
+//!
 //! Processes are spawned with std, not tokio: xypriss reaps every child
 //! itself (it is a subreaper, so orphaned descendants of workers come to it
-//! too), with one `waitpid(-1)` loop on SIGCHLD.
+//! too), with one `waitpid(-1)` loop on SIGCHLD. A start that fails is
+//! reaped here, as std reaps a child whose exec failed.
 
 use std::{
-    ffi::{CString, OsString},
-    io,
+    collections::BTreeMap,
+    ffi::OsString,
+    io::{self, IoSlice, Read as _, Write as _},
     os::{
-        fd::{OwnedFd, RawFd},
+        fd::{AsRawFd as _, OwnedFd, RawFd},
         unix::{ffi::OsStringExt as _, process::CommandExt as _},
     },
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
 use super::{
     cgroup::WorkerCgroup,
+    exec::{self, Failure, Plan},
     identity::{self, Account},
     listen::Listeners,
     oom_score_adj, priority,
 };
 use crate::{observe::ebpf::Registration, output::stderr};
-use nix::{
-    fcntl::{OFlag, open},
-    sys::{
-        prctl,
-        signal::{Signal, killpg},
-        stat::Mode,
+use nix::sys::{
+    signal::{Signal, killpg},
+    socket::{
+        AddressFamily, ControlMessage, MsgFlags, Shutdown, SockFlag, SockType, sendmsg, shutdown,
+        socketpair,
     },
-    unistd::{Gid, Pid, Uid, chdir, geteuid, getppid, setgid, setgroups, setuid, write},
 };
+use nix::unistd::Pid;
 use tokio::{
     io::{AsyncBufReadExt as _, AsyncRead, BufReader},
     net::unix::pipe,
 };
+
+/// The xypriss that starts workers, as the pool runs it: its own image,
+/// even once the file it came from was replaced or removed.
+pub const SELF: &str = "/proc/self/exe";
 
 /// Who workers run as, and where.
 #[derive(Clone, Debug, Default)]
@@ -67,7 +80,10 @@ pub struct Identity {
 
 /// One worker process to start.
 pub struct Spec<'a> {
-    pub app: &'a std::path::Path,
+    /// The xypriss binary whose `__start-worker` runs the worker's first
+    /// moments: [`SELF`] in the pool.
+    pub starter: &'a Path,
+    pub app: &'a Path,
     pub args: &'a [OsString],
     pub id: u32,
     pub generation: u32,
@@ -76,10 +92,10 @@ pub struct Spec<'a> {
     /// variables of xypriss's own environment that [`identity::passes`] lets
     /// through.
     pub env: Vec<(OsString, OsString)>,
-    /// The worker's cgroup: the child moves itself in, in each hierarchy,
-    /// before exec, so everything it ever starts is born inside.
+    /// The worker's cgroup, in each hierarchy, joined before exec, so
+    /// everything it ever starts is born inside.
     pub cgroup: Option<&'a WorkerCgroup>,
-    /// Registers the child with the kernel programs before exec.
+    /// Registers the process with the kernel programs before exec.
     pub registration: Option<Registration>,
     /// Sockets to hand over as fds 3, 4, … (systemd socket activation).
     pub listeners: Option<&'a Listeners>,
@@ -88,125 +104,58 @@ pub struct Spec<'a> {
     pub control: Option<RawFd>,
 }
 
-/// Spawns `spec`; returns its pid. The caller reaps it.
+/// Spawns `spec`; returns its pid once it has exec'd the app. The caller
+/// reaps it.
 pub fn spawn(spec: Spec<'_>) -> io::Result<u32> {
-    let supervisor = Pid::this();
-    let root = geteuid().is_root();
-    let cgroup_procs = spec
-        .cgroup
-        .map(WorkerCgroup::procs_files)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|p| CString::new(p.into_os_string().into_vec()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(io::Error::other)?;
-    let cwd = spec
-        .identity
-        .cwd
-        .as_ref()
-        .map(|dir| CString::new(dir.clone().into_os_string().into_vec()))
-        .transpose()
-        .map_err(io::Error::other)?;
-    let mut cmd = Command::new(spec.app);
-    cmd.args(spec.args)
-        .stdin(Stdio::null())
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    let mut fds: Vec<RawFd> = spec
+        .listeners
+        .map(|l| l.raw_fds().collect())
+        .unwrap_or_default();
+    let sockets = fds.len();
+    fds.extend(spec.control);
+    if fds.len() > exec::MAX_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} fds to hand a worker: at most {}",
+                fds.len(),
+                exec::MAX_FDS
+            ),
+        ));
+    }
+    let plan = plan(&spec, sockets);
+    // No pre_exec, no credentials: std uses posix_spawn, and this process's
+    // memory is neither copied nor made copy-on-write.
+    let mut child = Command::new(spec.starter)
+        .arg0("xypriss")
+        .arg(exec::ARG)
+        .stdin(Stdio::from(theirs))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0);
-    for (name, _) in std::env::vars_os() {
-        if !identity::passes(&name) {
-            cmd.env_remove(name);
-        }
-    }
-    if let Some(account) = &spec.identity.account {
-        cmd.envs(account.env());
-    }
-    cmd.envs(spec.env);
-    let (uid, gid) = (spec.identity.uid, spec.identity.gid);
-    let registration = spec.registration;
-    let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse::<libc::c_ulong>().ok())
-        .unwrap_or(63);
-    // SAFETY: between fork and exec the closure only makes system calls.
-    unsafe {
-        cmd.pre_exec(move || {
-            prctl::set_pdeathsig(Signal::SIGKILL)?;
-            // Had xypriss died before the prctl, no signal would ever come.
-            if getppid() != supervisor {
-                return Err(io::Error::other(
-                    "xypriss exited while the worker was starting",
-                ));
-            }
-            // Before the identity changes: only root sets the floor anew.
-            oom_score_adj::reset_in_child()?;
-            priority::reset_this_thread()?;
-            if let Some(registration) = &registration {
-                registration.register_self()?;
-            }
-            for procs in &cgroup_procs {
-                // "0" is the writing process itself; still root, so allowed.
-                let fd = open(
-                    procs.as_c_str(),
-                    OFlag::O_WRONLY | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )?;
-                write(&fd, b"0")?;
-            }
-            if root {
-                // While CAP_SETPCAP is still there: no capability can ever
-                // come back, through exec or otherwise, whatever user follows.
-                drop_bounding_set(last_cap)?;
-                // Then the identity: groups first, while still allowed to
-                // change them; root's supplementary groups go in every case.
-                setgroups(&[])?;
-            }
-            if let Some(gid) = gid {
-                setgid(Gid::from_raw(gid))?;
-            }
-            match uid {
-                // From root to another user, the kernel clears every capability.
-                Some(uid) if uid != 0 => setuid(Uid::from_raw(uid))?,
-                // Still root (`--user root`): give up every capability, for good.
-                _ => drop_capabilities()?,
-            }
-            // No exec (a setuid binary, file capabilities) gives any back.
-            prctl::set_no_new_privs()?;
-            if uid.is_some_and(|uid| uid != 0) || gid.is_some() {
-                // A change of credentials clears the parent-death signal: set it again.
-                prctl::set_pdeathsig(Signal::SIGKILL)?;
-                if getppid() != supervisor {
-                    return Err(io::Error::other(
-                        "xypriss exited while the worker was starting",
-                    ));
-                }
-            }
-            // As the worker's user: a directory it may not enter is an error.
-            if let Some(cwd) = &cwd {
-                chdir(cwd.as_c_str())?;
-            }
-            Ok(())
-        });
-    }
-    let none;
-    let listeners = match spec.listeners {
-        Some(listeners) => listeners,
-        None => {
-            none = Listeners::bind(&[]).map_err(io::Error::other)?;
-            &none
-        }
-    };
-    cmd.envs(listeners.env());
-    // Last: it moves the sockets and the control channel to fds 3, 4, …,
-    // leaves nothing else inheritable, and execs with LISTEN_PID when there
-    // are sockets.
-    let hand_over = listeners.child_setup(&cmd, spec.control.as_slice())?;
-    // SAFETY: the closure allocates nothing; see `Listeners::child_setup`.
-    unsafe {
-        cmd.pre_exec(hand_over);
-    }
-    let mut child = cmd.spawn()?;
+        .process_group(0)
+        .spawn()
+        .map_err(|err| {
+            io::Error::new(
+                err.kind(),
+                format!("starting {}: {err}", spec.starter.display()),
+            )
+        })?;
     let pid = child.id();
+    let started = prepare(pid, &spec)
+        .and_then(|()| send(&ours, &plan, &fds))
+        .and_then(|()| exec_done(ours));
+    if let Err(err) = started {
+        // It has not run the app: nothing of the worker's to stop but it.
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(err);
+    }
     let (id, generation) = (spec.id, spec.generation);
     for stream in [
         child.stdout.take().map(OwnedFd::from),
@@ -218,88 +167,112 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<u32> {
         let receiver = pipe::Receiver::from_owned_fd(stream)?;
         tokio::spawn(forward(receiver, id, generation, pid));
     }
+    // Its reaper is xypriss's `waitpid(-1)`; std's `Child` waits for
+    // nothing when dropped.
+    drop(child);
     Ok(pid)
 }
 
-/// Empties the bounding set and the ambient set of this process (about to
-/// exec a worker, still root): whatever user it becomes, no capability can
-/// come back. Only system calls: safe between fork and exec.
-fn drop_bounding_set(last_cap: libc::c_ulong) -> io::Result<()> {
-    // SAFETY: prctl with the arguments its man page documents.
-    unsafe {
-        for cap in 0..=last_cap {
-            check(libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0).into())?;
-        }
-        check(
-            libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_CLEAR_ALL,
-                0,
-                0,
-                0,
-            )
-            .into(),
-        )
+/// What the new process does with the app, as std's `Command` would have
+/// run it: the environment is xypriss's, less what [`identity::passes`]
+/// keeps out, with the account's, the spec's and the sockets' on top.
+fn plan(spec: &Spec<'_>, sockets: usize) -> Plan {
+    let mut env: BTreeMap<OsString, OsString> = std::env::vars_os()
+        .filter(|(name, _)| identity::passes(name))
+        .collect();
+    if let Some(account) = &spec.identity.account {
+        env.extend(account.env().into_iter().map(|(k, v)| (k.into(), v)));
+    }
+    env.extend(spec.env.iter().cloned());
+    if let Some(listeners) = spec.listeners {
+        env.extend(
+            listeners
+                .env()
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into())),
+        );
+    }
+    let program = spec.app.as_os_str().to_owned().into_vec();
+    let mut argv = vec![program.clone()];
+    argv.extend(spec.args.iter().map(|a| a.clone().into_vec()));
+    Plan {
+        program,
+        argv,
+        env: env
+            .into_iter()
+            .map(|(name, value)| {
+                let mut entry = name.into_vec();
+                entry.push(b'=');
+                entry.extend(value.into_vec());
+                entry
+            })
+            .collect(),
+        supervisor: std::process::id(),
+        uid: spec.identity.uid,
+        gid: spec.identity.gid,
+        cwd: spec
+            .identity
+            .cwd
+            .as_ref()
+            .map(|dir| dir.as_os_str().to_owned().into_vec()),
+        sockets,
     }
 }
 
-fn check(ret: libc::c_long) -> io::Result<()> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
+/// What is done to process `pid` from here, before it runs the app.
+fn prepare(pid: u32, spec: &Spec<'_>) -> io::Result<()> {
+    let step = |what: &'static str| {
+        move |err: io::Error| io::Error::new(err.kind(), format!("{what}: {err}"))
+    };
+    // Before it gives up root: only root sets the floor anew.
+    oom_score_adj::reset(pid).map_err(step("resetting its OOM score adjustment"))?;
+    priority::reset(pid).map_err(step("resetting its scheduling"))?;
+    if let Some(registration) = &spec.registration {
+        registration
+            .register(pid)
+            .map_err(step("registering it with the kernel programs"))?;
     }
+    if let Some(cgroup) = spec.cgroup {
+        cgroup
+            .add(pid)
+            .map_err(|err| io::Error::other(format!("joining its cgroups: {err}")))?;
+    }
+    Ok(())
 }
 
-/// Leaves this process (about to exec a worker as root, its bounding set
-/// already empty) with no capability: empty effective, permitted and
-/// inheritable sets, and the securebits that stop exec from granting root's
-/// capabilities back. Only system calls: safe between fork and exec. Does
-/// nothing when the process has no capabilities to drop (not root).
-fn drop_capabilities() -> io::Result<()> {
-    // From <linux/securebits.h> and <linux/capability.h>.
-    const SECBIT_NOROOT: libc::c_ulong = 1 << 0;
-    const SECBIT_NOROOT_LOCKED: libc::c_ulong = 1 << 1;
-    const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
-    const SECBIT_NO_SETUID_FIXUP_LOCKED: libc::c_ulong = 1 << 3;
-    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: libc::c_int,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    if !geteuid().is_root() {
+/// Sends the plan, the fds riding on its first byte, and ends the stream.
+fn send(socket: &OwnedFd, plan: &Plan, fds: &[RawFd]) -> io::Result<()> {
+    let text = serde_json::to_vec(plan).map_err(io::Error::other)?;
+    let rights = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
+    let sent = sendmsg::<()>(
+        socket.as_raw_fd(),
+        &[IoSlice::new(&text)],
+        cmsgs,
+        MsgFlags::empty(),
+        None,
+    )?;
+    let mut stream = std::fs::File::from(socket.try_clone()?);
+    stream.write_all(&text[sent..])?;
+    shutdown(socket.as_raw_fd(), Shutdown::Write)?;
+    Ok(())
+}
+
+/// Waits for the exec: the socket closes with it, unanswered. An answer
+/// is why the start failed.
+fn exec_done(socket: OwnedFd) -> io::Result<()> {
+    let mut answer = Vec::new();
+    std::fs::File::from(socket).read_to_end(&mut answer)?;
+    if answer.is_empty() {
         return Ok(());
     }
-    // SAFETY: prctl and capset with the arguments their man pages document.
-    unsafe {
-        let bits = SECBIT_NOROOT
-            | SECBIT_NOROOT_LOCKED
-            | SECBIT_NO_SETUID_FIXUP
-            | SECBIT_NO_SETUID_FIXUP_LOCKED;
-        check(libc::prctl(libc::PR_SET_SECUREBITS, bits, 0, 0, 0).into())?;
-        let header = Header {
-            version: LINUX_CAPABILITY_VERSION_3,
-            pid: 0,
-        };
-        let data = [Data {
-            effective: 0,
-            permitted: 0,
-            inheritable: 0,
-        }; 2];
-        check(libc::syscall(
-            libc::SYS_capset,
-            &raw const header,
-            data.as_ptr(),
+    let failure: Failure = serde_json::from_slice(&answer).map_err(|err| {
+        io::Error::other(format!(
+            "the worker's start said something unreadable ({err}): {}",
+            String::from_utf8_lossy(&answer)
         ))
-    }
+    })?;
+    Err(failure.into_error())
 }
 
 /// The longest piece of a worker's output line forwarded at once. A line
