@@ -236,8 +236,8 @@ pub mod trace_point {
         /// Non-zero: the programs log through aya-log.
         pub log: u32,
         /// The supervisor's tgid: its children get their `WATCHED` bit at
-        /// fork, before they run, so that a worker that registers itself in
-        /// `TASKS` between fork and exec is seen from its first instruction.
+        /// fork, before they run, so that a worker put in `TASKS` before it
+        /// execs the app is seen from the app's first instruction.
         pub supervisor: u32,
     }
     const _: () = assert!(size_of::<Settings>() == 24);

@@ -8,9 +8,9 @@
 //! its parent's) needs no entry: the programs look tasks up by tgid.
 //!
 //! It also sets the new process's `WATCHED` bit (`filter.rs`), before the
-//! child runs, when the parent is watched or is the supervisor: a worker puts
-//! itself in `TASKS` between fork and exec, and the other programs test the
-//! bit before they look it up.
+//! child runs, when the parent is watched or is the supervisor: a new worker
+//! is put in `TASKS` before it execs the app, and the other programs test
+//! the bit before they look it up.
 //!
 //! # Minimum kernel version
 //!
