@@ -10,7 +10,11 @@ mod support;
 use std::{
     fs,
     io::{Read, Write as _},
-    os::unix::fs::PermissionsExt as _,
+    net::Shutdown,
+    os::{
+        fd::OwnedFd,
+        unix::{fs::PermissionsExt as _, net::UnixStream},
+    },
     process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
@@ -221,6 +225,29 @@ fn a_workers_start_run_by_hand_says_it_has_no_plan() {
         stderr.contains("__start-worker: no plan on fd 0"),
         "{stderr}"
     );
+}
+
+/// Started by xypriss but handed a plan it cannot read, a worker's start
+/// tells xypriss why on the socket, rather than close it in silence (which
+/// xypriss takes for an exec), and runs nothing.
+#[test]
+fn a_workers_start_with_an_unreadable_plan_tells_xypriss() {
+    let (mut ours, theirs) = UnixStream::pair().expect("socketpair");
+    let child = Command::new(XYPRISS)
+        .args(["__start-worker", "/bin/echo", "ran"])
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start xypriss");
+    ours.write_all(b"{\"not\":\"a plan\"}").expect("send");
+    ours.shutdown(Shutdown::Write).expect("shutdown");
+    let mut answer = String::new();
+    ours.read_to_string(&mut answer).expect("read the answer");
+    let output = child.wait_with_output().expect("wait");
+    assert_eq!(output.status.code(), Some(127));
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "", "nothing ran");
+    assert!(answer.contains("\"step\":\"reading the plan\""), "{answer}");
 }
 
 fn with_config(json: &str, expected: &str) {

@@ -38,7 +38,7 @@ use nix::{
     sys::{
         prctl,
         signal::{SigHandler, Signal, signal},
-        socket::{ControlMessageOwned, MsgFlags, recvmsg},
+        socket::{ControlMessageOwned, MsgFlags, recvmsg, send},
         stat::Mode,
     },
     unistd::{Gid, Uid, chdir, dup2_stdin, execvpe, geteuid, getppid, setgid, setgroups, setuid},
@@ -114,8 +114,13 @@ pub fn main() -> ExitCode {
     let (plan, fds) = match receive(&socket) {
         Ok(received) => received,
         Err(err) => {
-            // Not started by xypriss, or xypriss died: nobody to tell but stderr.
             eprintln!("xypriss {ARG}: no plan on fd 0: {err}");
+            // xypriss, if it is there, hears it too, or it would take the
+            // silence for an exec. Run by hand (fd 0 no socket), nothing is sent.
+            let failure = Failure::new("reading the plan", &err);
+            if let Ok(text) = serde_json::to_vec(&failure) {
+                let _ = send(socket.as_raw_fd(), &text, MsgFlags::MSG_NOSIGNAL);
+            }
             return ExitCode::from(FAILED);
         }
     };
