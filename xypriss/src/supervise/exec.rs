@@ -27,7 +27,7 @@ use std::{
     io::{self, IoSliceMut, Read as _, Write as _},
     os::{
         fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
-        unix::ffi::OsStringExt as _,
+        unix::{ffi::OsStringExt as _, net::UnixStream},
     },
     process::ExitCode,
 };
@@ -110,7 +110,7 @@ impl Failure {
 pub fn main() -> ExitCode {
     // SAFETY: xypriss started this process with the socket as fd 0, and
     // nothing else in it owns fd 0.
-    let socket = unsafe { OwnedFd::from_raw_fd(0) };
+    let socket = UnixStream::from(unsafe { OwnedFd::from_raw_fd(0) });
     let (plan, fds) = match receive(&socket) {
         Ok(received) => received,
         Err(err) => {
@@ -143,7 +143,7 @@ pub fn main() -> ExitCode {
 }
 
 /// The plan and the fds that came with it.
-fn receive(socket: &OwnedFd) -> io::Result<(Plan, Vec<OwnedFd>)> {
+fn receive(mut socket: &UnixStream) -> io::Result<(Plan, Vec<OwnedFd>)> {
     let mut first = vec![0u8; 64 << 10];
     let mut space = cmsg_space!([RawFd; MAX_FDS]);
     let (read, fds) = {
@@ -168,13 +168,13 @@ fn receive(socket: &OwnedFd) -> io::Result<(Plan, Vec<OwnedFd>)> {
         (message.bytes, fds)
     };
     first.truncate(read);
-    std::fs::File::from(socket.try_clone()?).read_to_end(&mut first)?;
+    socket.read_to_end(&mut first)?;
     let plan = serde_json::from_slice(&first).map_err(io::Error::other)?;
     Ok((plan, fds))
 }
 
 /// Every step to the exec; returns only what failed.
-fn start(plan: &Plan, socket: OwnedFd, fds: &[OwnedFd]) -> Failure {
+fn start(plan: &Plan, socket: UnixStream, fds: &[OwnedFd]) -> Failure {
     let step = |what: &str, err: io::Error| Failure::new(what, &err);
     if let Err(err) = parent_death(plan.supervisor) {
         return step("asking for a parent-death signal", err);

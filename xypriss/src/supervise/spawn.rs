@@ -32,9 +32,10 @@ use std::{
     collections::BTreeMap,
     ffi::OsString,
     io::{self, IoSlice, Read as _, Write as _},
+    net::Shutdown,
     os::{
         fd::{AsRawFd as _, OwnedFd, RawFd},
-        unix::{ffi::OsStringExt as _, process::CommandExt as _},
+        unix::{ffi::OsStringExt as _, net::UnixStream, process::CommandExt as _},
     },
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -50,10 +51,7 @@ use super::{
 use crate::{observe::ebpf::Registration, output::stderr};
 use nix::sys::{
     signal::{Signal, killpg},
-    socket::{
-        AddressFamily, ControlMessage, MsgFlags, Shutdown, SockFlag, SockType, sendmsg, shutdown,
-        socketpair,
-    },
+    socket::{ControlMessage, MsgFlags, sendmsg},
 };
 use nix::unistd::Pid;
 use tokio::{
@@ -107,12 +105,7 @@ pub struct Spec<'a> {
 /// Spawns `spec`; returns its pid once it has exec'd the app. The caller
 /// reaps it.
 pub fn spawn(spec: Spec<'_>) -> io::Result<u32> {
-    let (ours, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::Stream,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )?;
+    let (ours, theirs) = UnixStream::pair()?;
     let mut fds: Vec<RawFd> = spec
         .listeners
         .map(|l| l.raw_fds().collect())
@@ -135,7 +128,7 @@ pub fn spawn(spec: Spec<'_>) -> io::Result<u32> {
     let mut child = Command::new(spec.starter)
         .arg0("xypriss")
         .arg(exec::ARG)
-        .stdin(Stdio::from(theirs))
+        .stdin(Stdio::from(OwnedFd::from(theirs)))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -241,7 +234,7 @@ fn prepare(pid: u32, spec: &Spec<'_>) -> io::Result<()> {
 }
 
 /// Sends the plan, the fds riding on its first byte, and ends the stream.
-fn send(socket: &OwnedFd, plan: &Plan, fds: &[RawFd]) -> io::Result<()> {
+fn send(mut socket: &UnixStream, plan: &Plan, fds: &[RawFd]) -> io::Result<()> {
     let text = serde_json::to_vec(plan).map_err(io::Error::other)?;
     let rights = [ControlMessage::ScmRights(fds)];
     let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
@@ -252,17 +245,15 @@ fn send(socket: &OwnedFd, plan: &Plan, fds: &[RawFd]) -> io::Result<()> {
         MsgFlags::empty(),
         None,
     )?;
-    let mut stream = std::fs::File::from(socket.try_clone()?);
-    stream.write_all(&text[sent..])?;
-    shutdown(socket.as_raw_fd(), Shutdown::Write)?;
-    Ok(())
+    socket.write_all(&text[sent..])?;
+    socket.shutdown(Shutdown::Write)
 }
 
 /// Waits for the exec: the socket closes with it, unanswered. An answer
 /// is why the start failed.
-fn exec_done(socket: OwnedFd) -> io::Result<()> {
+fn exec_done(mut socket: UnixStream) -> io::Result<()> {
     let mut answer = Vec::new();
-    std::fs::File::from(socket).read_to_end(&mut answer)?;
+    socket.read_to_end(&mut answer)?;
     if answer.is_empty() {
         return Ok(());
     }

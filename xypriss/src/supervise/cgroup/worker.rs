@@ -24,18 +24,13 @@ impl WorkerCgroup {
         self.dirs.cpu_twin()
     }
 
-    /// The `cgroup.procs` files a process writes itself (`0`) into to join
-    /// this cgroup, one per hierarchy.
-    pub(crate) fn procs_files(&self) -> Vec<PathBuf> {
-        self.dirs.each().map(|dir| dir.join(PROCS)).collect()
-    }
-
     /// Moves process `pid` (all its threads) into this cgroup, in each
     /// hierarchy. Its children are born in it from then on.
     pub fn add(&self, pid: u32) -> Result<(), CgroupError> {
-        self.procs_files()
-            .iter()
-            .try_for_each(|procs| write(procs, &pid.to_string()))
+        let pid = pid.to_string();
+        self.dirs
+            .each()
+            .try_for_each(|dir| write(&dir.join(PROCS), &pid))
     }
 
     /// The processes in this cgroup, as our pid namespace numbers them; those
